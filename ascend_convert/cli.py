@@ -1,0 +1,119 @@
+"""Click commands: `convert`, `verify`, and the `convert_checkpoint` alias of the seed article.
+
+Heavy modules (torch, transformers) are imported inside the commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .cli_support import debug_option, run_main
+
+SOC_CHOICES = ("ascend910b", "ascend910a", "ascend310p")
+DTYPE_CHOICES = ("auto", "float16", "bfloat16", "float32")
+
+
+def convert_options(func):
+    """Options shared by `ascendkit convert` and `convert_checkpoint`."""
+    for option in reversed([
+        click.option("--soc", type=click.Choice(SOC_CHOICES), default="ascend910b", show_default=True,
+                     help="Target chip: decides which dtypes are allowed."),
+        click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
+                     help="auto: bf16 where the chip has it and the source is bf16, else fp16."),
+        click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output file (5GB, 500MB...)."),
+        click.option("--on-overflow", type=click.Choice(("fail", "clamp")), default="fail", show_default=True,
+                     help="What to do with values beyond ±65504 when casting to fp16."),
+        click.option("--arch-spec", "arch_specs", multiple=True, type=click.Path(path_type=Path),
+                     help="Extra architecture spec (JSON), see ascend_convert/specs/."),
+        click.option("--force", is_flag=True, help="Overwrite an existing output directory."),
+        click.option("--resume", is_flag=True, help="Finish an interrupted conversion."),
+        click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
+        click.option("--progress/--no-progress", default=True, help="Show a progress bar (on a terminal)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+        debug_option,
+    ]):
+        func = option(func)
+    return func
+
+
+def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str, on_overflow: str,
+                arch_specs: tuple[Path, ...], force: bool, resume: bool, dry_run: bool, progress: bool,
+                as_json: bool) -> int:
+    from .converter import ConvertOptions, convert, make_plan
+    from .progress import RichReporter
+    from .report import print_convert_summary, print_plan
+
+    options = ConvertOptions(soc=soc, dtype=dtype, max_shard_size=max_shard_size, on_overflow=on_overflow,
+                             arch_specs=list(arch_specs), force=force, resume=resume, dry_run=dry_run)
+    plan = make_plan(src, out, options)
+    if dry_run:
+        print_plan(plan, as_json=as_json)
+        plan.reader.close()
+        return 0
+    reporter = RichReporter(f"convert → {plan.dtype}", enabled=progress and sys.stderr.isatty())
+    result = convert(src, out, options, reporter, plan=plan)
+    print_convert_summary(result, as_json=as_json)
+    return 0
+
+
+@click.command("convert")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@convert_options
+def convert_command(src: Path, out: Path, **kwargs) -> int:
+    """Convert an HF checkpoint directory or a .gguf file SRC into the Ascend layout at OUT."""
+    return run_convert(src, out, **kwargs)
+
+
+@click.command("convert_checkpoint")
+@click.option("--input_dir", "--input-dir", "src", required=True, type=click.Path(path_type=Path),
+              help="HF checkpoint directory (or .gguf file).")
+@click.option("--output_dir", "--output-dir", "out", required=True, type=click.Path(path_type=Path),
+              help="Where to write the Ascend layout.")
+@click.option("--backend", type=click.Choice(("ascend",)), default="ascend", show_default=True,
+              help="Target backend (Ascend NPUs).")
+@convert_options
+def convert_checkpoint_command(src: Path, out: Path, backend: str, **kwargs) -> int:
+    """Convert a checkpoint for Ascend NPUs (the same as `ascendkit convert`)."""
+    return run_convert(src, out, **kwargs)
+
+
+@click.command("verify")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--source", type=click.Path(path_type=Path), help="Compare every tensor with this source checkpoint.")
+@click.option("--logits", is_flag=True, help="Also compare logits of a forward pass (needs --source).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@debug_option
+def verify_command(out: Path, source: Path | None, logits: bool, as_json: bool) -> int:
+    """Re-hash a converted directory against its manifest (and its source); exit 1 on the first mismatch."""
+    from .verify import verify
+
+    report = verify(out, source=source, logits=logits)
+    summary = {"ok": report.ok, "files": report.files_checked, "tensors": report.tensors_checked,
+               "source_tensors": report.source_checked, "max_abs_error": report.max_abs_error,
+               "logits": report.logits}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        line = f"verified {out}: {report.files_checked} files and {report.tensors_checked} tensors match the manifest"
+        if source is not None:
+            line += f"; {report.source_checked} tensors equal the checked cast of the source " \
+                    f"(max abs error {report.max_abs_error:.3g})"
+        click.echo(line)
+        if report.logits:
+            lg = report.logits
+            click.echo(f"logits: max abs diff {lg['max_abs_diff']:.3g} (tolerance {lg['tolerance']:.3g}), "
+                       f"top-1 agreement {lg['top1_agreement']:.1%} over {lg['positions']} positions")
+    return 0
+
+
+def convert_main() -> None:
+    run_main(convert_command, prog_name="python -m ascend_convert")
+
+
+def convert_checkpoint_main() -> None:
+    run_main(convert_checkpoint_command, prog_name="convert_checkpoint")

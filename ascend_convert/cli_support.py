@@ -1,0 +1,54 @@
+"""What every console script shares: one-line errors without tracebacks (unless --debug), exit codes.
+
+Exit codes: 0 success, 1 a check failed (verify mismatch, overflow), 2 bad input or usage,
+3 an internal error (a bug: rerun with --debug and report the traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+import click
+
+from .errors import UserError
+
+debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
+                             help="Show full tracebacks on errors.")
+
+
+def _debugging(args: list[str]) -> bool:
+    return "--debug" in args or os.environ.get("ASCENDKIT_DEBUG") == "1"
+
+
+def run_main(command: click.Command, args: list[str] | None = None, prog_name: str | None = None) -> None:
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = _debugging(argv)
+    try:
+        code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("error: interrupted (a conversion can be finished with --resume)", err=True)
+        code = 130
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        code = exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"error: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+                   err=True)
+        code = 3
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def entry_point(command: click.Command, prog_name: str) -> Callable[[], None]:
+    return lambda: run_main(command, prog_name=prog_name)

@@ -1,0 +1,402 @@
+"""HF/GGUF checkpoint → the default Ascend layout (DESIGN.md): HF names, the chip's dtype, checked
+casts, sharded safetensors, and a manifest with the sha256 of every byte.
+
+Streaming: shards are planned from metadata, each tensor is read, cast, hashed and written before
+the next is read. Everything is written under a sibling `.<out>.partial` directory that is renamed
+into place at the end; a journal there lets `--resume` skip finished shards after an interruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .arch import ArchSpec, find_spec, load_spec_file
+from .cast import OVERFLOW_POLICIES, CastStats, checked_cast
+from .dtypes import FLOAT_NAMES, TORCH_DTYPES
+from .errors import CheckFailed, UserError
+from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, file_record, write_json_atomic
+from .readers import CheckpointReader, TensorInfo, open_checkpoint
+from .safetensors_writer import PlannedTensor, SafetensorsStreamWriter
+from .soc import get_soc, resolve_dtype
+
+JOURNAL_NAME = ".ascendkit-journal.json"
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """`5GB`, `500MB`, `2GiB` or a byte count (transformers' `max_shard_size` spelling)."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in _SIZE_UNITS or float(m.group(1)) <= 0:
+        raise UserError(f"--max-shard-size {text}: not a size (e.g. 5GB, 500MB, 2GiB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+
+
+@dataclass
+class ConvertOptions:
+    soc: str = "ascend910b"
+    dtype: str = "auto"
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE
+    on_overflow: str = "fail"
+    arch_specs: list[Path] = field(default_factory=list)
+    force: bool = False
+    resume: bool = False
+    dry_run: bool = False
+
+    def recorded(self) -> dict:
+        """The options that shape the output (and so belong in the manifest and the resume key)."""
+        return {"soc": self.soc, "dtype": self.dtype, "max_shard_size": parse_size(self.max_shard_size),
+                "on_overflow": self.on_overflow, "layout": "default",
+                "arch_specs": [str(Path(p).resolve()) for p in self.arch_specs]}
+
+
+@dataclass
+class TensorJob:
+    info: TensorInfo
+    out: PlannedTensor
+    role: str
+    layer: int | None
+
+
+@dataclass
+class Shard:
+    name: str
+    jobs: list[TensorJob]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(j.out.nbytes for j in self.jobs)
+
+
+@dataclass
+class ConversionPlan:
+    src: Path
+    out: Path
+    reader: CheckpointReader
+    spec: ArchSpec
+    soc: str
+    dtype: str
+    source_dtype: str
+    shards: list[Shard]
+    dropped: list[str]
+    options: ConvertOptions
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.nbytes for s in self.shards)
+
+    @property
+    def total_tensors(self) -> int:
+        return sum(len(s.jobs) for s in self.shards)
+
+
+class Reporter:
+    """Progress sink; the CLI supplies a rich progress bar, library callers get silence."""
+
+    def begin(self, total_bytes: int, total_tensors: int) -> None: ...
+    def advance(self, nbytes: int, tensors: int = 1) -> None: ...
+    def note(self, message: str) -> None: ...
+    def end(self) -> None: ...
+
+
+@dataclass
+class ConvertResult:
+    out: Path
+    manifest: dict
+    plan: ConversionPlan
+    resumed_shards: list[str]
+    warnings: list[str]
+
+
+def dominant_float_dtype(infos: list[TensorInfo]) -> str:
+    """The float dtype holding most of the source's bytes: what `--dtype auto` calls the source dtype."""
+    weight: dict[str, int] = {}
+    for info in infos:
+        if info.dtype in FLOAT_NAMES:
+            weight[info.dtype] = weight.get(info.dtype, 0) + info.numel
+    return max(weight, key=weight.get) if weight else "float32"
+
+
+def shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def make_plan(src: Path, out: Path, options: ConvertOptions) -> ConversionPlan:
+    if options.on_overflow not in OVERFLOW_POLICIES:
+        raise UserError(f"--on-overflow {options.on_overflow}: choose one of {', '.join(OVERFLOW_POLICIES)}")
+    soc = get_soc(options.soc)
+    max_shard = parse_size(options.max_shard_size)
+    extra = [load_spec_file(p) for p in options.arch_specs]
+    reader = open_checkpoint(src, extra)
+    spec = getattr(reader, "spec", None) or find_spec(reader.config(), extra, where=str(src / "config.json"))
+    spec.canonical_config(reader.config(), where=str(src / "config.json"))  # fails early on a broken config
+    infos = reader.tensors()
+    if not infos:
+        raise UserError(f"{src}: the checkpoint holds no tensors")
+    source_dtype = dominant_float_dtype(infos)
+    dtype = resolve_dtype(soc, options.dtype, source_dtype)
+    jobs, dropped = [], []
+    for info in infos:
+        if spec.is_ignored(info.name):
+            dropped.append(info.name)
+            continue
+        role = spec.role_of(info.name)
+        if role is None:
+            raise UserError(f"{src / info.file}: tensor {info.name} is not part of a {spec.family} model as "
+                            f"{spec.origin} describes it (extend the spec with --arch-spec FILE)")
+        out_dtype = dtype if info.dtype in FLOAT_NAMES else info.dtype
+        jobs.append(TensorJob(info, PlannedTensor(info.name, out_dtype, info.shape), *role))
+    groups: list[list[TensorJob]] = [[]]
+    size = 0
+    for job in jobs:
+        if groups[-1] and size + job.out.nbytes > max_shard:
+            groups.append([])
+            size = 0
+        groups[-1].append(job)
+        size += job.out.nbytes
+    shards = [Shard(name, group) for name, group in zip(shard_names(len(groups)), groups)]
+    return ConversionPlan(src, out, reader, spec, soc.name, dtype, source_dtype, shards, dropped, options)
+
+
+def partial_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def _fingerprint(plan: ConversionPlan) -> str:
+    sources = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in plan.reader.weight_files()]
+    layout = [(s.name, [(j.info.name, j.out.dtype, j.out.shape) for j in s.jobs]) for s in plan.shards]
+    key = json.dumps([__version__, str(plan.src.resolve()), sources, layout, plan.options.recorded()])
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _failpoint(shards_done: int) -> None:
+    """Fault injection for the resume tests: `ASCENDKIT_FAILPOINT=kill-after-shard:N` dies like a
+    SIGKILL (no cleanup, no exception handlers) once N shards are finished."""
+    spec = os.environ.get("ASCENDKIT_FAILPOINT", "")
+    if spec.startswith("kill-after-shard:") and shards_done == int(spec.split(":", 1)[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _prepare_work_dir(plan: ConversionPlan) -> tuple[Path, dict]:
+    """The partial directory and its journal: reused with --resume when it matches this plan."""
+    out, opts = plan.out, plan.options
+    if out.exists() and not opts.force:
+        raise UserError(f"{out}: already exists (use --force to overwrite it)")
+    work = partial_dir(out)
+    fingerprint = _fingerprint(plan)
+    journal = {"fingerprint": fingerprint, "shards": {}}
+    if work.exists():
+        old = None
+        if opts.resume:
+            try:
+                old = json.loads((work / JOURNAL_NAME).read_text())
+            except (OSError, ValueError):
+                old = None
+        if old is not None and old.get("fingerprint") == fingerprint:
+            journal = old
+        elif opts.resume and old is not None:
+            raise UserError(f"{work}: left by a conversion with other inputs or options; "
+                            f"rerun with the same options, or --force to start over")
+        elif not opts.force and not opts.resume:
+            raise UserError(f"{work}: an interrupted conversion is there; rerun with --resume to finish it, "
+                            f"or --force to start over")
+        else:
+            shutil.rmtree(work)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        probe = work / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the output directory ({exc.strerror or exc})") from None
+    # A finished shard counts only if its bytes are still what the journal says.
+    for name, record in list(journal["shards"].items()):
+        path = work / name
+        if not path.is_file() or file_record(path) != record["file"]:
+            del journal["shards"][name]
+    return work, journal
+
+
+def _hash_sources(plan: ConversionPlan) -> tuple[threading.Thread, dict]:
+    """sha256 of the source files, on a thread: hashlib releases the GIL, so this overlaps the work."""
+    result: dict = {}
+    files = list(plan.reader.weight_files())
+    config = plan.src / "config.json"
+    if plan.src.is_dir() and config.is_file():
+        files.append(config.resolve())
+    root = plan.reader.root.resolve()
+
+    def run() -> None:
+        for path in files:
+            result[str(path.relative_to(root))] = file_record(path)
+
+    thread = threading.Thread(target=run, name="hash-sources", daemon=True)
+    thread.start()
+    return thread, result
+
+
+def convert(src: Path, out: Path, options: ConvertOptions, reporter: Reporter | None = None,
+            plan: ConversionPlan | None = None) -> ConvertResult:
+    src, out = Path(src), Path(out)
+    reporter = reporter or Reporter()
+    plan = plan or make_plan(src, out, options)
+    try:
+        work, journal = _prepare_work_dir(plan)
+        return _run(plan, work, journal, reporter)
+    finally:
+        plan.reader.close()
+
+
+def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) -> ConvertResult:
+    target = TORCH_DTYPES[plan.dtype]
+    hash_thread, source_hashes = _hash_sources(plan)
+    resumed = [s.name for s in plan.shards if s.name in journal["shards"]]
+    reporter.begin(plan.total_bytes, plan.total_tensors)
+    overflowed: dict[str, CastStats] = {}
+    warnings: list[str] = []
+    metadata = {"format": "pt"}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-tensors") as pool:
+        for shard in plan.shards:
+            if shard.name in journal["shards"]:
+                reporter.advance(shard.nbytes, len(shard.jobs))
+                continue
+            writer = None if overflowed else SafetensorsStreamWriter(
+                work / shard.name, [j.out for j in shard.jobs], metadata, pool)
+            records: dict[str, dict] = {}
+            for job in shard.jobs:
+                tensor = plan.reader.load(job.info)
+                if tuple(tensor.shape) != job.info.shape:
+                    raise UserError(f"{plan.src / job.info.file}: tensor {job.info.name} has shape "
+                                    f"{tuple(tensor.shape)}, its header says {job.info.shape}")
+                cast, stats = checked_cast(tensor, target if tensor.is_floating_point() else tensor.dtype,
+                                           plan.options.on_overflow)
+                if stats.overflow and plan.options.on_overflow == "fail":
+                    overflowed[job.info.name] = stats
+                if overflowed:  # keep scanning so the error lists every overflowing tensor
+                    if writer is not None:
+                        writer.abort()
+                        writer = None
+                    reporter.advance(job.out.nbytes)
+                    continue
+                writer.write(job.info.name, cast)
+                records[job.info.name] = _tensor_record(plan, job, shard.name, stats)
+                if stats.nan or stats.inf:
+                    warnings.append(f"{job.info.name}: source holds {stats.nan} NaN and {stats.inf} Inf values")
+                if stats.clamped:
+                    warnings.append(f"{job.info.name}: {stats.clamped} values beyond ±65504 clamped")
+                del tensor, cast
+                reporter.advance(job.out.nbytes)
+            if writer is None:
+                continue
+            file_sha, size, tensor_hashes = writer.finish()
+            for name, digest in tensor_hashes.items():
+                records[name]["sha256"] = digest
+            journal["shards"][shard.name] = {"file": {"sha256": file_sha, "size": size}, "tensors": records}
+            write_json_atomic(work / JOURNAL_NAME, journal)
+            _failpoint(len(journal["shards"]))
+    reporter.end()
+    if overflowed:
+        shutil.rmtree(work, ignore_errors=True)
+        listing = "; ".join(f"{name} ({s.overflow} values)" for name, s in overflowed.items())
+        raise CheckFailed(f"{len(overflowed)} tensor(s) hold values beyond the {plan.dtype} range ±65504, "
+                          f"which a cast would turn into Inf: {listing} (use --on-overflow clamp to saturate "
+                          f"them, or --dtype bfloat16 on a chip that has it)")
+    side_files = _write_side_files(plan, work)
+    hash_thread.join()
+    manifest = _manifest(plan, work, journal, source_hashes, side_files)
+    write_json_atomic(work / MANIFEST_NAME, manifest)
+    (work / JOURNAL_NAME).unlink()
+    _swap_into_place(work, plan.out)
+    return ConvertResult(plan.out, manifest, plan, resumed, warnings)
+
+
+def _tensor_record(plan: ConversionPlan, job: TensorJob, shard: str, stats: CastStats) -> dict:
+    transforms = [] if job.info.dtype == job.out.dtype else [f"cast:{job.info.dtype}->{job.out.dtype}"]
+    if job.info.stored_as != job.info.dtype:
+        transforms.insert(0, f"dequantize:{job.info.stored_as}")
+    if plan.reader.format == "gguf" and plan.spec.gguf_unpermute_qk and job.role in ("q", "k"):
+        transforms.insert(1, "unpermute_qk:gguf")
+    return {"file": shard, "dtype": job.out.dtype, "shape": list(job.out.shape), "role": job.role,
+            "layer": job.layer, "source": {"name": job.info.name, "file": job.info.file,
+                                           "dtype": job.info.stored_as},
+            "transforms": transforms, "cast": stats.to_dict()}
+
+
+def _write_side_files(plan: ConversionPlan, work: Path) -> list[str]:
+    for stale in work.iterdir():  # a resumed run rewrites every small file
+        if stale.name not in {s.name for s in plan.shards} and stale.name != JOURNAL_NAME:
+            stale.unlink() if stale.is_file() else shutil.rmtree(stale)
+    written = plan.reader.write_side_files(work)
+    config = dict(plan.reader.config())
+    config.pop("quantization_config", None)
+    keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
+    for key in keys:
+        config[key] = plan.dtype
+    with open(work / "config.json", "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    written.append("config.json")
+    if len(plan.shards) > 1:
+        index = {"metadata": {"total_size": plan.total_bytes},
+                 "weight_map": {j.out.name: s.name for s in plan.shards for j in s.jobs}}
+        with open(work / "model.safetensors.index.json", "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+            f.write("\n")
+        written.append("model.safetensors.index.json")
+    return sorted(written)
+
+
+def _manifest(plan: ConversionPlan, work: Path, journal: dict, source_hashes: dict, side_files: list[str]) -> dict:
+    files = {name: journal["shards"][name]["file"] for name in (s.name for s in plan.shards)}
+    for name in side_files:
+        files[name] = file_record(work / name)
+    tensors = {}
+    for shard in plan.shards:
+        tensors.update(journal["shards"][shard.name]["tensors"])
+    total = CastStats()
+    for record in tensors.values():
+        total.merge(CastStats(**record["cast"]))
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "tool": {"name": "ascend-deploy-kit", "version": __version__, "torch": torch.__version__.split("+")[0]},
+        "source": {"path": str(plan.src.resolve()), "format": plan.reader.format, "files": source_hashes,
+                   "architecture": (plan.reader.config().get("architectures") or [None])[0],
+                   "family": plan.spec.family, "dtype": plan.source_dtype},
+        "target": {"soc": plan.soc, "dtype": plan.dtype, "layout": "default"},
+        "options": plan.options.recorded(),
+        "files": files,
+        "tensors": tensors,
+        "dropped_tensors": plan.dropped,
+        "summary": {"tensors": len(tensors), "bytes": plan.total_bytes, "shards": len(plan.shards),
+                    "cast": total.to_dict()},
+    }
+
+
+def _swap_into_place(work: Path, out: Path) -> None:
+    """Rename the finished directory to `out`; an old `out` (only with --force) is removed after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(work, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

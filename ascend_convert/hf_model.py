@@ -1,0 +1,63 @@
+"""Build a transformers model from any checkpoint reader, so logits can be compared.
+
+Families with a transformers class are built with it under their own names. Remote-code families
+(Baichuan, Qwen v1) are never executed: their weights go through the canonical view into the
+transformers class that computes the same function (spec `reference_architecture`), so the check
+still proves what the converted weights compute.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .arch import ArchSpec, canonical_tensors
+from .errors import UserError
+from .readers import CheckpointReader
+
+
+def _config_for(reader: CheckpointReader, spec: ArchSpec):
+    import transformers
+
+    raw = dict(reader.config())
+    if spec.reference_architecture is None:
+        cls = getattr(transformers, spec.architectures[0], None)
+        if cls is None:
+            raise UserError(f"transformers {transformers.__version__} has no {spec.architectures[0]} class")
+        raw.pop("quantization_config", None)
+        return cls.config_class.from_dict(raw), cls
+    cls = getattr(transformers, spec.reference_architecture)
+    c = spec.canonical_config(raw)
+    return cls.config_class(
+        hidden_size=c["hidden_size"], num_hidden_layers=c["num_hidden_layers"],
+        num_attention_heads=c["num_attention_heads"], num_key_value_heads=c["num_key_value_heads"],
+        head_dim=c["head_dim"], intermediate_size=c["intermediate_size"], rms_norm_eps=c["rms_norm_eps"],
+        rope_theta=c["rope_theta"], vocab_size=c["vocab_size"],
+        max_position_embeddings=c["max_position_embeddings"] or 4096,
+        tie_word_embeddings=bool(c["tie_word_embeddings"]),
+    ), cls
+
+
+def build_hf_model(reader: CheckpointReader, spec: ArchSpec, dtype: torch.dtype = torch.float32):
+    """An eval-mode transformers model holding the reader's weights (whole model in memory)."""
+    config, cls = _config_for(reader, spec)
+    cfg = spec.canonical_config(reader.config())
+    model = cls(config).to(dtype)  # built on CPU so computed buffers (RoPE inv_freq) are real
+    state = {}
+    for info in reader.tensors():
+        if spec.is_ignored(info.name):
+            continue
+        tensor = reader.load(info)
+        tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        if spec.reference_architecture is None:
+            state[info.name] = tensor
+        else:
+            role, layer = spec.role_of(info.name)
+            state.update(canonical_tensors(spec, cfg, role, layer, tensor))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise UserError(f"{reader.root}: weights do not fit {cls.__name__}: missing {sorted(set(missing) - tied)[:5]}, "
+                        f"unexpected {sorted(unexpected)[:5]}")
+    if tied:
+        model.tie_weights()
+    return model.eval()

@@ -1,0 +1,41 @@
+"""Open any supported checkpoint: a safetensors directory, `pytorch_model*.bin`, or a `.gguf` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..arch import ArchSpec
+from ..errors import UserError
+from .base import CheckpointReader, TensorInfo, read_config
+
+__all__ = ["CheckpointReader", "TensorInfo", "open_checkpoint", "read_config"]
+
+
+def open_checkpoint(src: Path, extra_specs: list[ArchSpec] | None = None) -> CheckpointReader:
+    src = Path(src)
+    if not src.exists():
+        raise UserError(f"{src}: no such file or directory")
+    if src.is_file():
+        if src.suffix == ".gguf":
+            from .gguf_file import GGUFReader
+
+            return GGUFReader(src, extra_specs)
+        raise UserError(f"{src}: not a checkpoint (give a directory, or a .gguf file)")
+    ggufs = sorted(src.glob("*.gguf"))
+    safetensors = sorted(src.glob("*.safetensors"))
+    bins = sorted(src.glob("pytorch_model*.bin"))
+    if safetensors or (src / "model.safetensors.index.json").is_file():
+        from .safetensors_dir import SafetensorsReader
+
+        return SafetensorsReader(src, safetensors)
+    if bins or (src / "pytorch_model.bin.index.json").is_file():
+        from .torch_bin import TorchBinReader
+
+        return TorchBinReader(src, bins)
+    if len(ggufs) == 1:
+        from .gguf_file import GGUFReader
+
+        return GGUFReader(ggufs[0], extra_specs)
+    if len(ggufs) > 1:
+        raise UserError(f"{src}: holds {len(ggufs)} .gguf files ({', '.join(p.name for p in ggufs)}); name one")
+    raise UserError(f"{src}: no weights found (expected *.safetensors, pytorch_model*.bin or a .gguf file)")

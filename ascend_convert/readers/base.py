@@ -1,0 +1,116 @@
+"""What every checkpoint reader gives the converter: tensor metadata first, data one tensor at a time.
+
+Metadata (name, dtype, shape) is known before any data is read, so the writer can plan shards and
+write safetensors headers up front, then stream tensors through with one in memory at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
+INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+NEVER_COPIED = frozenset({"config.json", "ascend_manifest.json", *INDEX_NAMES})
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # torch dtype name of the values the reader returns
+    shape: tuple[int, ...]
+    file: str  # source file, relative to the checkpoint root
+    stored_as: str  # what the file holds (`bfloat16`, or a GGUF type such as `Q4_1`)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class CheckpointReader(ABC):
+    """One source checkpoint. Subclasses validate everything they can at open time."""
+
+    format: str = ""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @abstractmethod
+    def config(self) -> dict: ...
+
+    @abstractmethod
+    def tensors(self) -> list[TensorInfo]:
+        """Every tensor, in the order that reads the files sequentially."""
+
+    @abstractmethod
+    def load(self, info: TensorInfo) -> torch.Tensor:
+        """The tensor's values (CPU, contiguous); only this tensor is materialised."""
+
+    @abstractmethod
+    def weight_files(self) -> list[Path]:
+        """Files whose bytes the manifest records as the source."""
+
+    def write_side_files(self, out_dir: Path) -> list[str]:
+        """Copy (or, for GGUF, generate) tokenizer, generation config, chat template, remote code."""
+        import shutil
+
+        written = []
+        for entry in sorted(self.root.iterdir()):
+            if (entry.is_file() and not entry.name.startswith(".") and entry.name not in NEVER_COPIED
+                    and not entry.name.endswith(WEIGHT_SUFFIXES)):
+                shutil.copyfile(entry, out_dir / entry.name)
+                written.append(entry.name)
+        return written
+
+    def close(self) -> None:
+        pass
+
+
+def read_config(root: Path) -> dict:
+    path = root / "config.json"
+    if not path.is_file():
+        raise UserError(f"{path}: missing (a Hugging Face checkpoint needs its config.json)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: invalid config (expected a JSON object, got {type(config).__name__})")
+    return config
+
+
+def load_index(root: Path, index_name: str) -> dict[str, str]:
+    """weight_map of an index file, with every shard path checked to stay inside the checkpoint."""
+    path = root / index_name
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: invalid index ({exc!s})") from None
+    real_root = root.resolve()
+    for tensor, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise UserError(f"{path}: tensor {tensor} maps to an invalid shard name {shard!r}")
+        target = (root / shard).resolve()
+        if Path(shard).is_absolute() or real_root not in target.parents:
+            raise UserError(f"{path}: shard path {shard!r} for tensor {tensor} leaves the checkpoint directory")
+        if not target.is_file():
+            raise UserError(f"{path}: shard {shard} (for tensor {tensor}) is missing")
+    return weight_map
+
+
+def check_duplicates(seen: dict[str, str], name: str, file: str) -> None:
+    if name in seen:
+        raise UserError(f"tensor {name} is stored twice: in {seen[name]} and in {file}")
+    seen[name] = file

@@ -1,0 +1,125 @@
+"""GGUF files (llama.cpp): dequantized with the `gguf` package one tensor at a time, renamed to HF
+names, llama's q/k row permutation undone; config, tokenizer and chat template come from the GGUF's
+metadata through transformers' own GGUF support, written out as ordinary HF files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..arch import ArchSpec, find_spec_for_gguf
+from ..errors import UserError
+from .base import CheckpointReader, TensorInfo
+
+# GGUF tensors that carry nothing HF checkpoints store (llama3 GGUFs precompute RoPE frequencies).
+GGUF_DERIVED_TENSORS = frozenset({"rope_freqs.weight"})
+STORED_FLOAT_TYPES = {"F16": "float16", "BF16": "bfloat16"}
+
+
+def reverse_permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's convert permutation of q/k rows (interleaved RoPE pairs → HF's rotate-half)."""
+    dim = weight.shape[0] // n_heads // 2
+    w = weight.reshape(n_heads, dim, 2, *weight.shape[1:])
+    return w.swapaxes(2, 1).reshape(weight.shape)
+
+
+class GGUFReader(CheckpointReader):
+    format = "gguf"
+
+    def __init__(self, path: Path, extra_specs: list[ArchSpec] | None = None) -> None:
+        super().__init__(path.parent)
+        import gguf
+
+        self.path = path
+        try:
+            self._reader = gguf.GGUFReader(str(path))
+        except (ValueError, OSError, IndexError, KeyError) as exc:
+            raise UserError(f"{path}: not a valid GGUF file ({exc})") from None
+        arch = self._field("general.architecture") or ""
+        name = self._field("general.name") or ""
+        self.spec = find_spec_for_gguf(arch, name, extra_specs)
+        self._config_obj = self._load_hf_config()
+        self._config = self._config_obj.to_dict()
+        self._config["architectures"] = [self.spec.architectures[0]]
+        cfg = self.spec.canonical_config(self._config, where=str(path))
+        self._heads = {"q": cfg["num_attention_heads"], "k": cfg["num_key_value_heads"]}
+        name_map = self._gguf_to_hf_names(arch, cfg["num_hidden_layers"])
+        self._by_name: dict[str, object] = {}
+        self._infos: list[TensorInfo] = []
+        for tensor in sorted(self._reader.tensors, key=lambda t: int(t.data_offset)):
+            if tensor.name in GGUF_DERIVED_TENSORS:
+                continue
+            hf_name = name_map.get(tensor.name)
+            if hf_name is None:
+                raise UserError(f"{path}: tensor {tensor.name} has no Hugging Face name for a {self.spec.family} model")
+            qtype = tensor.tensor_type.name
+            shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+            dtype = STORED_FLOAT_TYPES.get(qtype, "float32")
+            self._infos.append(TensorInfo(hf_name, dtype, shape, path.name, qtype))
+            self._by_name[hf_name] = tensor
+
+    def _field(self, key: str) -> str | None:
+        field = self._reader.fields.get(key)
+        return None if field is None else field.contents()
+
+    def _load_hf_config(self):
+        from transformers import AutoConfig
+
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        try:
+            return AutoConfig.from_pretrained(str(self.root), gguf_file=self.path.name)
+        except (ValueError, KeyError, OSError) as exc:
+            raise UserError(f"{self.path}: cannot read the model config from GGUF metadata ({exc})") from None
+
+    def _gguf_to_hf_names(self, arch: str, n_layers: int) -> dict[str, str]:
+        """Map GGUF names to HF names with gguf's own table, over the HF model's parameter names."""
+        import gguf
+        from transformers import AutoModelForCausalLM
+
+        arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+        table = gguf.get_tensor_name_map(arch_enum, n_layers)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(self._config_obj)
+        mapping = {}
+        for hf_name in model.state_dict():
+            base, _, suffix = hf_name.rpartition(".")
+            gguf_base = table.get_name(base)
+            if gguf_base is not None:
+                mapping[f"{gguf_base}.{suffix}"] = hf_name
+        return mapping
+
+    def config(self) -> dict:
+        return self._config
+
+    def tensors(self) -> list[TensorInfo]:
+        return self._infos
+
+    def weight_files(self) -> list[Path]:
+        return [self.path.resolve()]
+
+    def load(self, info: TensorInfo) -> torch.Tensor:
+        from gguf.quants import dequantize
+
+        tensor = self._by_name[info.name]
+        values = dequantize(tensor.data, tensor.tensor_type).reshape(info.shape)
+        role = self.spec.role_of(info.name)
+        if self.spec.gguf_unpermute_qk and role is not None and role[0] in self._heads:
+            values = reverse_permute_qk(values, self._heads[role[0]])
+        if not values.flags.writeable or not values.flags.c_contiguous:  # F32 tensors are read-only memmap views
+            values = np.array(values, order="C")
+        return torch.from_numpy(values).to(getattr(torch, info.dtype))
+
+    def write_side_files(self, out_dir: Path) -> list[str]:
+        from transformers import AutoTokenizer, GenerationConfig
+
+        before = set(p.name for p in out_dir.iterdir())
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(self.root), gguf_file=self.path.name)
+        except (ValueError, KeyError, OSError) as exc:
+            raise UserError(f"{self.path}: cannot build the tokenizer from GGUF metadata ({exc})") from None
+        tokenizer.save_pretrained(str(out_dir))
+        GenerationConfig.from_model_config(self._config_obj).save_pretrained(str(out_dir))
+        return sorted(set(p.name for p in out_dir.iterdir()) - before)

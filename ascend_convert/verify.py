@@ -1,0 +1,188 @@
+"""`verify OUT`: prove a converted directory is what its manifest says, and what its source holds.
+
+1. every file in the manifest re-hashed (sha256 and size), no unlisted weight file;
+2. every tensor read back with safetensors: dtype, shape and sha256 as recorded;
+3. with a source: each tensor equals the checked cast of its source tensor bit for bit, so its
+   error is exactly the cast's rounding (recorded per tensor, re-checked against half an ulp);
+4. with `--logits`: both models run on a few prompts and their logits are compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .arch import find_spec
+from .cast import CastStats, cast_error_bound, checked_cast
+from .dtypes import TORCH_DTYPES, dtype_name
+from .errors import CheckFailed, UserError
+from .manifest import MANIFEST_NAME, file_record, read_manifest
+from .readers import open_checkpoint
+from .safetensors_writer import sha256_bytes, tensor_bytes
+
+LOGIT_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Ascend NPUs serve large language models")
+# Logit tolerance relative to the largest source logit, by target dtype: a cast's rounding, grown
+# through the layers. float32 → float32 is exact, so its tolerance only absorbs summation order.
+LOGIT_RTOL = {"float32": 1e-5, "float16": 2e-2, "bfloat16": 8e-2}
+
+
+@dataclass
+class VerifyReport:
+    out: Path
+    files_checked: int = 0
+    tensors_checked: int = 0
+    source_checked: int = 0
+    max_abs_error: float = 0.0
+    logits: dict | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def verify(out: Path, source: Path | None = None, logits: bool = False, stop_at_first: bool = True) -> VerifyReport:
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"{out}: no such directory")
+    manifest = read_manifest(out)
+    report = VerifyReport(out)
+
+    def fail(message: str) -> None:
+        report.failures.append(message)
+        if stop_at_first:
+            raise CheckFailed(message)
+
+    _check_files(out, manifest, report, fail)
+    read_back = _check_tensors(out, manifest, report, fail)
+    if source is not None:
+        _check_source(Path(source), manifest, read_back, report, fail)
+    if logits:
+        if source is None:
+            raise UserError("--logits needs --source SRC to compare against")
+        report.logits = compare_logits(Path(source), out, manifest["target"]["dtype"])
+        if not report.logits["ok"]:
+            fail(f"logits differ from the source: max abs diff {report.logits['max_abs_diff']:.4g} > "
+                 f"tolerance {report.logits['tolerance']:.4g}")
+    return report
+
+
+def _check_files(out: Path, manifest: dict, report: VerifyReport, fail) -> None:
+    for name, record in manifest["files"].items():
+        path = out / name
+        if not path.is_file():
+            fail(f"{path}: missing (listed in {MANIFEST_NAME})")
+            continue
+        actual = file_record(path)
+        if actual != record:
+            fail(f"{path}: sha256 {actual['sha256'][:16]}… size {actual['size']} differ from the manifest "
+                 f"({record['sha256'][:16]}… size {record['size']})")
+        report.files_checked += 1
+    for path in sorted(out.glob("*.safetensors")):
+        if path.name not in manifest["files"]:
+            fail(f"{path}: weight file not listed in {MANIFEST_NAME}")
+
+
+def _check_tensors(out: Path, manifest: dict, report: VerifyReport, fail) -> dict[str, str]:
+    """Re-hash each tensor; returns tensor name → file for the source comparison."""
+    by_file: dict[str, list[str]] = {}
+    for name, record in manifest["tensors"].items():
+        by_file.setdefault(record["file"], []).append(name)
+    for file, names in by_file.items():
+        path = out / file
+        if not path.is_file():
+            continue  # already reported
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                present = set(handle.keys())
+                for name in names:
+                    record = manifest["tensors"][name]
+                    if name not in present:
+                        fail(f"{path}: tensor {name} missing")
+                        continue
+                    tensor = handle.get_tensor(name)
+                    if dtype_name(tensor.dtype) != record["dtype"] or list(tensor.shape) != record["shape"]:
+                        fail(f"{path}: tensor {name} is {dtype_name(tensor.dtype)}{list(tensor.shape)}, "
+                             f"the manifest says {record['dtype']}{record['shape']}")
+                    elif sha256_bytes(tensor_bytes(tensor)) != record["sha256"]:
+                        fail(f"{path}: tensor {name} sha256 differs from the manifest")
+                    report.tensors_checked += 1
+        except SafetensorError as exc:
+            fail(f"{path}: not a valid safetensors file ({exc})")
+    return {name: r["file"] for name, r in manifest["tensors"].items()}
+
+
+def _check_source(source: Path, manifest: dict, read_back: dict[str, str], report: VerifyReport, fail) -> None:
+    reader = open_checkpoint(source)
+    on_overflow = manifest["options"]["on_overflow"]
+    sources = {info.name: info for info in reader.tensors()}
+    handles: dict[str, object] = {}
+    try:
+        for name, record in manifest["tensors"].items():
+            src_name = record["source"]["name"]
+            info = sources.get(src_name)
+            if info is None:
+                fail(f"{source}: tensor {src_name} (source of {name}) not found")
+                continue
+            if read_back[name] not in handles:
+                handles.clear()
+                handles[read_back[name]] = safe_open(str(report.out / read_back[name]), framework="pt")
+            got = handles[read_back[name]].get_tensor(name)
+            src = reader.load(info)
+            expected, stats = checked_cast(src, TORCH_DTYPES[record["dtype"]], on_overflow)
+            if not same_bytes(got, expected):
+                diff = (got.double() - src.double()).abs()
+                fail(f"tensor {name}: differs from the source beyond the cast (max abs error {float(diff.max()):.4g})")
+                continue
+            if src.is_floating_point() and stats.max_abs_error:
+                bound = cast_error_bound(float(src.double().abs().max()), record["dtype"])
+                if stats.max_abs_error > bound:
+                    fail(f"tensor {name}: cast error {stats.max_abs_error:.4g} exceeds half an ulp ({bound:.4g})")
+            if CastStats(**record["cast"]).max_abs_error != stats.max_abs_error:
+                fail(f"tensor {name}: recorded max abs error {record['cast']['max_abs_error']} != measured "
+                     f"{stats.max_abs_error}")
+            report.max_abs_error = max(report.max_abs_error, stats.max_abs_error)
+            report.source_checked += 1
+    finally:
+        reader.close()
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-exact equality (NaN equals NaN of the same payload; -0.0 differs from 0.0)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+@torch.no_grad()
+def compare_logits(source: Path, out: Path, target_dtype: str, prompts: tuple[str, ...] = LOGIT_PROMPTS) -> dict:
+    """Forward both models in float32 on the prompts; compare logits and greedy next tokens."""
+    from transformers import AutoTokenizer
+
+    from .hf_model import build_hf_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    results = []
+    models = []
+    for path in (source, out):
+        reader = open_checkpoint(path)
+        spec = getattr(reader, "spec", None) or find_spec(reader.config())
+        models.append(build_hf_model(reader, spec))
+        reader.close()
+    max_diff, max_ref, agree, total = 0.0, 0.0, 0, 0
+    vocab = min(m.config.vocab_size for m in models)
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer(prompt).input_ids])
+        ids = ids.clamp(max=vocab - 1)
+        ref, got = (m(input_ids=ids).logits[0].float() for m in models)
+        max_diff = max(max_diff, float((ref - got).abs().max()))
+        max_ref = max(max_ref, float(ref.abs().max()))
+        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        total += ref.shape[0]
+        results.append(prompt)
+    tolerance = LOGIT_RTOL[target_dtype] * max(1.0, max_ref)
+    return {"prompts": len(prompts), "positions": total, "max_abs_diff": max_diff, "max_abs_logit": max_ref,
+            "tolerance": tolerance, "top1_agreement": agree / total, "ok": max_diff <= tolerance}

