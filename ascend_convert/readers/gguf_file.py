@@ -16,7 +16,7 @@ from .base import CheckpointReader, TensorInfo
 
 # GGUF tensors that carry nothing HF checkpoints store (llama3 GGUFs precompute RoPE frequencies).
 GGUF_DERIVED_TENSORS = frozenset({"rope_freqs.weight"})
-STORED_FLOAT_TYPES = {"F16": "float16", "BF16": "bfloat16"}
+STORED_FLOAT_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def reverse_permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -58,7 +58,8 @@ class GGUFReader(CheckpointReader):
             qtype = tensor.tensor_type.name
             shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
             dtype = STORED_FLOAT_TYPES.get(qtype, "float32")
-            self._infos.append(TensorInfo(hf_name, dtype, shape, path.name, qtype))
+            stored_as = STORED_FLOAT_TYPES.get(qtype, qtype)  # float types by torch's name, quant types by GGML's
+            self._infos.append(TensorInfo(hf_name, dtype, shape, path.name, stored_as))
             self._by_name[hf_name] = tensor
 
     def _field(self, key: str) -> str | None:
