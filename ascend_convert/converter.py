@@ -262,6 +262,7 @@ def convert(src: Path, out: Path, options: ConvertOptions, reporter: Reporter | 
         work, journal = _prepare_work_dir(plan)
         return _run(plan, work, journal, reporter)
     finally:
+        reporter.end()  # a progress bar left running would garble the error line after it
         plan.reader.close()
 
 
@@ -312,7 +313,6 @@ def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) ->
             journal["shards"][shard.name] = {"file": {"sha256": file_sha, "size": size}, "tensors": records}
             write_json_atomic(work / JOURNAL_NAME, journal)
             _failpoint(len(journal["shards"]))
-    reporter.end()
     if overflowed:
         shutil.rmtree(work, ignore_errors=True)
         listing = "; ".join(f"{name} ({s.overflow} values)" for name, s in overflowed.items())

@@ -36,4 +36,6 @@ class RichReporter(Reporter):
         self._progress.console.print(message)
 
     def end(self) -> None:
-        self._progress.stop()
+        if self._task is not None:
+            self._progress.stop()
+            self._task = None

@@ -166,3 +166,37 @@ def test_verify_logits(tmp_path, checkpoint):
     report = json.loads(result.stdout)
     assert report["logits"]["ok"] and report["logits"]["top1_agreement"] == 1.0
     assert 0 < report["logits"]["max_abs_diff"] <= report["logits"]["tolerance"]
+
+
+def test_arch_spec_adds_a_family(tmp_path, copy_checkpoint):
+    from importlib import resources
+
+    src = copy_checkpoint("llama")
+    config = json.loads((src / "config.json").read_text())
+    config["architectures"] = ["MyLlamaForCausalLM"]
+    (src / "config.json").write_text(json.dumps(config))
+    spec = json.loads((resources.files("ascend_convert") / "specs" / "llama.json").read_text())
+    spec.update(family="my-llama", architectures=["MyLlamaForCausalLM"])
+    spec_file = tmp_path / "my-llama.json"
+    spec_file.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    assert_one_line_error(run_cli("convert", src, out, "--no-progress"), "unsupported architecture MyLlamaForCausalLM")
+    result = run_cli("convert", src, out, "--arch-spec", spec_file, "--no-progress")
+    assert result.code == 0, result.stderr
+    assert json.loads((out / "ascend_manifest.json").read_text())["source"]["family"] == "my-llama"
+
+
+def test_arch_spec_with_an_unknown_role_is_refused(tmp_path, checkpoint):
+    spec_file = tmp_path / "bad.json"
+    spec_file.write_text(json.dumps({"family": "x", "architectures": ["X"], "tensors": {"attention": "a.weight"}}))
+    result = run_cli("convert", checkpoint("llama"), tmp_path / "out", "--arch-spec", spec_file)
+    assert_one_line_error(result, f"{spec_file}: unknown tensor role(s) ['attention']")
+
+
+def test_a_tensor_the_spec_does_not_describe_is_refused(tmp_path, copy_checkpoint):
+    src = copy_checkpoint("llama")
+    tensors = load_file(src / "model.safetensors")
+    tensors["model.layers.0.mystery.weight"] = tensors["model.norm.weight"].clone()
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    result = run_cli("convert", src, tmp_path / "out")
+    assert_one_line_error(result, "tensor model.layers.0.mystery.weight is not part of a llama model")
