@@ -27,7 +27,7 @@ from .arch import ArchSpec, find_spec, load_spec_file
 from .cast import OVERFLOW_POLICIES, CastStats, checked_cast
 from .dtypes import FLOAT_NAMES, TORCH_DTYPES
 from .errors import CheckFailed, UserError
-from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, file_record, write_json_atomic
+from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, file_record, fsync_tree, write_json_atomic
 from .readers import CheckpointReader, TensorInfo, open_checkpoint
 from .safetensors_writer import PlannedTensor, SafetensorsStreamWriter
 from .soc import get_soc, resolve_dtype
@@ -324,6 +324,7 @@ def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) ->
     manifest = _manifest(plan, work, journal, source_hashes, side_files)
     write_json_atomic(work / MANIFEST_NAME, manifest)
     (work / JOURNAL_NAME).unlink()
+    fsync_tree(work)
     _swap_into_place(work, plan.out)
     return ConvertResult(plan.out, manifest, plan, resumed, warnings)
 

@@ -41,6 +41,22 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def fsync_tree(root: Path) -> None:
+    """Make every file under `root` (and the directory entries) durable before it is published."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_manifest(out_dir: Path) -> dict:
     path = out_dir / MANIFEST_NAME
     if not path.is_file():

@@ -85,11 +85,14 @@ class SafetensorsStreamWriter:
         self._next += 1
 
     def finish(self) -> tuple[str, int, dict[str, str]]:
-        """Flush, fsync, rename into place; returns (file sha256, size, tensor sha256s)."""
+        """Flush and rename into place; returns (file sha256, size, tensor sha256s).
+
+        No fsync here: the kernel writes back while the next shard is computed, and the converter
+        syncs every file once before the final rename. A shard torn by a power cut before that is
+        caught on --resume, which re-hashes each finished shard against the journal."""
         if self._next != len(self.entries):
             raise RuntimeError(f"{self.path}: {len(self.entries) - self._next} planned tensors were not written")
         self._file.flush()
-        os.fsync(self._file.fileno())
         size = self._file.tell()
         self._file.close()
         os.replace(self.tmp, self.path)
