@@ -47,7 +47,12 @@ def sha256_bytes(data: memoryview) -> str:
 
 
 class SafetensorsStreamWriter:
-    """Writes one file to `<path>.tmp`, then renames it; hashes the file and each tensor on the way."""
+    """Writes one file to `<path>.tmp`, then renames it; hashes the file and each tensor on the way.
+
+    Hashing (the file's sha256 and each tensor's) runs on `hasher_pool`, a single worker, so the
+    updates stay in file order while the main thread reads and casts the next tensor. At most one
+    written tensor waits for its hashes: memory stays at about three tensors (hashing, source,
+    cast) whatever the hashing speed."""
 
     def __init__(self, path: Path, entries: list[PlannedTensor], metadata: dict[str, str],
                  hasher_pool: Executor | None = None) -> None:
@@ -56,6 +61,7 @@ class SafetensorsStreamWriter:
         self.entries = entries
         self._next = 0
         self._pool = hasher_pool
+        self._pending: list[Future] = []
         self.tensor_hashes: dict[str, str | Future] = {}
         header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
         offset = 0
@@ -69,19 +75,31 @@ class SafetensorsStreamWriter:
         self._hash = hashlib.sha256()
         self._emit(struct.pack("<Q", len(raw)) + raw)
 
+    def _run(self, func, *args) -> Future | object:
+        if self._pool is None:
+            return func(*args)
+        future = self._pool.submit(func, *args)
+        self._pending.append(future)
+        return future
+
     def _emit(self, data: bytes | memoryview) -> None:
         self._file.write(data)
-        self._hash.update(data)
+        self._run(self._hash.update, data)
+
+    def _drain(self) -> None:
+        for future in self._pending:
+            future.result()
+        self._pending.clear()
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         entry = self.entries[self._next]
         if entry.name != name or tuple(tensor.shape) != entry.shape or dtype_name(tensor.dtype) != entry.dtype:
             raise RuntimeError(f"writer got {name} {dtype_name(tensor.dtype)}{tuple(tensor.shape)}, "
                                f"planned {entry.name} {entry.dtype}{entry.shape}")
+        self._drain()  # the previous tensor's hashes: the bound on memory
         data = tensor_bytes(tensor)
-        future = self._pool.submit(sha256_bytes, data) if self._pool else None
+        self.tensor_hashes[name] = self._run(sha256_bytes, data)
         self._emit(data)
-        self.tensor_hashes[name] = future if future is not None else sha256_bytes(data)
         self._next += 1
 
     def finish(self) -> tuple[str, int, dict[str, str]]:
@@ -92,6 +110,7 @@ class SafetensorsStreamWriter:
         caught on --resume, which re-hashes each finished shard against the journal."""
         if self._next != len(self.entries):
             raise RuntimeError(f"{self.path}: {len(self.entries) - self._next} planned tensors were not written")
+        self._drain()
         self._file.flush()
         size = self._file.tell()
         self._file.close()
@@ -100,5 +119,6 @@ class SafetensorsStreamWriter:
         return self._hash.hexdigest(), size, hashes
 
     def abort(self) -> None:
+        self._drain()
         self._file.close()
         self.tmp.unlink(missing_ok=True)

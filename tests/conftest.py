@@ -22,12 +22,13 @@ class CliResult:
     stderr: str
 
 
-def run_cli(*args: str | Path, script: str = "ascendkit", env: dict | None = None, timeout: int = 300) -> CliResult:
+def run_cli(*args: str | Path, script: str = "ascendkit", env: dict | None = None, timeout: int = 300,
+            cwd: Path | None = None) -> CliResult:
     """Run a console script as a user would: a real process, its exit code and both streams."""
     exe = shutil.which(script)
     assert exe, f"console script {script} is not installed (pip install -e .)"
     proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -200,3 +200,15 @@ def test_a_tensor_the_spec_does_not_describe_is_refused(tmp_path, copy_checkpoin
     save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
     result = run_cli("convert", src, tmp_path / "out")
     assert_one_line_error(result, "tensor model.layers.0.mystery.weight is not part of a llama model")
+
+
+@pytest.mark.parametrize("variant", ["safetensors", "sharded", "bin"])
+def test_relative_paths(tmp_path, checkpoint, variant):
+    import shutil
+
+    shutil.copytree(checkpoint("llama", variant), tmp_path / "src")
+    result = run_cli("convert", "src", "out", "--no-progress", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert run_cli("verify", "out", "--source", "src", cwd=tmp_path).code == 0
+    manifest = json.loads((tmp_path / "out" / "ascend_manifest.json").read_text())
+    assert manifest["source"]["path"] == str((tmp_path / "src").resolve())

@@ -9,23 +9,39 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..dtypes import FROM_SAFETENSORS_CODE
+from ..dtypes import FROM_SAFETENSORS_CODE, TORCH_DTYPES
 from ..errors import UserError
 from .base import CheckpointReader, TensorInfo, check_duplicates, load_index, read_config
 
 INDEX = "model.safetensors.index.json"
 
 
-def read_header(path: Path) -> dict:
-    """The JSON header (validated by safetensors itself first: a truncated file fails here)."""
+def read_header(path: Path) -> tuple[dict, int]:
+    """The JSON header and where the data starts (validated by safetensors itself first: a
+    truncated or corrupt file fails here, before anything is written)."""
     try:
         with safe_open(str(path), framework="pt"):
             pass
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
-            return json.loads(f.read(length))
+            return json.loads(f.read(length)), 8 + length
     except (SafetensorError, OSError, ValueError, struct.error) as exc:
         raise UserError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def read_into(f, offset: int, nbytes: int) -> torch.Tensor:
+    """`nbytes` at `offset` into a fresh buffer. Plain reads, not mmap: a mapped shard's pages count
+    as this process's memory until it is unmapped, so peak RSS would grow with the shard size."""
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    view = memoryview(buf.numpy()) if nbytes else memoryview(b"")
+    f.seek(offset)
+    done = 0
+    while done < nbytes:
+        n = f.readinto(view[done:])
+        if not n:
+            raise EOFError(f"{nbytes - done} bytes missing at offset {offset + done}")
+        done += n
+    return buf
 
 
 class SafetensorsReader(CheckpointReader):
@@ -34,16 +50,19 @@ class SafetensorsReader(CheckpointReader):
     def __init__(self, root: Path, files: list[Path]) -> None:
         super().__init__(root)
         self._config = read_config(root)
-        self._files = files
-        self._handles: dict[str, object] = {}
+        self._root = root.resolve()
         index = load_index(root, INDEX) if (root / INDEX).is_file() else None
         if index is not None:
-            self._files = sorted({(root / shard).resolve() for shard in index.values()})
+            files = {(root / shard) for shard in index.values()}
+        self._files = sorted(p.resolve() for p in files)
+        self._open: tuple[str, object] | None = None
+        self._spans: dict[str, tuple[int, int]] = {}  # tensor → (absolute offset, nbytes)
         seen: dict[str, str] = {}
         infos: list[tuple[str, int, TensorInfo]] = []
         for path in self._files:
-            rel = self._rel(path)
-            for name, entry in read_header(path).items():
+            rel = str(path.relative_to(self._root))
+            header, data_start = read_header(path)
+            for name, entry in header.items():
                 if name == "__metadata__":
                     continue
                 check_duplicates(seen, name, rel)
@@ -55,15 +74,14 @@ class SafetensorsReader(CheckpointReader):
                 if dtype is None:
                     raise UserError(f"{path}: tensor {name} has unsupported dtype {entry['dtype']}")
                 info = TensorInfo(name, dtype, tuple(entry["shape"]), rel, dtype)
-                infos.append((rel, entry["data_offsets"][0], info))
+                begin, end = entry["data_offsets"]
+                self._spans[name] = (data_start + begin, end - begin)
+                infos.append((rel, begin, info))
         if index is not None:
             for name, shard in index.items():
                 if name not in seen:
                     raise UserError(f"{root / INDEX}: lists tensor {name} in {shard}, but that file does not hold it")
         self._infos = [info for _, _, info in sorted(infos, key=lambda t: (t[0], t[1]))]
-
-    def _rel(self, path: Path) -> str:
-        return str(path.relative_to(self.root.resolve())) if path.is_absolute() else str(path)
 
     def config(self) -> dict:
         return self._config
@@ -72,18 +90,20 @@ class SafetensorsReader(CheckpointReader):
         return self._infos
 
     def weight_files(self) -> list[Path]:
-        return [self.root.resolve() / self._rel(p) for p in self._files]
+        return list(self._files)
 
     def load(self, info: TensorInfo) -> torch.Tensor:
-        handle = self._handles.get(info.file)
-        if handle is None:
-            # Only the current file stays open: the converter reads files in order.
-            self.close()
-            handle = self._handles[info.file] = safe_open(str(self.root.resolve() / info.file), framework="pt")
+        if self._open is None or self._open[0] != info.file:
+            self.close()  # the converter reads files in order: one open file at a time
+            self._open = (info.file, open(self._root / info.file, "rb", buffering=0))
+        offset, nbytes = self._spans[info.name]
         try:
-            return handle.get_tensor(info.name)
-        except SafetensorError as exc:
-            raise UserError(f"{self.root / info.file}: cannot read tensor {info.name} ({exc})") from None
+            raw = read_into(self._open[1], offset, nbytes)
+        except (OSError, EOFError) as exc:
+            raise UserError(f"{self._root / info.file}: cannot read tensor {info.name} ({exc})") from None
+        return raw.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)
 
     def close(self) -> None:
-        self._handles.clear()
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
