@@ -18,7 +18,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -316,7 +315,8 @@ def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) ->
     if overflowed:
         shutil.rmtree(work, ignore_errors=True)
         listing = "; ".join(f"{name} ({s.overflow} values)" for name, s in overflowed.items())
-        raise CheckFailed(f"{len(overflowed)} tensor(s) hold values beyond the {plan.dtype} range ±65504, "
+        raise CheckFailed(f"{len(overflowed)} tensor(s) hold values beyond the {plan.dtype} range "
+                          f"±{torch.finfo(target).max:g}, "
                           f"which a cast would turn into Inf: {listing} (use --on-overflow clamp to saturate "
                           f"them, or --dtype bfloat16 on a chip that has it)")
     side_files = _write_side_files(plan, work)

@@ -71,8 +71,8 @@ class CheckpointReader(ABC):
                 written.append(entry.name)
         return written
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - most readers hold nothing open
+        """Release open files; the reader can still be used (it reopens lazily)."""
 
 
 def read_config(root: Path) -> dict:
