@@ -51,9 +51,6 @@ FUSED_ROLES: dict[str, tuple[str, ...]] = {
     "gate_up": ("gate", "up"),
 }
 
-# Roles whose weight is a matmul [out, in]: the ones quantization and NZ tiling touch.
-LINEAR_ROLES = frozenset({"q", "k", "v", "o", "qkv", "gate", "up", "down", "gate_up"})
-
 # Canonical config keys and where HF configs keep them, first match wins.
 DEFAULT_CONFIG_KEYS: dict[str, list[str]] = {
     "hidden_size": ["hidden_size"],

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
-
 import click
 
 from .errors import UserError
@@ -48,7 +46,3 @@ def run_main(command: click.Command, args: list[str] | None = None, prog_name: s
                    err=True)
         code = 3
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def entry_point(command: click.Command, prog_name: str) -> Callable[[], None]:
-    return lambda: run_main(command, prog_name=prog_name)

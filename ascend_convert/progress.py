@@ -32,9 +32,6 @@ class RichReporter(Reporter):
         self._tensors += tensors
         self._progress.update(self._task, advance=nbytes, tensors=f"{self._tensors}/{self._total_tensors}")
 
-    def note(self, message: str) -> None:
-        self._progress.console.print(message)
-
     def end(self) -> None:
         if self._task is not None:
             self._progress.stop()
