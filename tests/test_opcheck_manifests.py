@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -18,7 +19,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CODEGEN = DATA / "torch_npu-2.14.0" / "npu_native_functions_by_codegen.yaml"
 OP_PLUGIN = DATA / "op-plugin" / "op_plugin_functions.yaml"
 ONNX_YAML = DATA / "msit" / "onnx.yaml"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside this checkout")
+# CI always has shared/ beside the clone: there a missing data folder is a failure, not a skip.
+needs_data = pytest.mark.skipif(not DATA.is_dir() and os.environ.get("CI") != "true",
+                                reason="../shared/data is not beside this checkout")
 VERSIONS = ["v2.1", "v2.2", "v2.3", "v2.14", "v2.15"]
 
 
