@@ -1,0 +1,126 @@
+"""From an exported program to findings: every aten op in the graph, where it comes from, and
+whether it reaches an NPU kernel for the target SoC and dtype.
+
+Graphs come from `torch.export` (built on the meta device for HF configs: no weights are read).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from .classify import FALLBACK, Classifier, Verdict, overload_key
+
+UNSUPPORTED = "unsupported"
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
+_INTERNAL = ("/torch/", "/transformers/utils/", "/contextlib.py")
+
+
+@dataclass
+class OpUse:
+    """One aten overload in a graph: how often, in which dtypes, and where from."""
+
+    op: torch._ops.OpOverload
+    count: int = 0
+    dtypes: set[str] = field(default_factory=set)
+    shapes: list[list[int]] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
+    example: tuple[tuple, dict] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"aten::{overload_key(self.op)}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    op: str
+    kind: str  # fallback | unsupported
+    count: int
+    dtypes: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    locations: tuple[str, ...]
+    via: tuple[str, ...]
+    advice: str
+
+
+def _location(node: torch.fx.Node) -> str | None:
+    """`file:line (module path)` of the user code that emitted the node: the innermost frame of the
+    stack trace outside torch itself."""
+    frames = [m for m in _FRAME.finditer(node.meta.get("stack_trace") or "")]
+    frames = [m for m in frames if not any(p in m["file"] for p in _INTERNAL)]
+    if not frames:
+        return None
+    last = frames[-1]
+    module = ""
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        module = " (" + (list(stack.values())[-1][0] or "<root>") + ")"
+    return f"{last['file']}:{last['line']}{module}"
+
+
+def _value(arg):
+    if isinstance(arg, torch.fx.Node):
+        return arg.meta.get("val")
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_value(a) for a in arg)
+    return arg
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+
+
+def ops_in(program: torch.export.ExportedProgram) -> dict[str, OpUse]:
+    uses: dict[str, OpUse] = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        if node.target.namespace != "aten":
+            continue
+        use = uses.setdefault(overload_key(node.target), OpUse(node.target))
+        use.count += 1
+        args, kwargs = _value(node.args), {k: _value(v) for k, v in node.kwargs.items()}
+        if use.example is None:
+            use.example = (args, kwargs)
+        for t in (*_tensors(args), *_tensors(kwargs), *_tensors(node.meta.get("val"))):
+            if t.is_floating_point():
+                use.dtypes.add(str(t.dtype).removeprefix("torch."))
+        out = node.meta.get("val")
+        if isinstance(out, torch.Tensor) and len(use.shapes) < 3 and list(out.shape) not in use.shapes:
+            use.shapes.append([int(d) for d in out.shape])
+        where = _location(node)
+        if where and where not in use.locations:
+            use.locations.append(where)
+    return uses
+
+
+def advice_for(name: str, verdict: Verdict, kind: str, soc_dtypes: tuple[str, ...]) -> str:
+    if kind == UNSUPPORTED:
+        return f"cast the model to {soc_dtypes[0]} (convert --dtype {soc_dtypes[0]})"
+    via = f" (it runs {' → '.join('aten::' + v for v in verdict.via)}, which has no NPU kernel)" if verdict.via else ""
+    return (f"{name} runs on the CPU with torch_npu{via}: rewrite it with NPU-supported ops, or move it "
+            f"out of the hot path; TORCH_NPU_FALLBACK_CPU_DISABLE=1 turns the fallback into an error")
+
+
+def findings(uses: dict[str, OpUse], classifier: Classifier, soc_dtypes: tuple[str, ...]) -> list[Finding]:
+    """Fallback ops, and ops computing in a dtype the SoC lacks (bf16 on 910A/310P)."""
+    out = []
+    for key, use in sorted(uses.items()):
+        args, kwargs = use.example or ((), {})
+        verdict = classifier.classify(use.op, args, kwargs)
+        kinds = []
+        if verdict.kind == FALLBACK:
+            kinds.append(FALLBACK)
+        if any(d not in soc_dtypes for d in use.dtypes):
+            kinds.append(UNSUPPORTED)
+        for kind in kinds:
+            out.append(Finding(use.name, kind, use.count, tuple(sorted(use.dtypes)), tuple(map(tuple, use.shapes)),
+                               tuple(use.locations), verdict.via, advice_for(use.name, verdict, kind, soc_dtypes)))
+    return out
