@@ -6,7 +6,7 @@ import click
 
 from ascend_convert.cli import convert_command, verify_command
 from ascend_convert.cli_support import debug_option, run_main
-from opcheck.cli import manifest_group
+from opcheck.cli import check_ops_command, manifest_group
 
 from . import __version__
 
@@ -31,6 +31,7 @@ def demo_command(out: str | None) -> int:
 cli.add_command(convert_command)
 cli.add_command(verify_command)
 cli.add_command(manifest_group)
+cli.add_command(check_ops_command)
 
 
 def main() -> None:

@@ -13,7 +13,9 @@ leaf without one makes the whole op a fallback (`logcumsumexp` → `_logcumsumex
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -67,6 +69,21 @@ def _base_is_composite(base: str) -> bool:
         return False
     keys = [base if name == "default" else f"{base}.{name}" for name in packet.overloads()]
     return any(_has_kernel(k, d) for k in keys for d in ("CompositeImplicitAutograd", "CompositeExplicitAutograd"))
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The profiler's C++ backend (kineto) logs two lines to fd 2 per session, whatever the log
+    level: hide fd 2 for the probe only, so the user's terminal shows the report, not those."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class ProbeError(RuntimeError):
@@ -124,7 +141,7 @@ class Classifier:
             stand_args = _stand_in(args, shrink)
             stand_kwargs = {k: _stand_in(v, shrink) for k, v in kwargs.items()}
             try:
-                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
                     op(*stand_args, **stand_kwargs)
                 break
             except (RuntimeError, IndexError, ValueError, TypeError):

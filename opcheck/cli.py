@@ -45,3 +45,63 @@ def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None,
     counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in manifest["counts"].items())
     click.echo(f"wrote {out}: {manifest['kind']} manifest ({counts})")
     return 0
+
+
+SOC_DTYPES = {"ascend910b": ("bfloat16", "float16", "float32"), "ascend910a": ("float16", "float32"),
+              "ascend310p": ("float16", "float32")}
+
+
+@click.command("check-ops")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="HF or converted checkpoint directory (only config.json is read).")
+@click.option("--soc", type=click.Choice(tuple(SOC_DTYPES)), default="ascend910b", show_default=True)
+@click.option("--dtype", type=click.Choice(("auto", "float16", "bfloat16", "float32")), default="auto",
+              show_default=True, help="auto: the dtype config.json names.")
+@click.option("--torch-npu", "version", default="2.14.0", show_default=True, help="Target torch_npu release.")
+@click.option("--manifest", "manifest_file", type=click.Path(path_type=Path),
+              help="A manifest from `ascendkit manifest build` instead of a shipped one.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--seq-len", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), help="Write the report here instead of stdout.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run.")
+@debug_option
+def check_ops_command(model_dir: Path, soc: str, dtype: str, version: str, manifest_file: Path | None,
+                      batch: int, seq_len: int, fmt: str, output: Path | None, trust_remote_code: bool) -> int:
+    """Name every operator of a model with no NPU kernel in the target torch_npu (exit 1 if any)."""
+    from ascend_convert.errors import UserError
+
+    from .classify import Classifier
+    from .hf_trace import config_dtype, export_prefill, load_config
+    from .manifests import SHIPPED, load_manifest, shipped_path
+    from .report import render
+    from .trace import findings, ops_in
+
+    if not model_dir.is_dir():
+        raise UserError(f"{model_dir}: no such directory")
+    if manifest_file is None:
+        if version not in SHIPPED:
+            shipped = ", ".join(v for v in SHIPPED if v != "onnx")
+            raise UserError(f"--torch-npu {version}: no shipped manifest (shipped: {shipped}); "
+                            f"build one with `ascendkit manifest build` and pass --manifest")
+        manifest_file = shipped_path(SHIPPED[version])
+    manifest = load_manifest(manifest_file, "torch_npu")
+    load_config(model_dir, trust_remote_code)
+    trace_dtype = config_dtype(model_dir) if dtype == "auto" else dtype
+    program = export_prefill(model_dir, trace_dtype, batch, seq_len, trust_remote_code)
+    uses = ops_in(program)
+    found = findings(uses, Classifier(manifest), SOC_DTYPES[soc])
+    target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
+              "shapes": {"prefill": [batch, seq_len]}}
+    text = render(fmt, str(model_dir), target, uses, found)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)
+    return 1 if found else 0
+
+
+def check_ops_main() -> None:
+    from ascend_convert.cli_support import run_main
+
+    run_main(check_ops_command, prog_name="check_ops")

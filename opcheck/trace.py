@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .classify import FALLBACK, Classifier, Verdict, overload_key
+from .classify import COMPOSITE, FALLBACK, Classifier, Verdict, overload_key
 
 UNSUPPORTED = "unsupported"
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
@@ -118,7 +118,8 @@ def findings(uses: dict[str, OpUse], classifier: Classifier, soc_dtypes: tuple[s
         kinds = []
         if verdict.kind == FALLBACK:
             kinds.append(FALLBACK)
-        if any(d not in soc_dtypes for d in use.dtypes):
+        computes = verdict.kind != COMPOSITE and not use.op.is_view  # views and metadata compute nothing
+        if computes and any(d not in soc_dtypes for d in use.dtypes):
             kinds.append(UNSUPPORTED)
         for kind in kinds:
             out.append(Finding(use.name, kind, use.count, tuple(sorted(use.dtypes)), tuple(map(tuple, use.shapes)),
