@@ -58,7 +58,8 @@ def _location(node: torch.fx.Node) -> str | None:
     stack = node.meta.get("nn_module_stack") or {}
     if stack:
         module = " (" + (list(stack.values())[-1][0] or "<root>") + ")"
-    return f"{last['file']}:{last['line']}{module}"
+    path = last["file"].split("site-packages/", 1)[-1]  # `transformers/models/...`: the part a reader knows
+    return f"{path}:{last['line']}{module}"
 
 
 def _value(arg):
