@@ -62,19 +62,25 @@ SOC_DTYPES = {"ascend910b": ("bfloat16", "float16", "float32"), "ascend910a": ("
               help="A manifest from `ascendkit manifest build` instead of a shipped one.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--seq-len", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(("table", "json", "sarif", "junit", "markdown")), default="table",
+              show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), help="Write the report here instead of stdout.")
+@click.option("--summary-file", type=click.Path(path_type=Path), help="Also write a markdown summary (for CI).")
+@click.option("--allow", "allow_file", type=click.Path(path_type=Path),
+              help="Accepted findings, each with a reason (YAML/JSON: allow: [{op, reason, kind}]).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run.")
 @debug_option
 def check_ops_command(model_dir: Path, soc: str, dtype: str, version: str, manifest_file: Path | None,
-                      batch: int, seq_len: int, fmt: str, output: Path | None, trust_remote_code: bool) -> int:
+                      batch: int, seq_len: int, fmt: str, output: Path | None, summary_file: Path | None,
+                      allow_file: Path | None, trust_remote_code: bool) -> int:
     """Name every operator of a model with no NPU kernel in the target torch_npu (exit 1 if any)."""
     from ascend_convert.errors import UserError
 
+    from .allow import load_allow, split
     from .classify import Classifier
     from .hf_trace import config_dtype, export_prefill, load_config
     from .manifests import SHIPPED, load_manifest, shipped_path
-    from .report import render
+    from .report import markdown, render
     from .trace import findings, ops_in
 
     if not model_dir.is_dir():
@@ -86,14 +92,17 @@ def check_ops_command(model_dir: Path, soc: str, dtype: str, version: str, manif
                             f"build one with `ascendkit manifest build` and pass --manifest")
         manifest_file = shipped_path(SHIPPED[version])
     manifest = load_manifest(manifest_file, "torch_npu")
+    allowed = load_allow(allow_file) if allow_file else {}
     load_config(model_dir, trust_remote_code)
     trace_dtype = config_dtype(model_dir) if dtype == "auto" else dtype
     program = export_prefill(model_dir, trace_dtype, batch, seq_len, trust_remote_code)
     uses = ops_in(program)
-    found = findings(uses, Classifier(manifest), SOC_DTYPES[soc])
+    found, accepted = split(findings(uses, Classifier(manifest), SOC_DTYPES[soc]), allowed)
     target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
-              "shapes": {"prefill": [batch, seq_len]}}
+              "shapes": {"prefill": [batch, seq_len]}, "allowed": accepted}
     text = render(fmt, str(model_dir), target, uses, found)
+    if summary_file is not None:
+        summary_file.write_text(markdown(str(model_dir), target, uses, found), encoding="utf-8")
     if output is not None:
         output.write_text(text, encoding="utf-8")
     else:

@@ -1,12 +1,20 @@
-"""check_ops reports: a rich table with one `fallback op: aten::X` line per finding, or JSON."""
+"""check_ops reports: a rich table with one `fallback op: aten::X` line per finding, JSON, SARIF 2.1.0
+(for code-scanning UIs), JUnit XML (one test case per distinct op) and markdown (CI summaries)."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import asdict
+from xml.etree import ElementTree as ET
 
 from .trace import Finding, OpUse
+
+FORMATS = ("table", "json", "sarif", "junit", "markdown")
+RULES = {"fallback": "The op has no NPU kernel in the target torch_npu: it runs on the CPU.",
+         "unsupported": "The op computes in a dtype the target SoC lacks."}
+_LOCATION = re.compile(r"^(?P<file>.+?):(?P<line>\d+)(?: \((?P<module>.*)\))?$")
 
 
 def report_dict(model: str, target: dict, uses: dict[str, OpUse], found: list[Finding]) -> dict:
@@ -17,6 +25,12 @@ def report_dict(model: str, target: dict, uses: dict[str, OpUse], found: list[Fi
 def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: list[Finding]) -> str:
     if fmt == "json":
         return json.dumps(report_dict(model, target, uses, found), indent=2) + "\n"
+    if fmt == "sarif":
+        return json.dumps(sarif(model, found), indent=2) + "\n"
+    if fmt == "junit":
+        return junit(model, uses, found)
+    if fmt == "markdown":
+        return markdown(model, target, uses, found)
     from rich.console import Console
     from rich.table import Table
 
@@ -35,3 +49,61 @@ def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: li
     console.print("no findings: every op reaches an NPU kernel" if not found else f"{len(found)} finding(s)",
                   highlight=False)
     return buffer.getvalue()
+
+
+def _message(f: Finding) -> str:
+    return f"{f.kind} op: {f.op} ({f.count} calls, {', '.join(f.dtypes) or '-'}). {f.advice}"
+
+
+def sarif(model: str, found: list[Finding]) -> dict:
+    from ascend_convert import __version__
+
+    results = []
+    for f in found:
+        locations = []
+        for loc in f.locations[:10]:
+            m = _LOCATION.match(loc)
+            if m:
+                physical = {"artifactLocation": {"uri": m["file"]}, "region": {"startLine": int(m["line"])}}
+                entry = {"physicalLocation": physical}
+                if m["module"]:
+                    entry["logicalLocations"] = [{"fullyQualifiedName": m["module"], "kind": "module"}]
+                locations.append(entry)
+        if not locations:
+            locations = [{"physicalLocation": {"artifactLocation": {"uri": f"{model}/config.json"}}}]
+        results.append({"ruleId": f.kind, "level": "error", "message": {"text": _message(f)},
+                        "locations": locations, "properties": {"op": f.op, "count": f.count, "via": list(f.via)}})
+    rules = [{"id": rule, "shortDescription": {"text": text}} for rule, text in RULES.items()]
+    return {"$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0",
+            "runs": [{"tool": {"driver": {"name": "ascendkit check_ops", "version": __version__, "rules": rules}},
+                      "results": results}]}
+
+
+def junit(model: str, uses: dict[str, OpUse], found: list[Finding]) -> str:
+    by_op: dict[str, list[Finding]] = {}
+    for f in found:
+        by_op.setdefault(f.op, []).append(f)
+    suite = ET.Element("testsuite", name="check_ops", tests=str(len(uses)), failures=str(len(by_op)), errors="0")
+    for use in sorted(uses.values(), key=lambda u: u.name):
+        case = ET.SubElement(suite, "testcase", classname=f"check_ops.{model}", name=use.name)
+        for f in by_op.get(use.name, []):
+            failure = ET.SubElement(case, "failure", message=f"{f.kind} op: {f.op}", type=f.kind)
+            failure.text = _message(f) + ("\n" + "\n".join(f.locations) if f.locations else "")
+    root = ET.Element("testsuites")
+    root.append(suite)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def markdown(model: str, target: dict, uses: dict[str, OpUse], found: list[Finding]) -> str:
+    lines = [f"### check_ops: `{model}`", "",
+             f"Target {target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}: {len(uses)} distinct aten "
+             f"ops, {sum(u.count for u in uses.values())} calls, **{len(found)} finding(s)**.", ""]
+    if found:
+        lines += ["| op | kind | count | dtypes | where | what to do |", "|---|---|---:|---|---|---|"]
+        for f in found:
+            where = "<br>".join(f"`{loc}`" for loc in f.locations[:3]) or "-"
+            lines.append(f"| `{f.op}` | {f.kind} | {f.count} | {', '.join(f.dtypes)} | {where} | "
+                         f"{f.advice.replace('|', '/')} |")
+    else:
+        lines.append("Every op reaches an NPU kernel.")
+    return "\n".join(lines) + "\n"
