@@ -12,9 +12,9 @@ from pathlib import Path
 import click
 
 from .cli_support import debug_option, run_main
+from .soc import DTYPE_CHOICES, SOCS
 
-SOC_CHOICES = ("ascend910b", "ascend910a", "ascend310p")
-DTYPE_CHOICES = ("auto", "float16", "bfloat16", "float32")
+SOC_CHOICES = tuple(SOCS)
 
 
 def convert_options(func):

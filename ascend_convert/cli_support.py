@@ -10,7 +10,7 @@ import os
 import sys
 import click
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
                              help="Show full tracebacks on errors.")
@@ -41,8 +41,8 @@ def run_main(command: click.Command, args: list[str] | None = None, prog_name: s
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if debug:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"error: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+        click.echo(f"error: internal error: {type(exc).__name__}: {first_line(exc)} "
+                   f"(rerun with --debug for the traceback)",
                    err=True)
         code = 3
     sys.exit(code if isinstance(code, int) else 0)

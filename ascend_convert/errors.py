@@ -7,6 +7,13 @@ unless `--debug`: the message must name the file, tensor or field and say what i
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type name when the message is empty):
+    what goes inside a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class UserError(Exception):
     """Bad input or a refused operation; `exit_code` is what the CLI exits with."""
 

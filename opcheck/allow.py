@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ascend_convert.errors import UserError
+from ascend_convert.errors import UserError, first_line
 
 from .trace import Finding
 
@@ -19,7 +19,7 @@ def load_allow(path: Path) -> dict[tuple[str, str | None], str]:
     except FileNotFoundError:
         raise UserError(f"{path}: no such allow file") from None
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML/JSON ({first_line(exc)})") from None
     entries = data.get("allow") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise UserError(f"{path}: expected a mapping with an 'allow' list")

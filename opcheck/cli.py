@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ascend_convert.cli import SOC_CHOICES
 from ascend_convert.cli_support import debug_option
 
 
@@ -47,14 +48,10 @@ def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None,
     return 0
 
 
-SOC_DTYPES = {"ascend910b": ("bfloat16", "float16", "float32"), "ascend910a": ("float16", "float32"),
-              "ascend310p": ("float16", "float32")}
-
-
 @click.command("check-ops")
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="HF or converted checkpoint directory (only config.json is read).")
-@click.option("--soc", type=click.Choice(tuple(SOC_DTYPES)), default="ascend910b", show_default=True)
+@click.option("--soc", type=click.Choice(SOC_CHOICES), default="ascend910b", show_default=True)
 @click.option("--dtype", type=click.Choice(("auto", "float16", "bfloat16", "float32")), default="auto",
               show_default=True, help="auto: the dtype config.json names.")
 @click.option("--torch-npu", "version", default="2.14.0", show_default=True, help="Target torch_npu release.")
@@ -75,6 +72,7 @@ def check_ops_command(model_dir: Path, soc: str, dtype: str, version: str, manif
                       allow_file: Path | None, trust_remote_code: bool) -> int:
     """Name every operator of a model with no NPU kernel in the target torch_npu (exit 1 if any)."""
     from ascend_convert.errors import UserError
+    from ascend_convert.soc import get_soc
 
     from .allow import load_allow, split
     from .classify import Classifier
@@ -93,11 +91,11 @@ def check_ops_command(model_dir: Path, soc: str, dtype: str, version: str, manif
         manifest_file = shipped_path(SHIPPED[version])
     manifest = load_manifest(manifest_file, "torch_npu")
     allowed = load_allow(allow_file) if allow_file else {}
-    load_config(model_dir, trust_remote_code)
+    config = load_config(model_dir, trust_remote_code)
     trace_dtype = config_dtype(model_dir) if dtype == "auto" else dtype
-    program = export_prefill(model_dir, trace_dtype, batch, seq_len, trust_remote_code)
+    program = export_prefill(model_dir, config, trace_dtype, batch, seq_len, trust_remote_code)
     uses = ops_in(program)
-    found, accepted = split(findings(uses, Classifier(manifest), SOC_DTYPES[soc]), allowed)
+    found, accepted = split(findings(uses, Classifier(manifest), get_soc(soc).dtypes), allowed)
     target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
               "shapes": {"prefill": [batch, seq_len]}, "allowed": accepted}
     text = render(fmt, str(model_dir), target, uses, found)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ascend_convert.errors import UserError
+from ascend_convert.errors import UserError, first_line
 
 
 def config_dtype(model_dir: Path) -> str:
@@ -30,26 +30,24 @@ def load_config(model_dir: Path, trust_remote_code: bool = False):
     try:
         return AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - transformers 5 validates configs eagerly; any failure is the config's
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: transformers cannot read this config ({type(exc).__name__}: {first})") from None
+        raise UserError(f"{path}: transformers cannot read this config ({type(exc).__name__}: {first_line(exc)})") from None
 
 
-def export_prefill(model_dir: Path, dtype: str, batch: int, seq_len: int,
+def export_prefill(model_dir: Path, config, dtype: str, batch: int, seq_len: int,
                    trust_remote_code: bool = False) -> torch.export.ExportedProgram:
+    """`config` from `load_config(model_dir)`: read once, used for the dtype and the model."""
     from transformers import AutoModelForCausalLM
 
-    config = load_config(model_dir, trust_remote_code)
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype),
                                                      trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure of a model's constructor is the model's
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{model_dir / 'config.json'}: transformers cannot build a model from it "
-                        f"({type(exc).__name__}: {first})") from None
+                        f"({type(exc).__name__}: {first_line(exc)})") from None
     ids = torch.zeros((batch, seq_len), dtype=torch.long, device="meta")
     try:
         return torch.export.export(model.eval(), (), {"input_ids": ids, "use_cache": False}, strict=False)
     except Exception as exc:  # noqa: BLE001 - name the module the trace died in
         raise UserError(f"{model_dir}: tracing {type(model).__name__} failed "
-                        f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+                        f"({type(exc).__name__}: {first_line(exc)})") from None

@@ -18,7 +18,7 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
-from ascend_convert.errors import UserError
+from ascend_convert.errors import UserError, first_line
 
 FORMAT = "ascend-deploy-kit/op-manifest"
 FORMAT_VERSION = 1
@@ -39,7 +39,7 @@ def _yaml(data: bytes, where: str):
     try:
         return yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise UserError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{where}: not valid YAML ({first_line(exc)})") from None
 
 
 def overload_name(entry, where: str) -> str:

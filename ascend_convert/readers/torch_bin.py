@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..dtypes import dtype_name
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .base import CheckpointReader, TensorInfo, check_duplicates, load_index, read_config
 
 INDEX = "pytorch_model.bin.index.json"
@@ -25,11 +25,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: refused to unpickle: it holds more than tensors, and weights_only "
-                        f"loading never runs a pickle's code ({first})") from None
+                        f"loading never runs a pickle's code ({first_line(exc)})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
