@@ -44,9 +44,10 @@ class Finding:
     locations: tuple[str, ...]
     via: tuple[str, ...]
     advice: str
+    phases: tuple[str, ...] = ()  # the traced steps it occurs in: prefill, decode
 
 
-def _location(node: torch.fx.Node) -> str | None:
+def location(node: torch.fx.Node) -> str | None:
     """`file:line (module path)` of the user code that emitted the node: the innermost frame of the
     stack trace outside torch itself."""
     frames = [m for m in _FRAME.finditer(node.meta.get("stack_trace") or "")]
@@ -96,7 +97,7 @@ def ops_in(program: torch.export.ExportedProgram) -> dict[str, OpUse]:
         out = node.meta.get("val")
         if isinstance(out, torch.Tensor) and len(use.shapes) < 3 and list(out.shape) not in use.shapes:
             use.shapes.append([int(d) for d in out.shape])
-        where = _location(node)
+        where = location(node)
         if where and where not in use.locations:
             use.locations.append(where)
     return uses
