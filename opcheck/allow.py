@@ -33,7 +33,7 @@ def load_allow(path: Path) -> dict[tuple[str, str | None], str]:
         unknown = set(entry) - {"op", "reason", "kind"}
         if unknown:
             raise UserError(f"{path}: allow entry {i}: unknown key(s) {', '.join(sorted(unknown))}")
-        op = entry["op"] if entry["op"].startswith("aten::") else f"aten::{entry['op']}"
+        op = entry["op"] if "::" in entry["op"] else f"aten::{entry['op']}"  # ONNX ops: domain::type
         allowed[(op, entry.get("kind"))] = entry["reason"]
     return allowed
 

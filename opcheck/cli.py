@@ -30,7 +30,12 @@ def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None,
     """Generate a manifest from exactly one source."""
     from ascend_convert.errors import UserError
 
-    from .manifests import build_from_codegen, build_from_op_plugin, build_onnx, write_manifest
+    from .manifests import (
+        build_from_codegen,
+        build_from_op_plugin,
+        build_onnx,
+        write_manifest,
+    )
 
     chosen = [name for name, value in (("--codegen", codegen), ("--installed", installed),
                                        ("--op-plugin", op_plugin), ("--onnx", onnx_yaml)) if value]
@@ -49,63 +54,105 @@ def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None,
 
 
 @click.command("check-ops")
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
-              help="HF or converted checkpoint directory (only config.json is read).")
+@click.option("--model", "model", required=True, metavar="DIR|FILE.onnx|FILE.pt2|MODULE:FUNCTION",
+              help="An HF or converted checkpoint directory (only config.json is read), an ONNX model, an exported "
+                   "program, or a function returning (model, example_args[, example_kwargs]).")
 @click.option("--soc", type=click.Choice(SOC_CHOICES), default="ascend910b", show_default=True)
 @click.option("--dtype", type=click.Choice(("auto", "float16", "bfloat16", "float32")), default="auto",
-              show_default=True, help="auto: the dtype config.json names.")
+              show_default=True, help="auto: the dtype config.json names (directories only).")
 @click.option("--torch-npu", "version", default="2.14.0", show_default=True, help="Target torch_npu release.")
 @click.option("--manifest", "manifest_file", type=click.Path(path_type=Path),
               help="A manifest from `ascendkit manifest build` instead of a shipped one.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--seq-len", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--seq-len", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Prefill length, and the cached length the decode step attends to.")
 @click.option("--format", "fmt", type=click.Choice(("table", "json", "sarif", "junit", "markdown")), default="table",
               show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), help="Write the report here instead of stdout.")
 @click.option("--summary-file", type=click.Path(path_type=Path), help="Also write a markdown summary (for CI).")
 @click.option("--allow", "allow_file", type=click.Path(path_type=Path),
               help="Accepted findings, each with a reason (YAML/JSON: allow: [{op, reason, kind}]).")
-@click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow a model's own Python code to run, and pickled entries of a .pt2 to be read.")
 @debug_option
-def check_ops_command(model_dir: Path, soc: str, dtype: str, version: str, manifest_file: Path | None,
+def check_ops_command(model: str, soc: str, dtype: str, version: str, manifest_file: Path | None,
                       batch: int, seq_len: int, fmt: str, output: Path | None, summary_file: Path | None,
                       allow_file: Path | None, trust_remote_code: bool) -> int:
     """Name every operator of a model with no NPU kernel in the target torch_npu (exit 1 if any)."""
-    from ascend_convert.errors import UserError
-    from ascend_convert.soc import get_soc
-
     from .allow import load_allow, split
-    from .classify import Classifier
-    from .hf_trace import config_dtype, export_prefill, load_config
-    from .manifests import SHIPPED, load_manifest, shipped_path
+    from .inputs import ONNX, resolve
     from .report import markdown, render
-    from .trace import findings, ops_in
 
-    if not model_dir.is_dir():
-        raise UserError(f"{model_dir}: no such directory")
-    if manifest_file is None:
-        if version not in SHIPPED:
-            shipped = ", ".join(v for v in SHIPPED if v != "onnx")
-            raise UserError(f"--torch-npu {version}: no shipped manifest (shipped: {shipped}); "
-                            f"build one with `ascendkit manifest build` and pass --manifest")
-        manifest_file = shipped_path(SHIPPED[version])
-    manifest = load_manifest(manifest_file, "torch_npu")
+    subject = resolve(model)
     allowed = load_allow(allow_file) if allow_file else {}
-    config = load_config(model_dir, trust_remote_code)
-    trace_dtype = config_dtype(model_dir) if dtype == "auto" else dtype
-    program = export_prefill(model_dir, config, trace_dtype, batch, seq_len, trust_remote_code)
-    uses = ops_in(program)
-    found, accepted = split(findings(uses, Classifier(manifest), get_soc(soc).dtypes), allowed)
-    target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
-              "shapes": {"prefill": [batch, seq_len]}, "allowed": accepted}
-    text = render(fmt, str(model_dir), target, uses, found)
+    if subject.kind == ONNX:
+        result = _check_onnx(subject.path, soc, manifest_file)
+    else:
+        result = _check_torch(subject, soc, dtype, version, manifest_file, batch, seq_len, trust_remote_code)
+    target, uses, found, fusions = result
+    found, target["allowed"] = split(found, allowed)
+    text = render(fmt, model, target, uses, found, fusions)
     if summary_file is not None:
-        summary_file.write_text(markdown(str(model_dir), target, uses, found), encoding="utf-8")
+        summary_file.write_text(markdown(model, target, uses, found, fusions), encoding="utf-8")
     if output is not None:
         output.write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
     return 1 if found else 0
+
+
+def _manifest(manifest_file: Path | None, key: str, kind: str) -> tuple[dict, Path]:
+    from ascend_convert.errors import UserError
+
+    from .manifests import SHIPPED, load_manifest, shipped_path
+
+    if manifest_file is None:
+        if key not in SHIPPED:
+            shipped = ", ".join(v for v in SHIPPED if v != "onnx")
+            raise UserError(f"--torch-npu {key}: no shipped manifest (shipped: {shipped}); "
+                            f"build one with `ascendkit manifest build` and pass --manifest")
+        manifest_file = shipped_path(SHIPPED[key])
+    return load_manifest(manifest_file, kind), manifest_file
+
+
+def _check_onnx(path: Path, soc: str, manifest_file: Path | None):
+    """ATC's view: each node's (domain, op type, opset) against msit's ONNX list."""
+    from .onnx_check import check_onnx
+
+    manifest, manifest_file = _manifest(manifest_file, "onnx", "atc_onnx")
+    uses, found = check_onnx(path, manifest)
+    target = {"soc": soc, "dtype": "as exported", "torch_npu": "ATC (ONNX)", "manifest": str(manifest_file)}
+    return target, uses, found, []
+
+
+def _check_torch(subject, soc: str, dtype: str, version: str, manifest_file: Path | None, batch: int,
+                 seq_len: int, trust_remote_code: bool):
+    """torch_npu's view: every aten op of the exported programs, classified in the dispatcher's order."""
+    from ascend_convert.soc import get_soc
+
+    from .classify import Classifier
+    from .fusion import find_fusions
+    from .inputs import HF, PT2, export_function, load_pt2
+    from .trace import findings, ops_in
+
+    manifest, manifest_file = _manifest(manifest_file, version, "torch_npu")
+    shapes: dict = {}
+    if subject.kind == HF:
+        from .hf_trace import config_dtype, export_hf, load_config
+
+        config = load_config(subject.path, trust_remote_code)
+        trace_dtype = config_dtype(subject.path) if dtype == "auto" else dtype
+        programs = export_hf(subject.path, config, trace_dtype, batch, seq_len, trust_remote_code)
+        shapes = {"prefill": [batch, seq_len], "decode": [batch, 1, seq_len]}
+    else:
+        program = load_pt2(subject.path, trust_remote_code) if subject.kind == PT2 else export_function(subject.value)
+        programs, trace_dtype = {"graph": program}, "as traced"
+    uses = ops_in(programs)
+    found = findings(uses, Classifier(manifest), get_soc(soc).dtypes)
+    fusions = find_fusions(next(iter(programs.values())))
+    target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
+              "shapes": shapes}
+    return target, uses, found, fusions
 
 
 def check_ops_main() -> None:

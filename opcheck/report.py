@@ -17,31 +17,42 @@ RULES = {"fallback": "The op has no NPU kernel in the target torch_npu: it runs 
 _LOCATION = re.compile(r"^(?P<file>.+?):(?P<line>\d+)(?: \((?P<module>.*)\))?$")
 
 
-def report_dict(model: str, target: dict, uses: dict[str, OpUse], found: list[Finding]) -> dict:
+def _summary(uses: dict[str, OpUse]) -> str:
+    kind = "aten" if all(u.name.startswith("aten::") for u in uses.values()) else "ONNX"
+    return f"{len(uses)} distinct {kind} ops, {sum(u.count for u in uses.values())} calls"
+
+
+def report_dict(model: str, target: dict, uses: dict[str, OpUse], found: list[Finding], fusions: list = ()) -> dict:
     return {"model": model, "target": target, "ops": {"distinct": len(uses), "calls": sum(u.count for u in uses.values())},
-            "findings": [asdict(f) for f in found], "clean": not found}
+            "findings": [asdict(f) for f in found], "fusions": [asdict(f) for f in fusions], "clean": not found}
 
 
-def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: list[Finding]) -> str:
+def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: list[Finding], fusions: list = ()) -> str:
+    """`fusions`: `opcheck.fusion.Fusion`s, patterns a torch_npu fused kernel serves (not findings)."""
     if fmt == "json":
-        return json.dumps(report_dict(model, target, uses, found), indent=2) + "\n"
+        return json.dumps(report_dict(model, target, uses, found, fusions), indent=2) + "\n"
     if fmt == "sarif":
         return json.dumps(sarif(model, found), indent=2) + "\n"
     if fmt == "junit":
         return junit(model, uses, found)
     if fmt == "markdown":
-        return markdown(model, target, uses, found)
+        return markdown(model, target, uses, found, fusions)
     from rich.console import Console
     from rich.table import Table
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=140)
-    console.print(f"check_ops {model}: {len(uses)} distinct aten ops, {sum(u.count for u in uses.values())} calls; "
-                  f"target {target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}")
+    console.print(f"check_ops {model}: {_summary(uses)}; "
+                  f"target {target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}", highlight=False)
     if found:
         table = Table("op", "kind", "count", "dtypes", "where", "what to do")
         for f in found:
             table.add_row(f.op, f.kind, str(f.count), ", ".join(f.dtypes), "\n".join(f.locations[:3]) or "-", f.advice)
+        console.print(table)
+    if fusions:
+        table = Table("pattern", "count", "NPU fused op", "note", title="fusion opportunities (not findings)")
+        for u in fusions:
+            table.add_row(u.pattern, str(u.count), u.fused_op, u.note)
         console.print(table)
     for f in found:
         label = "fallback op" if f.kind == "fallback" else "unsupported op"
@@ -69,8 +80,9 @@ def sarif(model: str, found: list[Finding]) -> dict:
                 if m["module"]:
                     entry["logicalLocations"] = [{"fullyQualifiedName": m["module"], "kind": "module"}]
                 locations.append(entry)
-        if not locations:
-            locations = [{"physicalLocation": {"artifactLocation": {"uri": f"{model}/config.json"}}}]
+        if not locations:  # ONNX nodes, or ops with no Python frame: point at the model itself
+            uri = model if model.endswith((".onnx", ".pt2")) else f"{model}/config.json"
+            locations = [{"physicalLocation": {"artifactLocation": {"uri": uri}}}]
         results.append({"ruleId": f.kind, "level": "error", "message": {"text": _message(f)},
                         "locations": locations, "properties": {"op": f.op, "count": f.count, "via": list(f.via)}})
     rules = [{"id": rule, "shortDescription": {"text": text}} for rule, text in RULES.items()]
@@ -94,10 +106,10 @@ def junit(model: str, uses: dict[str, OpUse], found: list[Finding]) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def markdown(model: str, target: dict, uses: dict[str, OpUse], found: list[Finding]) -> str:
+def markdown(model: str, target: dict, uses: dict[str, OpUse], found: list[Finding], fusions: list = ()) -> str:
     lines = [f"### check_ops: `{model}`", "",
-             f"Target {target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}: {len(uses)} distinct aten "
-             f"ops, {sum(u.count for u in uses.values())} calls, **{len(found)} finding(s)**.", ""]
+             (f"Target {target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}: {_summary(uses)}, "
+              f"**{len(found)} finding(s)**."), ""]
     if found:
         lines += ["| op | kind | count | dtypes | where | what to do |", "|---|---|---:|---|---|---|"]
         for f in found:
@@ -106,4 +118,7 @@ def markdown(model: str, target: dict, uses: dict[str, OpUse], found: list[Findi
                          f"{f.advice.replace('|', '/')} |")
     else:
         lines.append("Every op reaches an NPU kernel.")
+    if fusions:
+        lines += ["", "| pattern | count | NPU fused op | note |", "|---|---:|---|---|"]
+        lines += [f"| {u.pattern} | {u.count} | `{u.fused_op}` | {u.note.replace('|', '/')} |" for u in fusions]
     return "\n".join(lines) + "\n"

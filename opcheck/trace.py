@@ -28,6 +28,7 @@ class OpUse:
     shapes: list[list[int]] = field(default_factory=list)
     locations: list[str] = field(default_factory=list)
     example: tuple[tuple, dict] | None = None
+    phases: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -79,28 +80,38 @@ def _tensors(value):
             yield from _tensors(v)
 
 
-def ops_in(program: torch.export.ExportedProgram) -> dict[str, OpUse]:
+def ops_in(programs: torch.export.ExportedProgram | dict[str, torch.export.ExportedProgram]) -> dict[str, OpUse]:
+    """Every aten overload of the programs (one, or one per phase such as prefill and decode)."""
+    if isinstance(programs, torch.export.ExportedProgram):
+        programs = {"graph": programs}
     uses: dict[str, OpUse] = {}
-    for node in program.graph.nodes:
-        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
-            continue
-        if node.target.namespace != "aten":
-            continue
-        use = uses.setdefault(overload_key(node.target), OpUse(node.target))
-        use.count += 1
-        args, kwargs = _value(node.args), {k: _value(v) for k, v in node.kwargs.items()}
-        if use.example is None:
-            use.example = (args, kwargs)
-        for t in (*_tensors(args), *_tensors(kwargs), *_tensors(node.meta.get("val"))):
-            if t.is_floating_point():
-                use.dtypes.add(str(t.dtype).removeprefix("torch."))
-        out = node.meta.get("val")
-        if isinstance(out, torch.Tensor) and len(use.shapes) < 3 and list(out.shape) not in use.shapes:
-            use.shapes.append([int(d) for d in out.shape])
-        where = location(node)
-        if where and where not in use.locations:
-            use.locations.append(where)
+    for phase, program in programs.items():
+        for node in program.graph.nodes:
+            if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+                continue
+            if node.target.namespace != "aten":
+                continue
+            use = uses.setdefault(overload_key(node.target), OpUse(node.target))
+            _record(use, node, phase)
     return uses
+
+
+def _record(use: OpUse, node: torch.fx.Node, phase: str) -> None:
+    use.count += 1
+    if phase not in use.phases:
+        use.phases.append(phase)
+    args, kwargs = _value(node.args), {k: _value(v) for k, v in node.kwargs.items()}
+    if use.example is None:
+        use.example = (args, kwargs)
+    out = node.meta.get("val")
+    for t in (*_tensors(args), *_tensors(kwargs), *_tensors(out)):
+        if t.is_floating_point():
+            use.dtypes.add(str(t.dtype).removeprefix("torch."))
+    if isinstance(out, torch.Tensor) and len(use.shapes) < 3 and list(out.shape) not in use.shapes:
+        use.shapes.append([int(d) for d in out.shape])
+    where = location(node)
+    if where and where not in use.locations:
+        use.locations.append(where)
 
 
 def advice_for(name: str, verdict: Verdict, kind: str, soc_dtypes: tuple[str, ...]) -> str:
@@ -125,5 +136,6 @@ def findings(uses: dict[str, OpUse], classifier: Classifier, soc_dtypes: tuple[s
             kinds.append(UNSUPPORTED)
         for kind in kinds:
             out.append(Finding(use.name, kind, use.count, tuple(sorted(use.dtypes)), tuple(map(tuple, use.shapes)),
-                               tuple(use.locations), verdict.via, advice_for(use.name, verdict, kind, soc_dtypes)))
+                               tuple(use.locations), verdict.via, advice_for(use.name, verdict, kind, soc_dtypes),
+                               tuple(p for p in use.phases if p != "graph")))
     return out
