@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ascend_convert.cli import SOC_CHOICES
-from ascend_convert.cli_support import debug_option
+from ascend_convert.cli_support import debug_option, skip_teardown
 
 
 @click.group("manifest")
@@ -98,6 +98,7 @@ def check_ops_command(model: str, soc: str, dtype: str, version: str, manifest_f
         output.write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
+    skip_teardown()
     return 1 if found else 0
 
 
@@ -138,18 +139,17 @@ def _check_torch(subject, soc: str, dtype: str, version: str, manifest_file: Pat
     manifest, manifest_file = _manifest(manifest_file, version, "torch_npu")
     shapes: dict = {}
     if subject.kind == HF:
-        from .hf_trace import config_dtype, export_hf, load_config
+        from .hf_trace import config_dtype, load_config, trace_hf
 
         config = load_config(subject.path, trust_remote_code)
         trace_dtype = config_dtype(subject.path) if dtype == "auto" else dtype
-        programs = export_hf(subject.path, config, trace_dtype, batch, seq_len, trust_remote_code)
+        uses, program = trace_hf(subject.path, config, trace_dtype, batch, seq_len, trust_remote_code)
         shapes = {"prefill": [batch, seq_len], "decode": [batch, 1, seq_len]}
     else:
         program = load_pt2(subject.path, trust_remote_code) if subject.kind == PT2 else export_function(subject.value)
-        programs, trace_dtype = {"graph": program}, "as traced"
-    uses = ops_in(programs)
+        uses, trace_dtype = ops_in(program), "as traced"
     found = findings(uses, Classifier(manifest), get_soc(soc).dtypes)
-    fusions = find_fusions(next(iter(programs.values())))
+    fusions = find_fusions(program)
     target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
               "shapes": shapes}
     return target, uses, found, fusions

@@ -33,22 +33,6 @@ def load_config(model_dir: Path, trust_remote_code: bool = False):
         raise UserError(f"{path}: transformers cannot read this config ({type(exc).__name__}: {first_line(exc)})") from None
 
 
-class DecodeStep(torch.nn.Module):
-    """One decode step against a KV cache. torch.export takes tensors, not a `Cache` object, so the
-    past keys and values come in as tensors and the `DynamicCache` is built inside the step."""
-
-    def __init__(self, model: torch.nn.Module, config) -> None:
-        super().__init__()
-        self.model = model
-        self.config = config
-
-    def forward(self, input_ids: torch.Tensor, past_keys: list[torch.Tensor], past_values: list[torch.Tensor]):
-        from transformers import DynamicCache
-
-        cache = DynamicCache(ddp_cache_data=list(zip(past_keys, past_values)), config=self.config)
-        return self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
-
-
 def _past(config, dtype: torch.dtype, batch: int, past_len: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Meta tensors shaped like a filled cache: [batch, kv_heads, past_len, head_dim] per layer."""
     text = config.get_text_config()
@@ -60,26 +44,69 @@ def _past(config, dtype: torch.dtype, batch: int, past_len: int) -> tuple[list[t
             [torch.zeros(shape, dtype=dtype, device="meta") for _ in layers])
 
 
+def build_model(model_dir: Path, config, dtype: str, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The model on the meta device: shapes and dtypes, no memory, no weights read."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype),
+                                                     trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - any failure of a model's constructor is the model's
+        raise UserError(f"{model_dir / 'config.json'}: transformers cannot build a model from it "
+                        f"({type(exc).__name__}: {first_line(exc)})") from None
+    return model.eval()
+
+
+def export_prefill(model: torch.nn.Module, model_dir: Path, batch: int, seq_len: int) -> torch.export.ExportedProgram:
+    from .export import export
+
+    ids = torch.zeros((batch, seq_len), dtype=torch.long, device="meta")
+    return export(model, (), {"input_ids": ids, "use_cache": False}, f"{model_dir} ({type(model).__name__}) prefill")
+
+
+def export_decode(model: torch.nn.Module, config, model_dir: Path, batch: int,
+                  past_len: int) -> torch.export.ExportedProgram:
+    """One token against `past_len` cached ones. torch.export takes tensors, not a `Cache`, so the
+    step takes the past keys and values and builds the `DynamicCache` itself; it is exported as the
+    model's own forward (swapped in for the export) so module paths in the graph stay the model's."""
+    from transformers import DynamicCache
+
+    from .export import export
+
+    forward = model.forward
+
+    def step(input_ids: torch.Tensor, past_keys: list[torch.Tensor], past_values: list[torch.Tensor]):
+        cache = DynamicCache(ddp_cache_data=list(zip(past_keys, past_values)), config=config)
+        return forward(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
+
+    keys, values = _past(config, next(model.parameters()).dtype, batch, past_len)
+    ids = torch.zeros((batch, 1), dtype=torch.long, device="meta")
+    model.forward = step
+    try:
+        return export(model, (ids, keys, values), None, f"{model_dir} ({type(model).__name__}) decode")
+    finally:
+        del model.forward
+
+
 def export_hf(model_dir: Path, config, dtype: str, batch: int, seq_len: int,
               trust_remote_code: bool = False) -> dict[str, torch.export.ExportedProgram]:
     """The prefill step (`seq_len` tokens, no cache) and a decode step (one token after `seq_len`
     cached ones), both exported from one model built on meta. `config` from `load_config`."""
-    from transformers import AutoModelForCausalLM
+    model = build_model(model_dir, config, dtype, trust_remote_code)
+    return {"prefill": export_prefill(model, model_dir, batch, seq_len),
+            "decode": export_decode(model, config, model_dir, batch, seq_len)}
 
-    from .export import export
 
-    torch_dtype = getattr(torch, dtype)
-    try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # noqa: BLE001 - any failure of a model's constructor is the model's
-        raise UserError(f"{model_dir / 'config.json'}: transformers cannot build a model from it "
-                        f"({type(exc).__name__}: {first_line(exc)})") from None
-    model.eval()
-    what = f"{model_dir} ({type(model).__name__})"
-    ids = torch.zeros((batch, seq_len), dtype=torch.long, device="meta")
-    prefill = export(model, (), {"input_ids": ids, "use_cache": False}, f"{what} prefill")
-    keys, values = _past(config, torch_dtype, batch, seq_len)
-    step = torch.zeros((batch, 1), dtype=torch.long, device="meta")
-    decode = export(DecodeStep(model, config), (step, keys, values), None, f"{what} decode", model=model)
-    return {"prefill": prefill, "decode": decode}
+def trace_hf(model_dir: Path, config, dtype: str, batch: int, seq_len: int,
+             trust_remote_code: bool = False) -> tuple[dict, torch.export.ExportedProgram]:
+    """(the ops of both steps, the prefill program): `export_hf`, with the decode export run in a
+    forked child while this process exports the prefill. Each export of a 7B config takes ~3.5 s of
+    one core and they share nothing, so on two cores this halves the check."""
+    from .parallel import in_child
+    from .trace import merge_uses, ops_in
+
+    model = build_model(model_dir, config, dtype, trust_remote_code)
+    decode = in_child(lambda: ops_in({"decode": export_decode(model, config, model_dir, batch, seq_len)}))
+    prefill = export_prefill(model, model_dir, batch, seq_len)
+    return merge_uses(ops_in({"prefill": prefill}), decode()), prefill

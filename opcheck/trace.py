@@ -34,6 +34,17 @@ class OpUse:
     def name(self) -> str:
         return f"aten::{overload_key(self.op)}"
 
+    def __getstate__(self) -> dict:
+        """Picklable (a phase may be traced in a child process): the overload by name."""
+        state = dict(self.__dict__)
+        op = state.pop("op")
+        state["op_name"] = (op._schema.name.split("::", 1)[1], op._overloadname)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        name, overload = state.pop("op_name")
+        self.__dict__.update(state, op=getattr(getattr(torch.ops.aten, name), overload))
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -66,10 +77,20 @@ def location(node: torch.fx.Node) -> str | None:
 
 def _value(arg):
     if isinstance(arg, torch.fx.Node):
-        return arg.meta.get("val")
+        return _plain(arg.meta.get("val"))
     if isinstance(arg, (list, tuple)):
         return type(arg)(_value(a) for a in arg)
     return arg
+
+
+def _plain(value):
+    """A graph's values are FakeTensors tied to the tracing session; keep plain meta tensors of the
+    same shape, stride and dtype (all the classifier needs, and they pickle)."""
+    if isinstance(value, torch.Tensor):
+        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def _tensors(value):
@@ -94,6 +115,21 @@ def ops_in(programs: torch.export.ExportedProgram | dict[str, torch.export.Expor
             use = uses.setdefault(overload_key(node.target), OpUse(node.target))
             _record(use, node, phase)
     return uses
+
+
+def merge_uses(into: dict[str, OpUse], other: dict[str, OpUse]) -> dict[str, OpUse]:
+    """`into` with `other`'s uses added (uses of two phases traced apart)."""
+    for key, use in other.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = use
+            continue
+        mine.count += use.count
+        mine.dtypes |= use.dtypes
+        mine.shapes += [s for s in use.shapes if s not in mine.shapes][:max(0, 3 - len(mine.shapes))]
+        mine.locations += [loc for loc in use.locations if loc not in mine.locations]
+        mine.phases += [p for p in use.phases if p not in mine.phases]
+    return into
 
 
 def _record(use: OpUse, node: torch.fx.Node, phase: str) -> None:

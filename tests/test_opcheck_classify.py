@@ -124,3 +124,18 @@ def test_a_kernel_missing_from_the_manifest_is_found(checkpoint):
     assert [(f.op, f.kind) for f in found] == [("aten::rsqrt", FALLBACK)]
     assert found[0].count == 2 * config.num_hidden_layers + 1  # two norms per layer and the final norm
     assert any("modeling_llama.py" in loc for loc in found[0].locations)
+
+
+def test_structured_delegates_read_line_by_line_match_the_yaml():
+    import os
+
+    import torchgen
+    import yaml
+
+    from opcheck.classify import structured_delegates
+
+    path = os.path.join(os.path.dirname(torchgen.__file__), "packaged", "ATen", "native", "native_functions.yaml")
+    with open(path, encoding="utf-8") as f:
+        entries = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    expected = {e["func"].split("(", 1)[0]: e["structured_delegate"] for e in entries if "structured_delegate" in e}
+    assert structured_delegates() == expected and expected["hypot"] == "hypot.out"

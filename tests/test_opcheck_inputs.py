@@ -231,3 +231,17 @@ def test_trace_failing_inside_an_hf_model_names_the_module(tmp_path, checkpoint)
     result = check_ops("--model", model, "--dtype", "float16")
     assert_one_line_error(result, f"{model} (LlamaForCausalLM) prefill: tracing failed in model.layers.0.self_attn "
                           "(LlamaAttention, transformers/models/llama/modeling_llama.py:")
+
+
+def test_decode_traced_in_a_child_process_gives_the_same_ops(checkpoint):
+    """trace_hf exports the decode step in a forked child (two cores, half the time): same result."""
+    from opcheck.hf_trace import export_hf, load_config, trace_hf
+    from opcheck.trace import ops_in
+
+    model = checkpoint("mistral")
+    config = load_config(model)
+    parallel, prefill = trace_hf(model, config, "float16", batch=1, seq_len=6)
+    serial = ops_in(export_hf(model, config, "float16", batch=1, seq_len=6))
+    assert {k: (u.count, u.phases, sorted(u.dtypes)) for k, u in parallel.items()} == \
+        {k: (u.count, u.phases, sorted(u.dtypes)) for k, u in serial.items()}
+    assert prefill.graph_signature.user_inputs[0] == "input_ids"
