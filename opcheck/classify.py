@@ -68,6 +68,11 @@ def _has_kernel(key: str, dispatch_key: str) -> bool:
         return False
 
 
+# One kernel for every backend, built from other ops: the NonFunctional variant serves the `*_copy`
+# ops traced graphs hold (e.g. `lift_fresh_copy`, a `torch.tensor(...)` constant, which clones).
+_EXPLICIT = ("CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional")
+
+
 @lru_cache(maxsize=None)
 def _base_is_composite(base: str) -> bool:
     """Has any overload of `aten::<base>` a composite kernel? (Profiler events name no overload.)"""
@@ -75,7 +80,7 @@ def _base_is_composite(base: str) -> bool:
     if packet is None:
         return False
     keys = [base if name == "default" else f"{base}.{name}" for name in packet.overloads()]
-    return any(_has_kernel(k, d) for k in keys for d in ("CompositeImplicitAutograd", "CompositeExplicitAutograd"))
+    return any(_has_kernel(k, d) for k in keys for d in ("CompositeImplicitAutograd", *_EXPLICIT))
 
 
 @contextlib.contextmanager
@@ -132,8 +137,7 @@ class Classifier:
         delegate = structured_delegates().get(key)
         if delegate is not None:
             return Verdict(NATIVE if delegate in self.aten else FALLBACK, (delegate,))
-        for dispatch_key, kind in (("CompositeImplicitAutograd", DECOMPOSES),
-                                   ("CompositeExplicitAutograd", COMPOSITE)):
+        for dispatch_key, kind in (("CompositeImplicitAutograd", DECOMPOSES), *((k, COMPOSITE) for k in _EXPLICIT)):
             if _has_kernel(key, dispatch_key):
                 bad = self._first_fallback_callee(op, args, kwargs)
                 return Verdict(kind) if bad is None else Verdict(FALLBACK, bad)

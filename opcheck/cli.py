@@ -122,8 +122,14 @@ def _check_onnx(path: Path, soc: str, manifest_file: Path | None):
 
     manifest, manifest_file = _manifest(manifest_file, "onnx", "atc_onnx")
     uses, found = check_onnx(path, manifest)
-    target = {"soc": soc, "dtype": "as exported", "torch_npu": "ATC (ONNX)", "manifest": str(manifest_file)}
+    target = {"soc": soc, "dtype": "as exported", "atc": f"msit onnx.yaml, opsets {_opsets(manifest)}",
+              "manifest": str(manifest_file)}
     return target, uses, found, []
+
+
+def _opsets(manifest: dict) -> str:
+    versions = {int(v) for ops in manifest["ops"].get("ai.onnx", {}).values() for v in ops}
+    return f"{min(versions)}-{max(versions)}" if versions else "none"
 
 
 def _check_torch(subject, soc: str, dtype: str, version: str, manifest_file: Path | None, batch: int,

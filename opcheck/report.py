@@ -22,6 +22,13 @@ def _summary(uses: dict[str, OpUse]) -> str:
     return f"{len(uses)} distinct {kind} ops, {sum(u.count for u in uses.values())} calls"
 
 
+def _against(target: dict) -> str:
+    """What the ops were checked against: a torch_npu release, or ATC's ONNX parser."""
+    if target.get("atc"):
+        return f"{target['soc']}, ATC's ONNX parser ({target['atc']})"
+    return f"{target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}"
+
+
 def report_dict(model: str, target: dict, uses: dict[str, OpUse], found: list[Finding], fusions: list = ()) -> dict:
     return {"model": model, "target": target, "ops": {"distinct": len(uses), "calls": sum(u.count for u in uses.values())},
             "findings": [asdict(f) for f in found], "fusions": [asdict(f) for f in fusions], "clean": not found}
@@ -43,21 +50,22 @@ def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: li
     buffer = io.StringIO()
     console = Console(file=buffer, width=140)
     console.print(f"check_ops {model}: {_summary(uses)}; "
-                  f"target {target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}", highlight=False)
+                  f"target {_against(target)}", highlight=False)
     if found:
         table = Table("op", "kind", "count", "dtypes", "where", "what to do")
         for f in found:
             table.add_row(f.op, f.kind, str(f.count), ", ".join(f.dtypes), "\n".join(f.locations[:3]) or "-", f.advice)
         console.print(table)
     if fusions:
-        table = Table("pattern", "count", "NPU fused op", "note", title="fusion opportunities (not findings)")
-        for u in fusions:
-            table.add_row(u.pattern, str(u.count), u.fused_op, u.note)
+        table = Table("fusion (not a finding)", "count", "torch_npu fused op", "first seen at")
+        for u in fusions:  # the notes on how to use each are in the JSON and markdown reports
+            table.add_row(u.pattern, str(u.count), u.fused_op, u.locations[0] if u.locations else "-")
         console.print(table)
     for f in found:
         label = "fallback op" if f.kind == "fallback" else "unsupported op"
         console.print(f"{label}: {f.op}", highlight=False)
-    console.print("no findings: every op reaches an NPU kernel" if not found else f"{len(found)} finding(s)",
+    clean = "every op converts in ATC" if target.get("atc") else "every op reaches an NPU kernel"
+    console.print(f"no findings: {clean}" if not found else f"{len(found)} finding(s)",
                   highlight=False)
     return buffer.getvalue()
 
@@ -108,7 +116,7 @@ def junit(model: str, uses: dict[str, OpUse], found: list[Finding]) -> str:
 
 def markdown(model: str, target: dict, uses: dict[str, OpUse], found: list[Finding], fusions: list = ()) -> str:
     lines = [f"### check_ops: `{model}`", "",
-             (f"Target {target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}: {_summary(uses)}, "
+             (f"Target {_against(target)}: {_summary(uses)}, "
               f"**{len(found)} finding(s)**."), ""]
     if found:
         lines += ["| op | kind | count | dtypes | where | what to do |", "|---|---|---:|---|---|---|"]

@@ -36,6 +36,7 @@ def export(module: torch.nn.Module, *args) -> torch.export.ExportedProgram:
      DECOMPOSES, ()),
     (A.linear.default, (torch.rand(2, 4), torch.rand(3, 4)), DECOMPOSES, ()),
     (A.t.default, (torch.rand(2, 4),), COMPOSITE, ()),  # a view: not a finding though absent from the manifest
+    (A.lift_fresh_copy.default, (torch.rand(3),), COMPOSITE, ()),  # CompositeExplicitNonFunctional → clone
     (A.expand.default, (torch.rand(1, 8), [3, 8]), COMPOSITE, ()),  # explicit sizes: probed at real shapes
     (A.mode.default, (torch.rand(4, 4), 1), FALLBACK, ()),
     (A._weight_int8pack_mm.default, (torch.rand(2, 8), torch.zeros(4, 8, dtype=torch.int8), torch.ones(4)),

@@ -14,8 +14,9 @@ def check_ops(*args, **kw):
     return run_cli(*args, script="check_ops", **kw)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
 def test_fp16_fixture_for_910b_is_clean(checkpoint, family):
+    """Prefill and decode (with a KV cache) of the transformers models: no fallback, views are not findings."""
     result = check_ops("--model", checkpoint(family), "--dtype", "float16")
     assert result.code == 0, result.stderr
     assert "no findings: every op reaches an NPU kernel" in result.stdout
