@@ -1,1 +1,28 @@
-"""The paged-attention runtime that smoke-serves converted models: see DESIGN.md §runtime."""
+"""The paged-attention runtime that smoke-serves converted models: see DESIGN.md §runtime.
+
+    from runtime import LLM, SamplingParams
+
+Both are imported on first use, so importing `runtime` does not load torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .llm import LLM
+    from .sampling_params import SamplingParams
+
+__all__ = ["LLM", "SamplingParams"]
+
+
+def __getattr__(name: str):
+    if name == "LLM":
+        from .llm import LLM
+
+        return LLM
+    if name == "SamplingParams":
+        from .sampling_params import SamplingParams
+
+        return SamplingParams
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")

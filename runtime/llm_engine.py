@@ -1,0 +1,259 @@
+"""The engine: requests in, tokens out, one scheduled step at a time. It owns the scheduler, the block
+manager, the model runner and the sampler, decides when a request is finished (EOS, stop tokens,
+stop strings, max_tokens, the context), and keeps the counters the server and benchmarks report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ascend_convert.errors import UserError
+
+from .detokenizer import IncrementalDetokenizer
+from .engine.block_manager import BlockManager
+from .engine.scheduler import ScheduledBatch, Scheduler
+from .engine.sequence import Sequence
+from .loader import open_model
+from .model_runner import ModelRunner
+from .platform import resolve
+from .sampler import Sampler, make_generator
+from .sampling_params import SamplingParams
+
+log = logging.getLogger("runtime")
+GiB = 1 << 30
+DEFAULT_KV_CACHE_MEMORY = 1 * GiB
+DEFAULT_BATCHED_TOKENS = 2048  # a step's token budget: prompts longer than this are prefilled in chunks
+DYNAMIC_CHUNKS = 8  # memory_policy="dynamic" starts with 1/8 of the budget and grows by as much
+
+
+@dataclass
+class RequestOutput:
+    """A request's state after a step: what vLLM's `RequestOutput` holds, flattened to one completion."""
+
+    request_id: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None
+    logprobs: list[dict[int, float]] | None
+    num_cached_tokens: int
+    arrival_time: float
+    first_token_time: float | None
+    token_times: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    prompt: str | None
+    params: SamplingParams
+    detok: IncrementalDetokenizer | None
+    generator: torch.Generator | None
+    logprobs: list[dict[int, float]] | None
+    arrival: float
+    token_times: list[float] = field(default_factory=list)
+
+
+def parse_memory(value: int | str | None, default: int) -> int:
+    """Bytes from an int or a string such as `2GiB`, `512MiB`, `1.5GB`."""
+    if value is None:
+        return default
+    if isinstance(value, int):
+        return value
+    units = {"gib": GiB, "mib": 1 << 20, "kib": 1 << 10, "gb": 10**9, "mb": 10**6, "kb": 10**3, "b": 1}
+    text = value.strip().lower()
+    for unit, size in units.items():
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * size)
+            except ValueError:
+                break
+    raise UserError(f"kv_cache_memory {value!r}: expected bytes or a size such as 2GiB or 512MiB")
+
+
+class LLMEngine:
+    def __init__(self, model: str | Path, device: str = "auto", dtype: str | None = None,
+                 memory_policy: str = "static", tensor_parallel_size: int = 1, block_size: int = 16,
+                 kv_cache_memory: int | str | None = None, max_num_seqs: int = 64,
+                 max_num_batched_tokens: int | None = None, max_model_len: int | None = None,
+                 enable_prefix_caching: bool = True, trust_remote_code: bool = False) -> None:
+        if tensor_parallel_size != 1:
+            raise UserError(f"tensor_parallel_size={tensor_parallel_size}: tensor parallel is not available yet; "
+                            f"use tensor_parallel_size=1")
+        if memory_policy not in ("static", "dynamic"):
+            raise UserError(f"memory_policy {memory_policy!r}: expected 'static' or 'dynamic'")
+        self.platform = resolve(device)
+        ckpt = open_model(model)
+        self.config = cfg = ckpt.config
+        name = dtype or cfg.dtype
+        if name not in ("float32", "float16", "bfloat16"):
+            raise UserError(f"dtype {name!r}: expected float32, float16 or bfloat16")
+        self.dtype = getattr(torch, name)
+        self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
+        self.tokenizer = _tokenizer(Path(model), trust_remote_code)
+        self.runner = ModelRunner(ckpt, self.platform.device, self.dtype, block_size)
+        budget = parse_memory(kv_cache_memory, DEFAULT_KV_CACHE_MEMORY)
+        self.max_blocks = budget // self.runner.block_bytes
+        if self.max_blocks < 1:
+            raise UserError(f"kv_cache_memory {budget} bytes holds no KV block (one is {self.runner.block_bytes} bytes)")
+        self.grow_step = max(1, self.max_blocks // DYNAMIC_CHUNKS) if memory_policy == "dynamic" else self.max_blocks
+        self.runner.allocate(self.grow_step)
+        self.block_manager = BlockManager(self.grow_step, block_size, enable_prefix_caching)
+        budget_tokens = max_num_batched_tokens or max(DEFAULT_BATCHED_TOKENS, max_num_seqs)
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs, budget_tokens, grow=self._grow,
+                                   max_blocks=self.max_blocks)
+        self.sampler = Sampler()
+        self.requests: dict[int, _Request] = {}
+        self.num_generated_tokens = 0
+        self.num_prompt_tokens = 0
+        self._warm_up()
+
+    # -- memory --------------------------------------------------------------------------------
+    def _grow(self) -> bool:
+        """memory_policy="dynamic": add a chunk of KV blocks while the budget allows."""
+        extra = min(self.grow_step, self.max_blocks - self.runner.num_blocks)
+        if extra <= 0:
+            return False
+        self.runner.allocate(extra)
+        self.block_manager.grow(extra)
+        return True
+
+    def _warm_up(self) -> None:
+        """One real forward pass before any request: kernels load (and compile, on an NPU) here,
+        not in the first user's latency."""
+        seq = Sequence([0] * min(8, self.max_model_len), SamplingParams(max_tokens=1))
+        if not self.block_manager.ensure_slots(seq, seq.num_tokens):
+            raise UserError("the KV pool cannot hold an 8-token warm-up request; raise kv_cache_memory")
+        try:
+            self.runner.run(ScheduledBatch([seq], [seq.num_tokens]))
+            self.platform.synchronize()
+        finally:
+            self.block_manager.free(seq)
+        log.info("%s kernel launch success", self.platform.name)
+
+    # -- requests ------------------------------------------------------------------------------
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None) -> int:
+        params = params or SamplingParams()
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise UserError("this model has no tokenizer: give prompts as token ids")
+            ids, text = self.tokenizer.encode(prompt), prompt
+        else:
+            ids, text = list(prompt), None
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit max_model_len {self.max_model_len} "
+                             f"(at least one token must be generated)")
+        if any(not 0 <= t < self.config.vocab_size for t in ids):
+            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer; this model has none")
+        seq = Sequence(ids, params)
+        room = self.max_model_len - len(ids)
+        seq.max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        self.scheduler.add(seq)
+        detok = (IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
+                 if self.tokenizer is not None else None)
+        self.requests[seq.seq_id] = _Request(seq, text, params, detok, make_generator(params.seed, self.platform.device),
+                                             [] if params.logprobs is not None else None, time.perf_counter())
+        self.num_prompt_tokens += len(ids)
+        return seq.seq_id
+
+    def abort(self, request_id: int) -> None:
+        if self.scheduler.abort(request_id) is not None:
+            self.requests.pop(request_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # -- one step --------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model, sample, and return the requests that got a token this step."""
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return []
+        logits = self.runner.run(batch)
+        sampling = [i for i in range(len(batch.seqs)) if batch.samples(i)]
+        requests = [self.requests[batch.seqs[i].seq_id] for i in sampling]
+        suppress = [self._suppressed(r) for r in requests]
+        out = self.sampler(logits, [r.params for r in requests], [r.generator for r in requests], suppress)
+        tokens: list[int | None] = [None] * len(batch.seqs)
+        for row, i in enumerate(sampling):
+            tokens[i] = out.token_ids[row]
+        self.scheduler.postprocess(batch, tokens)
+        now = time.perf_counter()
+        outputs = []
+        for row, request in enumerate(requests):
+            token = out.token_ids[row]
+            request.token_times.append(now)
+            if request.logprobs is not None:
+                request.logprobs.append(out.logprobs[row])
+            if request.detok is not None:
+                request.detok.append(token)
+            self.num_generated_tokens += 1
+            reason = self._finish_reason(request, token)
+            if reason is not None:
+                self.scheduler.finish(request.seq, reason)
+                request.seq.finish_reason = reason
+                del self.requests[request.seq.seq_id]
+            outputs.append(self._output(request))
+        return outputs
+
+    def _suppressed(self, request: _Request) -> list[int] | None:
+        """EOS and stop tokens are barred until the request has `min_tokens`."""
+        if request.seq.num_completion_tokens >= request.params.min_tokens:
+            return None
+        return [*self.config.eos_token_ids, *(request.params.stop_token_ids or [])]
+
+    def _finish_reason(self, request: _Request, token: int) -> str | None:
+        params, seq = request.params, request.seq
+        if token in (params.stop_token_ids or ()):
+            return "stop"
+        if not params.ignore_eos and token in self.config.eos_token_ids:
+            return "stop"
+        if params.stop and request.detok is not None and request.detok.check_stop(params.stop) is not None:
+            return "stop"
+        if seq.num_completion_tokens >= seq.max_tokens:
+            return "length"
+        return None
+
+    def _output(self, request: _Request) -> RequestOutput:
+        seq = request.seq
+        return RequestOutput(
+            request_id=seq.seq_id, prompt=request.prompt, prompt_token_ids=seq.prompt_token_ids,
+            text=request.detok.text if request.detok is not None else "", token_ids=list(seq.completion_token_ids),
+            finished=seq.finish_reason is not None, finish_reason=seq.finish_reason,
+            logprobs=list(request.logprobs) if request.logprobs is not None else None,
+            num_cached_tokens=seq.num_cached_tokens, arrival_time=request.arrival,
+            first_token_time=request.token_times[0] if request.token_times else None,
+            token_times=list(request.token_times))
+
+    # -- what the server and benchmarks report ------------------------------------------------------
+    def stats(self) -> dict:
+        bm = self.block_manager
+        return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting,
+                "kv_cache_usage": bm.usage(), "kv_blocks_total": bm.num_blocks, "kv_blocks_free": bm.num_free_blocks,
+                "prefix_cache_hit_tokens": self.scheduler.prefix_hits,
+                "prefix_cache_query_tokens": self.scheduler.prefix_queries,
+                "preemptions": self.scheduler.num_preemptions, "prompt_tokens": self.num_prompt_tokens,
+                "generation_tokens": self.num_generated_tokens}
+
+
+def _tokenizer(model: Path, trust_remote_code: bool):
+    """The checkpoint's tokenizer (a GGUF's is built from its metadata), or None if it has none.
+    A tokenizer that is remote code runs only with trust_remote_code."""
+    from transformers import AutoTokenizer
+
+    try:
+        if model.is_file():
+            return AutoTokenizer.from_pretrained(str(model.parent), gguf_file=model.name)
+        return AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,168 @@
+"""The runtime's decoder: one model for every family `convert` supports (Llama 1/2/3, Mistral, Qwen v1,
+Qwen2, Qwen3, Baichuan/Baichuan2, Phi-3). Their differences are data in `ModelConfig` — qkv bias, q/k
+norms, tied embeddings, sliding window, RoPE type — not subclasses.
+
+Fused `qkv` and `gate_up` projections (one GEMM each instead of three and two). The numerics follow
+transformers' modeling code step for step (RMSNorm in fp32, RoPE tables in fp32 cast to the model
+dtype, residual adds in the model dtype), so greedy tokens match `generate` on the same weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import AttentionMetadata, causal_mask, paged_attention
+from .model_config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def inverse_frequencies(cfg: ModelConfig, raw_config: dict) -> tuple[torch.Tensor, float]:
+    """(inv_freq fp32, attention scaling) of the model's RoPE. Scaled types (llama3, yarn, linear,
+    longrope) are computed by transformers' own functions from the checkpoint's config."""
+    if cfg.rope_type == "default":
+        exponents = torch.arange(0, cfg.head_dim, 2, dtype=torch.float) / cfg.head_dim
+        return 1.0 / (cfg.rope_theta ** exponents), 1.0
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    fields = {k: v for k, v in raw_config.items() if k != "model_type"}
+    hf_config = AutoConfig.for_model(raw_config["model_type"], **fields)
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[cfg.rope_type](hf_config, "cpu")
+    return inv_freq.float(), float(scaling)
+
+
+class Rotary(nn.Module):
+    def __init__(self, inv_freq: torch.Tensor, scaling: float) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._exact = inv_freq.float()  # not a buffer: `.to(dtype)` must not round it
+        self.scaling = scaling
+
+    def _apply(self, fn, recurse=True):
+        """`.to(bfloat16)` moves the table but keeps it exact fp32: RoPE angles from a bf16 table
+        drift (transformers keeps them fp32 too)."""
+        super()._apply(fn, recurse)
+        self.inv_freq = self._exact.to(self.inv_freq.device)
+        return self
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, 1, head_dim] for the step's positions (computed as transformers does)."""
+        freqs = positions[:, None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return ((emb.cos() * self.scaling).to(dtype).unsqueeze(1), (emb.sin() * self.scaling).to(dtype).unsqueeze(1))
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.qkv = nn.Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
+        self.o = nn.Linear(cfg.q_size, cfg.hidden_size, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
+                mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        cfg = self.cfg
+        q, k, v = self.qkv(x).split((cfg.q_size, cfg.kv_size, cfg.kv_size), dim=-1)
+        q = q.view(-1, cfg.num_heads, cfg.head_dim)
+        k = k.view(-1, cfg.num_kv_heads, cfg.head_dim)
+        v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        return self.o(paged_attention(q, k, v, cache[0], cache[1], meta, mask, cfg.scale))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
+                mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    """`forward` runs one engine step over the flat batch of new tokens and returns their hidden
+    states; `logits` turns the rows that sample into fp32 logits."""
+
+    def __init__(self, cfg: ModelConfig, inv_freq: torch.Tensor, rope_scaling: float = 1.0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = Decoder(cfg)
+        self.rotary = Rotary(inv_freq, rope_scaling)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.rotary(meta.positions, x.dtype)
+        mask = causal_mask(meta, self.cfg.sliding_window)
+        for layer, cache in zip(self.model.layers, kv_caches):
+            x = layer(x, cos, sin, meta, mask, cache)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    def fused_slice(self, name: str, part: int) -> tuple[int, int]:
+        """(start, length) along dim 0 of part `part` of the fused parameter `name`."""
+        cfg = self.cfg
+        sizes = (cfg.q_size, cfg.kv_size, cfg.kv_size) if ".qkv." in name else (cfg.intermediate_size,) * 2
+        return sum(sizes[:part]), sizes[part]
+
+    @staticmethod
+    def fully_filled(name: str, parts: set[int | None]) -> bool:
+        if ".qkv." in name:
+            return parts == {0, 1, 2}
+        if ".gate_up." in name:
+            return parts == {0, 1}
+        return parts == {None}

@@ -1,0 +1,114 @@
+"""What the runtime's decoder needs to know about a checkpoint, read through the architecture specs
+of `ascend_convert` (one JSON per family), so the runtime serves every family `convert` writes.
+
+Read from config.json (or a GGUF's metadata) and from the tensor names present: a family's optional
+parts (qkv bias, q/k norms) exist exactly when their tensors do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ascend_convert.arch import ArchSpec
+from ascend_convert.errors import UserError
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    sliding_window: int | None
+    rope_type: str = "default"
+    rope_parameters: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"  # what the checkpoint says it computes in
+    eos_token_ids: tuple[int, ...] = ()
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+
+def _rope(raw: dict) -> tuple[str, dict]:
+    """(rope type, its parameters) whichever way the config spells it: transformers 5's
+    `rope_parameters`, or the older `rope_scaling`."""
+    params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    kind = params.get("rope_type") or params.get("type") or "default"
+    return kind, params
+
+
+def _eos(raw: dict, model_dir: Path) -> tuple[int, ...]:
+    ids: list[int] = []
+    for source in (raw, _generation_config(model_dir)):
+        value = source.get("eos_token_id")
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and v not in ids:
+                ids.append(v)
+    return tuple(ids)
+
+
+def _generation_config(model_dir: Path) -> dict:
+    import json
+
+    path = model_dir / "generation_config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def model_config(raw: dict, spec: ArchSpec, tensor_names: set[str], model_dir: Path,
+                 where: str = "config.json") -> ModelConfig:
+    """The runtime's view of a checkpoint: `raw` is its config.json (or GGUF-derived config),
+    `tensor_names` the canonical (Llama-named) tensors it holds."""
+    c = spec.canonical_config(raw, where)
+    rope_type, rope_params = _rope(raw)
+    if rope_type not in ("default", "llama3", "linear", "yarn", "longrope"):
+        raise UserError(f"{where}: rope type {rope_type!r} is not supported by the runtime "
+                        f"(default, llama3, linear, yarn, longrope)")
+    window = raw.get("sliding_window")
+    if raw.get("use_sliding_window") is False:  # Qwen2 configs name a window but switch it off
+        window = None
+    dtype = raw.get("dtype") or raw.get("torch_dtype") or "float32"
+    return ModelConfig(
+        family=spec.family,
+        hidden_size=c["hidden_size"], num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
+        num_kv_heads=c["num_key_value_heads"], head_dim=c["head_dim"], intermediate_size=c["intermediate_size"],
+        vocab_size=c["vocab_size"], rms_norm_eps=float(c["rms_norm_eps"]), rope_theta=float(c["rope_theta"]),
+        max_position_embeddings=int(c["max_position_embeddings"] or 4096),
+        tie_word_embeddings=bool(c["tie_word_embeddings"]) or "lm_head.weight" not in tensor_names,
+        qkv_bias="model.layers.0.self_attn.q_proj.bias" in tensor_names,
+        o_bias="model.layers.0.self_attn.o_proj.bias" in tensor_names,
+        mlp_bias="model.layers.0.mlp.gate_proj.bias" in tensor_names,
+        qk_norm="model.layers.0.self_attn.q_norm.weight" in tensor_names,
+        sliding_window=int(window) if isinstance(window, int) and window > 0 else None,
+        rope_type=rope_type, rope_parameters=rope_params,
+        dtype=dtype if dtype in DTYPES else "float32",
+        eos_token_ids=_eos(raw, model_dir),
+    )

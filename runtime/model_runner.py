@@ -1,0 +1,92 @@
+"""Owns the model and its KV cache on the device, and runs one scheduled step: builds the flat token
+batch, slot mapping and block tables from the scheduler's sequences, runs the model, and returns the
+logits of the rows that sample."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .attention import AttentionMetadata
+from .engine.scheduler import ScheduledBatch
+from .loader import Checkpoint, load_weights
+from .model import CausalLM, inverse_frequencies
+
+log = logging.getLogger("runtime")
+
+
+class ModelRunner:
+    def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, block_size: int) -> None:
+        cfg = ckpt.config
+        self.cfg, self.device, self.dtype, self.block_size = cfg, device, dtype, block_size
+        inv_freq, scaling = inverse_frequencies(cfg, ckpt.raw_config)
+        with torch.device("meta"):
+            model = CausalLM(cfg, inv_freq, scaling)
+        model = model.to_empty(device=device).to(dtype)  # every weight is filled below; RoPE keeps its table
+        load_weights(model, ckpt)
+        self.model = model.eval()
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.num_blocks = 0
+
+    @property
+    def block_bytes(self) -> int:
+        """KV bytes one block holds across all layers (keys and values)."""
+        cfg = self.cfg
+        return 2 * cfg.num_layers * self.block_size * cfg.kv_size * torch.empty((), dtype=self.dtype).element_size()
+
+    def allocate(self, num_blocks: int) -> None:
+        """Add `num_blocks` blocks to every layer's cache (the first call allocates it)."""
+        cfg = self.cfg
+        shape = (num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
+        fresh = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                  torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(cfg.num_layers)]
+        if self.kv_caches:
+            fresh = [(torch.cat((k, nk)), torch.cat((v, nv))) for (k, v), (nk, nv) in zip(self.kv_caches, fresh)]
+        self.kv_caches = fresh
+        self.num_blocks += num_blocks
+
+    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
+        """(input ids [T], attention metadata, row of each sampling sequence's last token)."""
+        bs = self.block_size
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts: list[int] = []
+        tables: list[list[int]] = []
+        sample_rows: list[int] = []
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+            start = seq.num_computed_tokens
+            starts.append(len(ids))
+            ids.extend(seq.token_ids[start:start + n])
+            span = range(start, start + n)
+            positions.extend(span)
+            slots.extend(seq.block_table[p // bs] * bs + p % bs for p in span)
+            tables.append(seq.block_table[:(start + n + bs - 1) // bs])
+            if batch.samples(i):
+                sample_rows.append(len(ids) - 1)
+        lengths = batch.num_new_tokens
+        max_q, max_blocks = max(lengths), max(len(t) for t in tables)
+        query_index = [[s + j if j < n else 0 for j in range(max_q)] for s, n in zip(starts, lengths)]
+        valid = [[j < n for j in range(max_q)] for n in lengths]
+        query_positions = [[positions[s + j] if j < n else 0 for j in range(max_q)] for s, n in zip(starts, lengths)]
+        table_rows = [t + [0] * (max_blocks - len(t)) for t in tables]
+        context = max(seq.num_computed_tokens + n for seq, n in zip(batch.seqs, lengths))
+
+        def tensor(data, dtype=torch.long) -> torch.Tensor:
+            return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
+
+        meta = AttentionMetadata(
+            positions=tensor(positions), slot_mapping=tensor(slots), query_index=tensor(query_index),
+            query_valid=tensor(valid, torch.bool), query_positions=tensor(query_positions),
+            block_tables=tensor(table_rows), max_context_len=context)
+        return tensor(ids), meta, sample_rows
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> torch.Tensor:
+        """fp32 logits [sampling sequences, vocab], in batch order."""
+        ids, meta, rows = self.prepare(batch)
+        hidden = self.model(ids, meta, self.kv_caches)
+        if not rows:
+            return hidden.new_empty((0, self.cfg.vocab_size), dtype=torch.float32)
+        return self.model.logits(hidden[torch.tensor(rows, device=hidden.device)])
