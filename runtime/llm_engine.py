@@ -97,7 +97,7 @@ class LLMEngine:
         self.dtype = getattr(torch, name)
         self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.tokenizer = _tokenizer(Path(model), trust_remote_code)
-        self.runner = ModelRunner(ckpt, self.platform.device, self.dtype, block_size)
+        self.runner = ModelRunner(ckpt, self.platform.device, self.dtype, block_size, self.platform.kernels())
         budget = parse_memory(kv_cache_memory, DEFAULT_KV_CACHE_MEMORY)
         self.max_blocks = budget // self.runner.block_bytes
         if self.max_blocks < 1:
@@ -136,6 +136,8 @@ class LLMEngine:
         finally:
             self.block_manager.free(seq)
         log.info("%s kernel launch success", self.platform.name)
+        if self.platform.fused_ops:
+            log.info("ASCEND_OP_FUSION=1: RMSNorm, RoPE and SwiGLU run as torch_npu fused kernels")
 
     # -- requests ------------------------------------------------------------------------------
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None) -> int:

@@ -10,6 +10,7 @@ import torch
 
 from .attention import AttentionMetadata
 from .engine.scheduler import ScheduledBatch
+from .fused_ops import PLAIN, Kernels
 from .loader import Checkpoint, load_weights
 from .model import CausalLM, inverse_frequencies
 
@@ -17,12 +18,13 @@ log = logging.getLogger("runtime")
 
 
 class ModelRunner:
-    def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, block_size: int) -> None:
+    def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, block_size: int,
+                 kernels: Kernels = PLAIN) -> None:
         cfg = ckpt.config
         self.cfg, self.device, self.dtype, self.block_size = cfg, device, dtype, block_size
         inv_freq, scaling = inverse_frequencies(cfg, ckpt.raw_config)
         with torch.device("meta"):
-            model = CausalLM(cfg, inv_freq, scaling)
+            model = CausalLM(cfg, inv_freq, scaling, kernels)
         model = model.to_empty(device=device).to(dtype)  # every weight is filled below; RoPE keeps its table
         load_weights(model, ckpt)
         self.model = model.eval()

@@ -25,6 +25,12 @@ class Platform:
         elif self.name == "npu":
             torch.npu.synchronize(self.device)  # type: ignore[attr-defined]
 
+    def kernels(self):
+        """The element-wise kernels the model uses: torch_npu's fused ones with ASCEND_OP_FUSION=1."""
+        from .fused_ops import PLAIN, npu_kernels
+
+        return npu_kernels() if self.fused_ops else PLAIN
+
     def memory_allocated(self) -> int | None:
         """Bytes the device allocator holds (None on CPU: the process RSS is the figure there)."""
         if self.name == "cuda":

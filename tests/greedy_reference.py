@@ -17,13 +17,24 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-TIE = {torch.float32: 1e-4, torch.bfloat16: 0.1}
+MANTISSA_BITS = {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10}
+TIE_ULPS = {torch.float32: 2**23 * 1e-4, torch.bfloat16: 2, torch.float16: 2}
+
+
+def tie_tolerance(top_logit: float, dtype: torch.dtype) -> float:
+    """How far apart two logits near `top_logit` may be and still be a tie at `dtype`'s precision."""
+    ulp = 2.0 ** (torch.tensor(abs(top_logit) or 1.0).log2().floor().item() - MANTISSA_BITS[dtype])
+    return TIE_ULPS[dtype] * ulp
 
 
 @dataclass(frozen=True)
 class Reference:
     tokens: list[int]
-    logprobs: list[torch.Tensor]  # log-softmax of transformers' logits at each generated position
+    logits: list[torch.Tensor]  # transformers' logits (fp32) at each generated position
+
+    @property
+    def logprobs(self) -> list[torch.Tensor]:
+        return [torch.log_softmax(step, -1) for step in self.logits]
 
 
 @lru_cache(maxsize=4)
@@ -44,16 +55,17 @@ def hf_greedy(path: str | Path, dtype: torch.dtype, prompt: list[int], max_new_t
                                  output_logits=True, return_dict_in_generate=True,
                                  pad_token_id=model.generation_config.eos_token_id)
         tokens = out.sequences[0, len(prompt):].tolist()
-        _CACHE[key] = Reference(tokens, [torch.log_softmax(l[0].float(), -1) for l in out.logits])
+        _CACHE[key] = Reference(tokens, [step[0].float() for step in out.logits])
     return _CACHE[key]
 
 
 def assert_greedy_equal(ours: list[int], ref: Reference, dtype: torch.dtype, what: str = "") -> None:
     for i, (got, want) in enumerate(zip(ours, ref.tokens)):
         if got != want:
-            gap = (ref.logprobs[i][want] - ref.logprobs[i][got]).item()
-            assert gap <= TIE[dtype], (f"{what}: token {i} is {got}, transformers gives {want} "
-                                       f"(log-prob gap {gap:.4g}, not a tie)\nours:         {ours}\n"
-                                       f"transformers: {ref.tokens}")
+            top = ref.logits[i][want].item()
+            gap = top - ref.logits[i][got].item()
+            assert gap <= tie_tolerance(top, dtype), (
+                f"{what}: token {i} is {got}, transformers gives {want} (logit gap {gap:.4g} at {top:.4g}, "
+                f"not a tie)\nours:         {ours}\ntransformers: {ref.tokens}")
             return
     assert ours == ref.tokens, f"{what}: lengths differ\nours:         {ours}\ntransformers: {ref.tokens}"

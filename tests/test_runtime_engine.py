@@ -16,7 +16,12 @@ import fixtures as fx
 from ascend_convert.converter import ConvertOptions, convert
 from ascend_convert.errors import UserError
 from runtime import LLM, SamplingParams
+from runtime.engine.scheduler import ScheduledBatch
+from runtime.engine.sequence import Sequence
+from runtime.fused_ops import PLAIN, Kernels, npu_kernels
 from runtime.loader import open_model
+from runtime.model_runner import ModelRunner
+from runtime.platform import resolve
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -268,8 +273,8 @@ def test_abort_frees_the_request_and_others_finish(checkpoint):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"device": "tpu"}, "device 'tpu': expected one of auto, cpu, cuda, npu, ascend"),
-    ({"tensor_parallel_size": 2}, "tensor_parallel_size=2: tensor parallel is not available yet; "
-                                  "use tensor_parallel_size=1"),
+    ({"tensor_parallel_size": 2},
+     "tensor_parallel_size=2: tensor parallel is not available yet; use tensor_parallel_size=1"),
     ({"memory_policy": "lazy"}, "memory_policy 'lazy': expected 'static' or 'dynamic'"),
     ({"dtype": "int8"}, "dtype 'int8': expected float32, float16 or bfloat16"),
     ({"kv_cache_memory": "lots"}, "kv_cache_memory 'lots': expected bytes or a size such as 2GiB or 512MiB"),
@@ -299,3 +304,43 @@ def test_a_directory_that_is_not_a_model(tmp_path):
     with pytest.raises(UserError) as err:
         make_llm(tmp_path)
     assert str(tmp_path) in str(err.value)
+
+
+def test_the_fused_kernel_slots_carry_every_norm_rope_and_swiglu(checkpoint, monkeypatch):
+    """ASCEND_OP_FUSION=1 swaps exactly these three functions for torch_npu's kernels. Here each slot
+    is filled with the plain function behind a counter: the model must route every RMSNorm, RoPE and
+    SwiGLU through them (and nothing changes: same logits). Off an NPU the flag changes nothing."""
+    monkeypatch.setenv("ASCEND_OP_FUSION", "1")
+    assert resolve("cpu").kernels() is PLAIN
+    calls = {"rms_norm": 0, "rotary": 0, "swiglu": 0}
+
+    def counted(name):
+        def call(*args):
+            calls[name] += 1
+            return getattr(PLAIN, name)(*args)
+        return call
+
+    ckpt = open_model(checkpoint("qwen3"))  # q/k norms: 4 RMSNorms per layer
+    counting = Kernels(counted("rms_norm"), counted("rotary"), counted("swiglu"), "counting")
+    llm = make_llm(checkpoint("qwen3"))
+    runner = ModelRunner(ckpt, torch.device("cpu"), torch.float32, 4, counting)
+    runner.allocate(32)
+    plain_runner = llm.engine.runner
+    seq = Sequence([3, 1, 4, 1, 5], GREEDY, 12)
+    seq.block_table = [0, 1]
+    batch = ScheduledBatch([seq], [5])
+    layers = ckpt.config.num_layers
+    assert torch.equal(runner.run(batch), plain_runner.run(batch))
+    assert calls == {"rms_norm": 4 * layers + 1, "rotary": 2 * layers, "swiglu": layers}
+
+
+@pytest.mark.skipif(not torch.__dict__.get("npu"), reason="torch_npu's fused kernels need an Ascend NPU")
+def test_torch_npu_fused_kernels_match_the_plain_ones():
+    fused = npu_kernels()
+    x = torch.randn(7, 4, 64, device="npu", dtype=torch.float16)
+    cos, sin = torch.randn(7, 1, 64, device="npu", dtype=torch.float16), torch.randn(7, 1, 64, device="npu",
+                                                                                      dtype=torch.float16)
+    w = torch.randn(64, device="npu", dtype=torch.float16)
+    torch.testing.assert_close(fused.rms_norm(x, w, 1e-6), PLAIN.rms_norm(x, w, 1e-6), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(fused.rotary(x, cos, sin), PLAIN.rotary(x, cos, sin), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(fused.swiglu(x), PLAIN.swiglu(x), rtol=2e-3, atol=2e-3)

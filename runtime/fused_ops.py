@@ -1,0 +1,66 @@
+"""The runtime's three hot element-wise patterns, in plain torch and as torch_npu's fused kernels.
+
+`ASCEND_OP_FUSION=1` on an NPU swaps RMSNorm, RoPE and SwiGLU for `npu_rms_norm`, `npu_rotary_mul`
+and `npu_swiglu` (the ops `check_ops`' fusion finder names): one kernel launch each instead of five
+to eight, which is what an NPU's launch-bound decode step needs. The plain versions are the
+reference; they reproduce transformers' numerics bit for bit, which is why they are the default.
+Attention stays on `scaled_dot_product_attention`, which torch_npu already serves with its fused
+FlashAttentionScore kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: normalise in fp32, round, then scale."""
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE: x [T, heads, head_dim], cos/sin [T, 1, head_dim]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up, with gate the first half of the fused projection."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@dataclass(frozen=True)
+class Kernels:
+    rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    swiglu: Callable[[torch.Tensor], torch.Tensor]
+    name: str = "plain"
+
+
+PLAIN = Kernels(rms_norm, rotary, swiglu)
+
+
+def npu_kernels() -> Kernels:
+    """torch_npu's fused kernels (torch_npu must be importable). `npu_rotary_mul` takes 4-D
+    [batch, seq, heads, dim] tensors, so the flat step gets a batch axis of 1."""
+    import torch_npu
+
+    def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return torch_npu.npu_rms_norm(x, weight, eps)[0]
+
+    def fused_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return torch_npu.npu_rotary_mul(x.unsqueeze(0), cos.unsqueeze(0), sin.unsqueeze(0)).squeeze(0)
+
+    def fused_swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+        return torch_npu.npu_swiglu(gate_up.contiguous(), dim=-1)
+
+    return Kernels(fused_rms_norm, fused_rotary, fused_swiglu, "torch_npu fused")
