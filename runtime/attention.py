@@ -22,7 +22,7 @@ class AttentionMetadata:
     positions: torch.Tensor  # [T] absolute position of each new token
     slot_mapping: torch.Tensor  # [T] cache slot (block * block_size + offset) each new token's K/V goes to
     query_index: torch.Tensor  # [B, max_q] index into the T tokens of each sequence's queries (padding: 0)
-    query_valid: torch.Tensor  # [B, max_q] True where query_index is a real token
+    output_rows: torch.Tensor  # [T] row of each new token in the padded [B * max_q] query layout
     query_positions: torch.Tensor  # [B, max_q] positions of the queries (padding: 0)
     block_tables: torch.Tensor  # [B, max_blocks] KV blocks of each sequence (padding: 0)
     max_context_len: int  # longest context of the step (cached + new tokens)
@@ -72,6 +72,7 @@ def paged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if group > 1:
         mask = mask.unsqueeze(1).expand(b, group, 1, max_q, mask.shape[-1]).reshape(b, 1, group * max_q, -1)
     out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
-    out = out.view(b, kv_heads, group, max_q, dim).permute(0, 3, 1, 2, 4)  # [B, max_q, kv_heads, group, dim]
-    out = out[meta.query_valid]  # back to the T tokens, in their order
-    return out.reshape(out.shape[0], heads * dim)
+    out = out.view(b, kv_heads, group, max_q, dim).permute(0, 3, 1, 2, 4).reshape(b * max_q, heads * dim)
+    # back to the T tokens, in their order: integer rows, not a boolean mask, whose data-dependent
+    # length would cost a device-to-host sync per layer on an NPU
+    return out.index_select(0, meta.output_rows)

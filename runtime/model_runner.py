@@ -70,7 +70,7 @@ class ModelRunner:
         lengths = batch.num_new_tokens
         max_q, max_blocks = max(lengths), max(len(t) for t in tables)
         query_index = [[s + j if j < n else 0 for j in range(max_q)] for s, n in zip(starts, lengths)]
-        valid = [[j < n for j in range(max_q)] for n in lengths]
+        output_rows = [i * max_q + j for i, n in enumerate(lengths) for j in range(n)]
         query_positions = [[positions[s + j] if j < n else 0 for j in range(max_q)] for s, n in zip(starts, lengths)]
         table_rows = [t + [0] * (max_blocks - len(t)) for t in tables]
         context = max(seq.num_computed_tokens + n for seq, n in zip(batch.seqs, lengths))
@@ -80,7 +80,7 @@ class ModelRunner:
 
         meta = AttentionMetadata(
             positions=tensor(positions), slot_mapping=tensor(slots), query_index=tensor(query_index),
-            query_valid=tensor(valid, torch.bool), query_positions=tensor(query_positions),
+            output_rows=tensor(output_rows), query_positions=tensor(query_positions),
             block_tables=tensor(table_rows), max_context_len=context)
         return tensor(ids), meta, sample_rows
 

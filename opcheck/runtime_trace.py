@@ -1,0 +1,123 @@
+"""Export the project's own runtime model (`runtime.model.CausalLM`) the way the engine runs it:
+one step `model(input_ids, meta, kv_caches)` with paged attention over per-layer KV caches
+`[num_blocks, block_size, kv_heads, head_dim]`, then `model.logits(hidden[rows])`.
+
+Built as `runtime.model_runner.ModelRunner` builds it, on the meta device: `open_model` reads only
+the config and the tensor names (no weights; a GGUF's metadata, tokenizer included, is parsed whole).
+Two steps are exported: a prefill (B sequences × seq_len new tokens, nothing cached) and a decode
+(B sequences × 1 new token after seq_len cached ones). The caches are inputs of the exported step:
+`paged_attention` writes them in place (`index_copy_`), which torch.export keeps as an input mutation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ascend_convert.errors import UserError, first_line
+
+BLOCK_SIZE = 16  # the engine's default (`LLMEngine(block_size=16)`)
+
+
+def open_runtime(path: Path):
+    """`runtime.loader.open_model`: config and tensor names of a checkpoint directory or .gguf file."""
+    from runtime.loader import open_model
+
+    try:
+        return open_model(path)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read the checkpoint is the checkpoint's
+        raise UserError(f"{path}: the runtime cannot open this checkpoint "
+                        f"({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def build_runtime_model(ckpt, dtype: str) -> torch.nn.Module:
+    """`CausalLM` on the meta device in `dtype`, as the model runner builds it (RoPE table kept fp32)."""
+    from runtime.model import CausalLM, inverse_frequencies
+
+    where = ckpt.path / "config.json" if ckpt.path.is_dir() else ckpt.path
+    try:
+        inv_freq, scaling = inverse_frequencies(ckpt.config, ckpt.raw_config)
+        with torch.device("meta"):
+            model = CausalLM(ckpt.config, inv_freq, scaling)
+        model = model.to_empty(device="meta").to(getattr(torch, dtype))
+    except Exception as exc:  # noqa: BLE001 - a config the runtime's model cannot be built from
+        raise UserError(f"{where}: the runtime cannot build its model from it "
+                        f"({type(exc).__name__}: {first_line(exc)})") from None
+    return model.eval()
+
+
+def _meta(shape: tuple[int, ...], dtype: torch.dtype = torch.long) -> torch.Tensor:
+    return torch.zeros(shape, dtype=dtype, device="meta")
+
+
+def step_inputs(model: torch.nn.Module, batch: int, new_tokens: int, cached: int) -> tuple[tuple, int]:
+    """(example inputs of one step, max_context_len): `batch` sequences of `new_tokens` new tokens
+    after `cached` cached ones each, shaped as `ModelRunner.prepare` shapes them (T = batch ×
+    new_tokens flat tokens; padded [B, max_q] query tables; [B, max_blocks] block tables)."""
+    cfg = model.cfg
+    context = cached + new_tokens
+    blocks = -(-context // BLOCK_SIZE)
+    tokens = batch * new_tokens
+    dtype = next(model.parameters()).dtype
+    cache = (batch * blocks, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim)
+    layers = range(cfg.num_layers)
+    args = (
+        _meta((tokens,)),  # input_ids
+        _meta((tokens,)),  # positions
+        _meta((tokens,)),  # slot_mapping
+        _meta((batch, new_tokens)),  # query_index
+        _meta((tokens,)),  # output_rows
+        _meta((batch, new_tokens)),  # query_positions
+        _meta((batch, blocks)),  # block_tables
+        _meta((batch,)),  # rows that sample: each sequence's last token
+        [_meta(cache, dtype) for _ in layers],  # k caches
+        [_meta(cache, dtype) for _ in layers],  # v caches
+    )
+    return args, context
+
+
+def export_step(model: torch.nn.Module, what: str, batch: int, new_tokens: int,
+                cached: int) -> torch.export.ExportedProgram:
+    """One engine step, exported as the model's own forward (swapped in for the export, so module
+    paths in the graph stay the model's): flat tensors in, `AttentionMetadata` built inside
+    (`max_context_len` is a Python int, static), fp32 logits of the sampling rows out."""
+    from runtime.attention import AttentionMetadata
+
+    from .export import export
+
+    args, context = step_inputs(model, batch, new_tokens, cached)
+    forward = model.forward
+
+    def step(input_ids, positions, slot_mapping, query_index, output_rows, query_positions, block_tables, rows,
+             k_caches, v_caches):
+        meta = AttentionMetadata(positions=positions, slot_mapping=slot_mapping, query_index=query_index,
+                                 output_rows=output_rows, query_positions=query_positions,
+                                 block_tables=block_tables, max_context_len=context)
+        hidden = forward(input_ids, meta, list(zip(k_caches, v_caches)))
+        return model.logits(hidden[rows])
+
+    model.forward = step
+    try:
+        return export(model, args, None, what, model)
+    finally:
+        del model.forward
+
+
+def _what(ckpt, model: torch.nn.Module, phase: str) -> str:
+    return f"{ckpt.path} (runtime {type(model).__name__}) {phase}"
+
+
+def trace_runtime(ckpt, dtype: str, batch: int, seq_len: int) -> tuple[dict, torch.export.ExportedProgram]:
+    """(the ops of both steps, the prefill program) of one model built on meta: the prefill
+    (`seq_len` new tokens per sequence, no cache) exported here while a forked child exports the
+    decode step (one token after `seq_len` cached ones), as `hf_trace.trace_hf` does."""
+    from .parallel import in_child
+    from .trace import merge_uses, ops_in
+
+    model = build_runtime_model(ckpt, dtype)
+    decode = in_child(lambda: ops_in({"decode": export_step(model, _what(ckpt, model, "decode"), batch, 1, seq_len)}))
+    prefill = export_step(model, _what(ckpt, model, "prefill"), batch, seq_len, 0)
+    return merge_uses(ops_in({"prefill": prefill}), decode()), prefill
