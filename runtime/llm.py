@@ -55,6 +55,21 @@ class LLM:
         return [finished[i] for i in ids]
 
 
+    def chat(self, conversations: list[dict] | Seq[list[dict]],
+             sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+             progress: bool = True) -> list[RequestOutput]:
+        """`generate` on conversations ([{"role", "content"}, ...], or a list of them) rendered with
+        the checkpoint's chat template and the generation prompt, as vLLM's `LLM.chat` does."""
+        tokenizer = self.engine.tokenizer
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("this model has no chat template: use generate() with a prompt")
+        if conversations and isinstance(conversations[0], dict):
+            conversations = [conversations]
+        prompts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"] for c in conversations]
+        return self.generate(prompts, sampling_params, progress)
+
+
 def _progress(total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 

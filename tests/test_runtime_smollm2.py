@@ -66,6 +66,8 @@ def test_chat_prompts_alone_and_batched(engines, smol_bf16, dtype):
     alone = run(llm, prompts[0])
     check(smol_bf16, dtype, prompts[:1], alone, "alone")
     assert "Paris" in alone[0].text
+    via_chat = llm.chat([{"role": "user", "content": QUESTIONS[0]}], SamplingParams(temperature=0, max_tokens=NEW))
+    assert via_chat[0].token_ids == alone[0].token_ids and via_chat[0].prompt_token_ids == prompts[0]
     batch = run(llm, prompts)
     check(smol_bf16, dtype, prompts, batch, "batch")
     assert batch[0].text == alone[0].text
