@@ -7,6 +7,7 @@ import click
 from ascend_convert.cli import convert_command, verify_command
 from ascend_convert.cli_support import debug_option, run_main
 from opcheck.cli import check_ops_command, manifest_group
+from runtime.bench import bench_command
 
 from . import __version__
 
@@ -32,6 +33,7 @@ cli.add_command(convert_command)
 cli.add_command(verify_command)
 cli.add_command(manifest_group)
 cli.add_command(check_ops_command)
+cli.add_command(bench_command)
 
 
 def main() -> None:
