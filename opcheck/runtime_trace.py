@@ -84,7 +84,7 @@ def export_step(model: torch.nn.Module, what: str, batch: int, new_tokens: int,
     """One engine step, exported as the model's own forward (swapped in for the export, so module
     paths in the graph stay the model's): flat tensors in, `AttentionMetadata` built inside
     (`max_context_len` is a Python int, static), fp32 logits of the sampling rows out."""
-    from runtime.attention import AttentionMetadata
+    from runtime.attention import AttentionGroup, AttentionMetadata
 
     from .export import export
 
@@ -93,9 +93,9 @@ def export_step(model: torch.nn.Module, what: str, batch: int, new_tokens: int,
 
     def step(input_ids, positions, slot_mapping, query_index, output_rows, query_positions, block_tables, rows,
              k_caches, v_caches):
-        meta = AttentionMetadata(positions=positions, slot_mapping=slot_mapping, query_index=query_index,
-                                 output_rows=output_rows, query_positions=query_positions,
-                                 block_tables=block_tables, max_context_len=context)
+        group = AttentionGroup(query_index=query_index, output_rows=output_rows, query_positions=query_positions,
+                               block_tables=block_tables, max_context_len=context)
+        meta = AttentionMetadata(positions=positions, slot_mapping=slot_mapping, groups=[group])
         hidden = forward(input_ids, meta, list(zip(k_caches, v_caches)))
         return model.logits(hidden[rows])
 

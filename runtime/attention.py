@@ -16,16 +16,26 @@ import torch.nn.functional as F
 
 
 @dataclass
+class AttentionGroup:
+    """Sequences attended to together, their queries padded to the group's longest. A step has at
+    most two: its decode tokens (one query each) and its prefill chunks — padding a decode row to a
+    prefill chunk's length would multiply its attention work by that length."""
+
+    query_index: torch.Tensor  # [B, max_q] index into the step's T tokens of each sequence's queries (padding: 0)
+    output_rows: torch.Tensor  # [n] row of each of the group's tokens in the padded [B * max_q] layout
+    query_positions: torch.Tensor  # [B, max_q] positions of the queries (padding: 0)
+    block_tables: torch.Tensor  # [B, max_blocks] KV blocks of each sequence (padding: 0)
+    max_context_len: int  # longest context in the group (cached + new tokens)
+
+
+@dataclass
 class AttentionMetadata:
-    """Where the step's tokens sit: built once per step by the model runner, shared by every layer."""
+    """Where the step's tokens sit: built once per step by the model runner, shared by every layer.
+    The T tokens are laid out group after group, so the groups' outputs concatenate in token order."""
 
     positions: torch.Tensor  # [T] absolute position of each new token
     slot_mapping: torch.Tensor  # [T] cache slot (block * block_size + offset) each new token's K/V goes to
-    query_index: torch.Tensor  # [B, max_q] index into the T tokens of each sequence's queries (padding: 0)
-    output_rows: torch.Tensor  # [T] row of each new token in the padded [B * max_q] query layout
-    query_positions: torch.Tensor  # [B, max_q] positions of the queries (padding: 0)
-    block_tables: torch.Tensor  # [B, max_blocks] KV blocks of each sequence (padding: 0)
-    max_context_len: int  # longest context of the step (cached + new tokens)
+    groups: list[AttentionGroup]
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -37,18 +47,18 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, key: torch.Tensor, va
     flat_v.index_copy_(0, slot_mapping, value)
 
 
-def _gather(cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+def _gather(cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
     """[B, kv_heads, max_context_len, head_dim]: each sequence's cached K or V, in position order."""
-    blocks = cache[meta.block_tables]  # [B, max_blocks, block_size, kv_heads, head_dim]
+    blocks = cache[group.block_tables]  # [B, max_blocks, block_size, kv_heads, head_dim]
     b, n, size, heads, dim = blocks.shape
-    return blocks.reshape(b, n * size, heads, dim)[:, :meta.max_context_len].transpose(1, 2)
+    return blocks.reshape(b, n * size, heads, dim)[:, :group.max_context_len].transpose(1, 2)
 
 
-def causal_mask(meta: AttentionMetadata, sliding_window: int | None) -> torch.Tensor:
+def causal_mask(group: AttentionGroup, sliding_window: int | None) -> torch.Tensor:
     """[B, 1, max_q, max_context_len] bool: key j is visible to a query at position p iff j <= p (and
     p - j < window). Keys past a sequence's context are never visible, since p < its context length."""
-    keys = torch.arange(meta.max_context_len, device=meta.positions.device)
-    pos = meta.query_positions.unsqueeze(-1)
+    keys = torch.arange(group.max_context_len, device=group.query_positions.device)
+    pos = group.query_positions.unsqueeze(-1)
     visible = keys <= pos
     if sliding_window is not None:
         visible = visible & (keys > pos - sliding_window)
@@ -56,23 +66,32 @@ def causal_mask(meta: AttentionMetadata, sliding_window: int | None) -> torch.Te
 
 
 def paged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
-                    v_cache: torch.Tensor, meta: AttentionMetadata, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """query [T, heads, head_dim], key/value [T, kv_heads, head_dim] → [T, heads * head_dim].
+                    v_cache: torch.Tensor, meta: AttentionMetadata, masks: list[torch.Tensor],
+                    scale: float) -> torch.Tensor:
+    """query [T, heads, head_dim], key/value [T, kv_heads, head_dim] → [T, heads * head_dim]."""
+    write_kv(k_cache, v_cache, key, value, meta.slot_mapping)
+    outs = [_attend(query, k_cache, v_cache, group, mask, scale) for group, mask in zip(meta.groups, masks)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: AttentionGroup,
+            mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """One group's attention over its cached keys and values → [its tokens, heads * head_dim].
 
     Grouped-query attention is computed with the query heads that share a KV head stacked as extra
     query rows (`[B, kv_heads, group * max_q, head_dim]`), not with SDPA's `enable_gqa`: on CPU that
     flag repeats the keys and runs 5x slower, and torch_npu's SDPA does not take it at all."""
-    write_kv(k_cache, v_cache, key, value, meta.slot_mapping)
-    heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[2]
-    group = heads // kv_heads
-    keys, values = _gather(k_cache, meta), _gather(v_cache, meta)
-    queries = query[meta.query_index]  # [B, max_q, heads, head_dim]
+    heads, dim = query.shape[1], query.shape[2]
+    kv_heads = k_cache.shape[2]
+    per_kv = heads // kv_heads
+    keys, values = _gather(k_cache, group), _gather(v_cache, group)
+    queries = query[group.query_index]  # [B, max_q, heads, head_dim]
     b, max_q = queries.shape[:2]
-    queries = queries.view(b, max_q, kv_heads, group, dim).permute(0, 2, 3, 1, 4).reshape(b, kv_heads, group * max_q, dim)
-    if group > 1:
-        mask = mask.unsqueeze(1).expand(b, group, 1, max_q, mask.shape[-1]).reshape(b, 1, group * max_q, -1)
+    queries = queries.view(b, max_q, kv_heads, per_kv, dim).permute(0, 2, 3, 1, 4).reshape(b, kv_heads, per_kv * max_q, dim)
+    if per_kv > 1:
+        mask = mask.unsqueeze(1).expand(b, per_kv, 1, max_q, mask.shape[-1]).reshape(b, 1, per_kv * max_q, -1)
     out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
-    out = out.view(b, kv_heads, group, max_q, dim).permute(0, 3, 1, 2, 4).reshape(b * max_q, heads * dim)
-    # back to the T tokens, in their order: integer rows, not a boolean mask, whose data-dependent
-    # length would cost a device-to-host sync per layer on an NPU
-    return out.index_select(0, meta.output_rows)
+    out = out.view(b, kv_heads, per_kv, max_q, dim).permute(0, 3, 1, 2, 4).reshape(b * max_q, heads * dim)
+    # back to the group's tokens, in their order: integer rows, not a boolean mask, whose
+    # data-dependent length would cost a device-to-host sync per layer on an NPU
+    return out.index_select(0, group.output_rows)

@@ -77,7 +77,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, kernels)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
-                mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                masks: list[torch.Tensor], cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cfg = self.cfg
         q, k, v = self.qkv(x).split((cfg.q_size, cfg.kv_size, cfg.kv_size), dim=-1)
         q = q.view(-1, cfg.num_heads, cfg.head_dim)
@@ -86,7 +86,7 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.kernels.rotary(q, cos, sin), self.kernels.rotary(k, cos, sin)
-        return self.o(paged_attention(q, k, v, cache[0], cache[1], meta, mask, cfg.scale))
+        return self.o(paged_attention(q, k, v, cache[0], cache[1], meta, masks, cfg.scale))
 
 
 class MLP(nn.Module):
@@ -109,8 +109,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg, kernels)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
-                mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, mask, cache)
+                masks: list[torch.Tensor], cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, masks, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -139,9 +139,9 @@ class CausalLM(nn.Module):
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rotary(meta.positions, x.dtype)
-        mask = causal_mask(meta, self.cfg.sliding_window)
+        masks = [causal_mask(group, self.cfg.sliding_window) for group in meta.groups]
         for layer, cache in zip(self.model.layers, kv_caches):
-            x = layer(x, cos, sin, meta, mask, cache)
+            x = layer(x, cos, sin, meta, masks, cache)
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from .attention import AttentionMetadata
+from .attention import AttentionGroup, AttentionMetadata
 from .engine.scheduler import ScheduledBatch
 from .fused_ops import PLAIN, Kernels
 from .loader import Checkpoint, load_weights
@@ -49,40 +49,48 @@ class ModelRunner:
         self.num_blocks += num_blocks
 
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
-        """(input ids [T], attention metadata, row of each sampling sequence's last token)."""
+        """(input ids [T], attention metadata, row of each sampling sequence's last token, in batch
+        order). Decode tokens are laid out first and prefill chunks after them: two attention groups,
+        so no decode row is padded to a prefill chunk's length."""
         bs = self.block_size
+        lengths = batch.num_new_tokens
+        decodes = [i for i, n in enumerate(lengths) if n == 1]
+        prefills = [i for i, n in enumerate(lengths) if n > 1]
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        starts: list[int] = []
-        tables: list[list[int]] = []
-        sample_rows: list[int] = []
-        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+        starts: dict[int, int] = {}
+        for i in decodes + prefills:
+            seq, n = batch.seqs[i], lengths[i]
             start = seq.num_computed_tokens
-            starts.append(len(ids))
+            starts[i] = len(ids)
             ids.extend(seq.token_ids[start:start + n])
             span = range(start, start + n)
             positions.extend(span)
             slots.extend(seq.block_table[p // bs] * bs + p % bs for p in span)
-            tables.append(seq.block_table[:(start + n + bs - 1) // bs])
-            if batch.samples(i):
-                sample_rows.append(len(ids) - 1)
-        lengths = batch.num_new_tokens
+        sample_rows = [starts[i] + lengths[i] - 1 for i in range(len(lengths)) if batch.samples(i)]
+        groups = [self._group(batch, members, starts, positions) for members in (decodes, prefills) if members]
+        meta = AttentionMetadata(positions=self._tensor(positions), slot_mapping=self._tensor(slots), groups=groups)
+        return self._tensor(ids), meta, sample_rows
+
+    def _tensor(self, data, dtype=torch.long) -> torch.Tensor:
+        return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
+
+    def _group(self, batch: ScheduledBatch, members: list[int], starts: dict[int, int],
+               positions: list[int]) -> AttentionGroup:
+        bs = self.block_size
+        lengths = [batch.num_new_tokens[i] for i in members]
+        firsts = [starts[i] for i in members]
+        contexts = [batch.seqs[i].num_computed_tokens + n for i, n in zip(members, lengths)]
+        tables = [batch.seqs[i].block_table[:(c + bs - 1) // bs] for i, c in zip(members, contexts)]
         max_q, max_blocks = max(lengths), max(len(t) for t in tables)
-        query_index = [[s + j if j < n else 0 for j in range(max_q)] for s, n in zip(starts, lengths)]
-        output_rows = [i * max_q + j for i, n in enumerate(lengths) for j in range(n)]
-        query_positions = [[positions[s + j] if j < n else 0 for j in range(max_q)] for s, n in zip(starts, lengths)]
-        table_rows = [t + [0] * (max_blocks - len(t)) for t in tables]
-        context = max(seq.num_computed_tokens + n for seq, n in zip(batch.seqs, lengths))
-
-        def tensor(data, dtype=torch.long) -> torch.Tensor:
-            return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
-
-        meta = AttentionMetadata(
-            positions=tensor(positions), slot_mapping=tensor(slots), query_index=tensor(query_index),
-            output_rows=tensor(output_rows), query_positions=tensor(query_positions),
-            block_tables=tensor(table_rows), max_context_len=context)
-        return tensor(ids), meta, sample_rows
+        return AttentionGroup(
+            query_index=self._tensor([[s + j if j < n else 0 for j in range(max_q)] for s, n in zip(firsts, lengths)]),
+            output_rows=self._tensor([k * max_q + j for k, n in enumerate(lengths) for j in range(n)]),
+            query_positions=self._tensor([[positions[s + j] if j < n else 0 for j in range(max_q)]
+                                          for s, n in zip(firsts, lengths)]),
+            block_tables=self._tensor([t + [0] * (max_blocks - len(t)) for t in tables]),
+            max_context_len=max(contexts))
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> torch.Tensor:

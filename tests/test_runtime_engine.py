@@ -344,3 +344,22 @@ def test_torch_npu_fused_kernels_match_the_plain_ones():
     torch.testing.assert_close(fused.rms_norm(x, w, 1e-6), PLAIN.rms_norm(x, w, 1e-6), rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(fused.rotary(x, cos, sin), PLAIN.rotary(x, cos, sin), rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(fused.swiglu(x), PLAIN.swiglu(x), rtol=2e-3, atol=2e-3)
+
+
+def test_decode_rows_are_not_padded_to_a_prefill_chunk(checkpoint):
+    """A step mixing decodes and a prefill chunk is laid out decodes first, as two attention groups;
+    the logits come back in the batch's order."""
+    llm = make_llm(checkpoint("llama"))
+    runner = llm.engine.runner
+    decode = Sequence([5, 6, 7, 8], GREEDY, 12)
+    decode.block_table, decode.num_computed_tokens = [0], 3
+    prefill = Sequence(list(range(1, 11)), GREEDY, 12)
+    prefill.block_table = [1, 2, 3]
+    batch = ScheduledBatch([prefill, decode], [10, 1])
+    ids, meta, rows = runner.prepare(batch)
+    assert ids.tolist() == [8] + list(range(1, 11)) and rows == [10, 0]
+    assert [tuple(g.query_index.shape) for g in meta.groups] == [(1, 1), (1, 10)]
+    assert [g.max_context_len for g in meta.groups] == [4, 10]
+    mixed = runner.run(batch)
+    alone = [runner.run(ScheduledBatch([s], [n])) for s, n in ((prefill, 10), (decode, 1))]
+    torch.testing.assert_close(mixed, torch.cat(alone), rtol=1e-5, atol=1e-5)
