@@ -436,11 +436,9 @@ class _StepClock:
         pass
 
 
-class HFStaticSystem(System):
-    """`model.generate` on the whole workload as one left-padded static batch, greedy, exactly n
-    tokens each (`min_new_tokens`); every request's token times are the batch's step times."""
-
-    name = "hf"
+class _SharedHFSystem(System):
+    """A transformers baseline: both share one loaded model (loaded by whichever comes first; the
+    other records the bytes it borrowed), and warm up with a tiny request."""
 
     def __init__(self, cfg: BenchConfig, shared: dict) -> None:
         self.cfg, self.shared = cfg, shared
@@ -452,8 +450,18 @@ class HFStaticSystem(System):
         else:
             self.shared["hf"] = HFModel(self.cfg, self.meter)
         self.hf = self.shared["hf"]
-        self.info = {"attn_implementation": getattr(self.hf.model.config, "_attn_implementation", None)}
         self.run([[LOW_TOKEN_ID % self.hf.model.config.vocab_size] * 8], 2)  # warm-up
+
+
+class HFStaticSystem(_SharedHFSystem):
+    """`model.generate` on the whole workload as one left-padded static batch, greedy, exactly n
+    tokens each (`min_new_tokens`); every request's token times are the batch's step times."""
+
+    name = "hf"
+
+    def load(self) -> None:
+        super().load()
+        self.info = {"attn_implementation": getattr(self.hf.model.config, "_attn_implementation", None)}
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> Run:
         import torch
@@ -477,24 +485,12 @@ class HFStaticSystem(System):
         return Run([start] * len(prompts), [list(clock.times) for _ in prompts], new, start, end)
 
 
-class HFBatchSystem(System):
+class HFBatchSystem(_SharedHFSystem):
     """transformers' continuous batching, `model.generate_batch`, greedy, EOS disabled so every request
     runs to n tokens. The time starts when the requests are created (its manager's set-up, like the
     runtime's engine construction, is not counted)."""
 
     name = "hf-batch"
-
-    def __init__(self, cfg: BenchConfig, shared: dict) -> None:
-        self.cfg, self.shared = cfg, shared
-        self.info = {}
-
-    def load(self) -> None:
-        if "hf" in self.shared:
-            self.borrowed_bytes = self.shared["hf"].load_bytes
-        else:
-            self.shared["hf"] = HFModel(self.cfg, self.meter)
-        self.hf = self.shared["hf"]
-        self.run([[LOW_TOKEN_ID % self.hf.model.config.vocab_size] * 8], 2)  # warm-up
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> Run:
         from transformers import ContinuousBatchingConfig, GenerationConfig
