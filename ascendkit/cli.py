@@ -8,6 +8,8 @@ from ascend_convert.cli import convert_command, verify_command
 from ascend_convert.cli_support import debug_option, run_main
 from opcheck.cli import check_ops_command, manifest_group
 from runtime.bench import bench_command
+from runtime.server.cli import serve_command
+from runtime.smoke import smoke_command
 
 from . import __version__
 
@@ -34,6 +36,8 @@ cli.add_command(verify_command)
 cli.add_command(manifest_group)
 cli.add_command(check_ops_command)
 cli.add_command(bench_command)
+cli.add_command(serve_command)
+cli.add_command(smoke_command)
 
 
 def main() -> None:

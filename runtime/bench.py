@@ -41,10 +41,18 @@ import click
 from ascend_convert.cli_support import debug_option
 from ascend_convert.errors import UserError
 
+from .engine_options import DEVICE_CHOICES, DTYPE_CHOICES
+from .latency_stats import distribution
+from .serving_bench import (
+    DEFAULT_CONCURRENCY,
+    bench_server,
+    bench_started_server,
+    print_serving_report,
+)
+
 WORKLOADS = ("single", "batch16", "batch64", "prefix")
 BASELINES = ("hf", "hf-batch", "llama-cpp")
 SWEEP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "npu", "ascend")
 DEFAULT_PROMPT_LEN = 128
 DEFAULT_NEW_TOKENS = 128
 PREFIX_REQUESTS = 16
@@ -141,13 +149,13 @@ def parse_list(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def parse_sizes(value: str) -> list[int]:
+def parse_sizes(value: str, option: str = "--sweep-sizes") -> list[int]:
     try:
         sizes = sorted({int(v) for v in value.split(",") if v.strip()})
     except ValueError:
-        raise UserError(f"--sweep-sizes {value!r}: expected a comma list of batch sizes, e.g. 1,2,4,8") from None
+        raise UserError(f"{option} {value!r}: expected a comma list of sizes, e.g. 1,2,4,8") from None
     if not sizes or sizes[0] < 1:
-        raise UserError(f"--sweep-sizes {value!r}: batch sizes must be at least 1")
+        raise UserError(f"{option} {value!r}: sizes must be at least 1")
     return sizes
 
 
@@ -163,22 +171,6 @@ class Run:
     end: float
     peak_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between the closest ranks (numpy's default)."""
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def distribution(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"mean": None, "p50": None, "p99": None, "std": None}
-    return {"mean": statistics.fmean(values), "p50": percentile(values, 50), "p99": percentile(values, 99),
-            "std": statistics.pstdev(values)}
 
 
 def summarize(run: Run) -> dict[str, Any]:
@@ -932,8 +924,8 @@ def print_report(report: dict[str, Any]) -> None:
 
 # -- the command -------------------------------------------------------------------------------------
 @click.command("bench")
-@click.argument("model", metavar="MODEL")
-@click.option("--dtype", type=click.Choice(("auto", "float32", "float16", "bfloat16")), default="auto",
+@click.argument("model", metavar="MODEL", required=False)
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto",
               show_default=True, help="auto: the dtype the checkpoint's config names.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="cpu", show_default=True)
 @click.option("--workloads", default=",".join(WORKLOADS), show_default=True,
@@ -963,13 +955,30 @@ def print_report(report: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
 @click.option("--progress/--no-progress", default=True, help="Show progress (on a terminal).")
+@click.option("--server", "server_url", default=None, metavar="URL",
+              help="Instead: vLLM's serving benchmark against the `ascendkit serve` at URL (no MODEL).")
+@click.option("--serve", is_flag=True, help="Instead: the serving benchmark against MODEL served in this process.")
+@click.option("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)), show_default=True,
+              help="Serving benchmark: concurrency levels, request rate unbounded.")
+@click.option("--num-prompts", type=click.IntRange(min=1), default=None,
+              help="Serving benchmark: requests per level [default: max(8, 4 x concurrency)].")
+@click.option("--api-key", envvar="ASCENDKIT_API_KEY", default=None, help="Serving benchmark: the server's key.")
 @debug_option
-def bench_command(model: str, dtype: str, device: str, workloads: str, baselines: str, prompt_len: int | None,
+def bench_command(model: str | None, dtype: str, device: str, workloads: str, baselines: str, prompt_len: int | None,
                   new_tokens: int | None, repeat: int, threads: int | None, kv_cache_memory: str, gguf: Path | None,
                   sweep: bool, sweep_sizes: str, tpot_ms: float, seed: int, as_json: bool, output: Path | None,
-                  progress: bool) -> int:
+                  progress: bool, server_url: str | None, serve: bool, concurrency: str, num_prompts: int | None,
+                  api_key: str | None) -> int:
     """Benchmark the runtime against transformers (and llama.cpp) on MODEL (a directory or a GGUF):
-    throughput, latency, memory, TTFT and TPOT, side by side in one process."""
+    throughput, latency, memory, TTFT and TPOT, side by side in one process. With --server URL or
+    --serve: vLLM's serving metrics (TTFT, TPOT, ITL, E2E, throughput) at each concurrency."""
+    if server_url or serve:
+        report = _serving(model, server_url, dtype, device, kv_cache_memory, threads, concurrency, num_prompts,
+                          prompt_len, new_tokens, seed, api_key)
+        _emit(report, as_json, output, print_serving_report)
+        return 0
+    if model is None:
+        raise click.UsageError("Missing argument 'MODEL' (or give --server URL).")
     names = parse_list(workloads, WORKLOADS, "--workloads")
     wanted = parse_list(baselines, BASELINES, "--baselines") if baselines.strip() else []
     sizes = parse_sizes(sweep_sizes) if sweep else None
@@ -977,11 +986,37 @@ def bench_command(model: str, dtype: str, device: str, workloads: str, baselines
                        baselines=wanted, prompt_len=prompt_len, new_tokens=new_tokens, repeat=repeat,
                        threads=threads, kv_cache_memory=kv_cache_memory, sweep_sizes=sizes, tpot_ms=tpot_ms,
                        gguf=gguf, seed=seed, progress=progress and sys.stderr.isatty())
+    _emit(report, as_json, output, print_report)
+    return 0
+
+
+def _emit(report: dict[str, Any], as_json: bool, output: Path | None, printer) -> None:
     text = json.dumps(report, indent=2)
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
     if as_json:
         click.echo(text)
     else:
-        print_report(report)
-    return 0
+        printer(report)
+
+
+def _serving(model: str | None, server_url: str | None, dtype: str, device: str, kv_cache_memory: str,
+             threads: int | None, concurrency: str, num_prompts: int | None, prompt_len: int | None,
+             new_tokens: int | None, seed: int, api_key: str | None) -> dict[str, Any]:
+    """The serving benchmark (runtime.serving_bench), against a running server or one started here."""
+    levels = parse_sizes(concurrency, "--concurrency")
+    kwargs = {"concurrency": levels, "num_prompts": num_prompts, "prompt_len": prompt_len or DEFAULT_PROMPT_LEN,
+              "new_tokens": new_tokens or DEFAULT_NEW_TOKENS, "seed": seed, "api_key": api_key}
+    if server_url:
+        if model is not None:
+            raise click.UsageError("--server URL benchmarks a running server: give no MODEL")
+        return bench_server(server_url, **kwargs)
+    if model is None:
+        raise click.UsageError("--serve needs MODEL")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    engine_kwargs = {"device": device, "dtype": None if dtype == "auto" else dtype, "max_num_seqs": max(levels),
+                     "kv_cache_memory": None if kv_cache_memory == "auto" else kv_cache_memory}
+    return bench_started_server(Path(model), engine_kwargs, **kwargs)

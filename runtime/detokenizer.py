@@ -94,6 +94,11 @@ class IncrementalDetokenizer:
         return self._emitted + tail
 
     @property
+    def emitted(self) -> str:
+        """The text ``append`` has returned so far (cut at a stop string): final, it only grows."""
+        return self._emitted
+
+    @property
     def stop_string(self) -> str | None:
         """The stop string that ended the text, if any."""
         return self._stop

@@ -32,7 +32,10 @@ DYNAMIC_CHUNKS = 8  # memory_policy="dynamic" starts with 1/8 of the budget and 
 
 @dataclass
 class RequestOutput:
-    """A request's state after a step: what vLLM's `RequestOutput` holds, flattened to one completion."""
+    """A request's state after a step: what vLLM's `RequestOutput` holds, flattened to one completion.
+
+    While the request runs, `text` is the part of the output that can no longer change, so a
+    streaming server can send `text[len(sent):]`; once it is finished, `text` is all of it."""
 
     request_id: int
     prompt: str | None
@@ -96,7 +99,7 @@ class LLMEngine:
             raise UserError(f"dtype {name!r}: expected float32, float16 or bfloat16")
         self.dtype = getattr(torch, name)
         self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
-        self.tokenizer = _tokenizer(Path(model), trust_remote_code)
+        self.tokenizer = load_tokenizer(Path(model), trust_remote_code)
         self.runner = ModelRunner(ckpt, self.platform.device, self.dtype, block_size, self.platform.kernels())
         budget = parse_memory(kv_cache_memory, DEFAULT_KV_CACHE_MEMORY)
         self.max_blocks = budget // self.runner.block_bytes
@@ -148,15 +151,7 @@ class LLMEngine:
             ids, text = self.tokenizer.encode(prompt), prompt
         else:
             ids, text = list(prompt), None
-        if not ids:
-            raise ValueError("the prompt is empty")
-        if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt of {len(ids)} tokens does not fit max_model_len {self.max_model_len} "
-                             f"(at least one token must be generated)")
-        if any(not 0 <= t < self.config.vocab_size for t in ids):
-            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
-        if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need a tokenizer; this model has none")
+        self.check_request(ids, params)
         seq = Sequence(ids, params)
         room = self.max_model_len - len(ids)
         seq.max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
@@ -167,6 +162,19 @@ class LLMEngine:
                                              [] if params.logprobs is not None else None, time.perf_counter())
         self.num_prompt_tokens += len(ids)
         return seq.seq_id
+
+    def check_request(self, ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError if a request cannot be served. Reads only the config and the tokenizer,
+        so the server calls it on its own thread and answers 400 before the request is queued."""
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit max_model_len {self.max_model_len} "
+                             f"(at least one token must be generated)")
+        if any(not 0 <= t < self.config.vocab_size for t in ids):
+            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer; this model has none")
 
     def abort(self, request_id: int) -> None:
         if self.scheduler.abort(request_id) is not None:
@@ -230,7 +238,7 @@ class LLMEngine:
         seq = request.seq
         return RequestOutput(
             request_id=seq.seq_id, prompt=request.prompt, prompt_token_ids=seq.prompt_token_ids,
-            text=request.detok.text if request.detok is not None else "", token_ids=list(seq.completion_token_ids),
+            text=_text(request.detok, seq.finish_reason is not None), token_ids=list(seq.completion_token_ids),
             finished=seq.finish_reason is not None, finish_reason=seq.finish_reason,
             logprobs=list(request.logprobs) if request.logprobs is not None else None,
             num_cached_tokens=seq.num_cached_tokens, arrival_time=request.arrival,
@@ -245,10 +253,19 @@ class LLMEngine:
                 "prefix_cache_hit_tokens": self.scheduler.prefix_hits,
                 "prefix_cache_query_tokens": self.scheduler.prefix_queries,
                 "preemptions": self.scheduler.num_preemptions, "prompt_tokens": self.num_prompt_tokens,
-                "generation_tokens": self.num_generated_tokens}
+                "generation_tokens": self.num_generated_tokens,
+                "device_memory_peak_bytes": self.platform.memory_allocated()}
 
 
-def _tokenizer(model: Path, trust_remote_code: bool):
+def _text(detok: IncrementalDetokenizer | None, finished: bool) -> str:
+    """A finished request's whole text; while it runs, only the text that can no longer change (a
+    character still waiting for its last bytes is held back), so a stream of deltas is exact."""
+    if detok is None:
+        return ""
+    return detok.text if finished else detok.emitted
+
+
+def load_tokenizer(model: Path, trust_remote_code: bool = False):
     """The checkpoint's tokenizer (a GGUF's is built from its metadata), or None if it has none.
     A tokenizer that is remote code runs only with trust_remote_code."""
     from transformers import AutoTokenizer

@@ -1,0 +1,63 @@
+"""The engine's command-line options, shared by `serve`, `smoke` and anything else that builds an
+`LLMEngine` from a command line, so each flag is spelled and checked once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "npu", "ascend")
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+
+_OPTIONS = (
+    click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+                 help="auto: an NPU when torch_npu is importable, else CUDA, else the CPU."),
+    click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
+                 help="auto: the dtype the checkpoint's config names."),
+    click.option("--max-num-seqs", type=click.IntRange(min=1), default=64, show_default=True,
+                 help="Requests in the running batch at most."),
+    click.option("--max-model-len", type=click.IntRange(min=2), default=None,
+                 help="Context length (prompt + output) [default: the model's]."),
+    click.option("--memory-policy", type=click.Choice(("static", "dynamic")), default="static", show_default=True,
+                 help="static: allocate the whole KV pool at start; dynamic: grow it in chunks up to the budget."),
+    click.option("--kv-cache-memory", default="1GiB", show_default=True, help="The KV pool's budget, e.g. 2GiB."),
+    click.option("--block-size", type=click.IntRange(min=1), default=16, show_default=True,
+                 help="Tokens per KV block."),
+    click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=True, show_default=True),
+    click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=1, show_default=True),
+    click.option("--trust-remote-code", is_flag=True, help="Allow a tokenizer that is remote code to run."),
+)
+
+_NAMES = ("device", "dtype", "max_num_seqs", "max_model_len", "memory_policy", "kv_cache_memory", "block_size",
+          "enable_prefix_caching", "tensor_parallel_size", "trust_remote_code")
+
+
+def engine_options(command: Callable) -> Callable:
+    """Add the engine's options to a click command; read them back with `engine_args(kwargs)`."""
+    for option in reversed(_OPTIONS):
+        command = option(command)
+    return command
+
+
+def engine_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the engine's options out of a command's kwargs, as `LLMEngine` keyword arguments."""
+    args = {name: kwargs.pop(name) for name in _NAMES}
+    if args["dtype"] == "auto":
+        args["dtype"] = None
+    return args
+
+
+def serve_args(args: dict[str, Any]) -> list[str]:
+    """`LLMEngine` keyword arguments back as `serve` options (to start a server process with them)."""
+    flags: list[str] = []
+    for name, value in args.items():
+        option = "--" + name.replace("_", "-")
+        if name == "enable_prefix_caching":
+            flags += [] if value else ["--no-enable-prefix-caching"]
+        elif name == "trust_remote_code":
+            flags += [option] if value else []
+        elif value is not None:
+            flags += [option, str(value)]
+    return flags

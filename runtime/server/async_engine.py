@@ -1,0 +1,197 @@
+"""The engine on its own thread, fed by the server's event loop.
+
+`LLMEngine` is single-threaded: one `step()` at a time, and nothing else may touch the scheduler or
+the block manager while it runs.  The HTTP side is asyncio.  Between them sits one lock-protected
+inbox (new requests, aborts) that the engine thread drains before every step, and one asyncio queue
+per request that the engine thread fills through `loop.call_soon_threadsafe`.  The event loop never
+waits for a step, and a step never waits for a client.
+
+Admission is bounded: at most `max_num_seqs` requests run and `max_queue` more wait; a request
+beyond that is refused at once (`QueueFull`, a 503) rather than queued without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from ..llm_engine import LLMEngine, RequestOutput
+from ..sampling_params import SamplingParams
+
+log = logging.getLogger("runtime.server")
+
+
+class QueueFull(Exception):
+    """Every running slot and every queue place is taken."""
+
+
+class EngineDead(Exception):
+    """A step raised: the engine's state is unknown, so it takes no more requests."""
+
+
+@dataclass
+class RequestStream:
+    """One engine request as the HTTP side sees it. The engine thread puts `(stream, output)` on
+    `queue` (shared by the streams of one HTTP request) until the finished output, or
+    `(stream, exception)`. `arrival` is when the server accepted it: TTFT counts the queueing."""
+
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    arrival: float = field(default_factory=time.perf_counter)
+    request_id: int | None = None  # the engine's id, set on the engine thread
+    done: bool = False
+
+    def _put(self, item: RequestOutput | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (self, item))
+
+
+class AsyncEngine:
+    """Runs `engine.step()` in a loop on a daemon thread while any request is unfinished.
+
+    `on_finish(stream, output)` is called on the engine thread for each request that ends, with None
+    for an aborted one (for the server's latency histograms)."""
+
+    def __init__(self, engine: LLMEngine, max_queue: int,
+                 on_finish: Callable[[RequestStream, RequestOutput | None], None] | None = None) -> None:
+        self.engine = engine
+        self.capacity = engine.scheduler.max_num_seqs + max_queue
+        self.on_finish = on_finish
+        self.error: str | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._inbox: list[RequestStream] = []
+        self._aborts: list[RequestStream] = []
+        self._live: dict[int, RequestStream] = {}
+        self._admitted = 0  # requests accepted and not yet finished
+        self._stopping = False
+        self.snapshot: dict = engine.stats()  # the last step's stats, for /metrics (no cross-thread reads)
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    # -- the event loop's side ------------------------------------------------------------------
+    def submit(self, prompts: list[list[int]], params: SamplingParams) -> list[RequestStream]:
+        """Queue one request per prompt (each checked with `engine.check_request`), all or none:
+        QueueFull if they do not all fit, EngineDead after a failed step."""
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        streams = [RequestStream(ids, params, loop, queue) for ids in prompts]
+        with self._wake:
+            if self.error is not None:
+                raise EngineDead(self.error)
+            if self._admitted + len(streams) > self.capacity:
+                raise QueueFull(f"the server is at capacity ({self._admitted} requests running or queued, "
+                                f"at most {self.capacity}); retry later")
+            self._admitted += len(streams)
+            self._inbox.extend(streams)
+            self._wake.notify()
+        return streams
+
+    @staticmethod
+    async def outputs(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """(index in `streams`, output) as steps produce them, until every stream has finished;
+        raises what the engine raised for any of them."""
+        index = {id(s): i for i, s in enumerate(streams)}
+        queue = streams[0].queue
+        pending = len(streams)
+        while pending:
+            stream, item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield index[id(stream)], item
+            if item.finished:
+                pending -= 1
+
+    def abort(self, stream: RequestStream) -> None:
+        """Stop a request (its client went away) and free its blocks; a no-op once it is finished."""
+        with self._wake:
+            if stream.done:
+                return
+            self._aborts.append(stream)
+            self._wake.notify()
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    # -- the engine thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._inbox or self._aborts or self._stopping or self.engine.has_unfinished()):
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                inbox, self._inbox = self._inbox, []
+                aborts, self._aborts = self._aborts, []
+            try:
+                self._admit(inbox)
+                self._abort(aborts)
+                if self.engine.has_unfinished():
+                    self._deliver(self.engine.step())
+                self.snapshot = self.engine.stats()
+            except Exception as exc:
+                log.exception("engine step failed; the server takes no more requests")
+                self._die(f"engine step failed: {type(exc).__name__}: {exc}")
+                return
+
+    def _admit(self, inbox: list[RequestStream]) -> None:
+        for stream in inbox:
+            try:
+                stream.request_id = self.engine.add_request(stream.prompt_token_ids, stream.params)
+            except ValueError as exc:  # the server checked it first; only a race could get here
+                self._close(stream, exc)
+                continue
+            self._live[stream.request_id] = stream
+
+    def _abort(self, aborts: list[RequestStream]) -> None:
+        for stream in aborts:
+            if stream.done:
+                continue
+            if stream.request_id is None:  # failed admission: already closed
+                continue
+            self.engine.abort(stream.request_id)
+            self._live.pop(stream.request_id, None)
+            if self.on_finish is not None:
+                self.on_finish(stream, None)
+            self._close(stream, None)
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            stream = self._live.get(out.request_id)
+            if stream is None:
+                continue
+            stream._put(out)
+            if out.finished:
+                del self._live[out.request_id]
+                if self.on_finish is not None:
+                    self.on_finish(stream, out)
+                self._close(stream, None)
+
+    def _close(self, stream: RequestStream, error: BaseException | None) -> None:
+        with self._lock:
+            stream.done = True
+            self._admitted -= 1
+        if error is not None:
+            stream._put(error)
+
+    def _die(self, message: str) -> None:
+        with self._lock:
+            self.error = message
+            pending = [*self._live.values(), *self._inbox]
+            self._live.clear()
+            self._inbox.clear()
+        for stream in pending:
+            self._close(stream, EngineDead(message))

@@ -1,0 +1,202 @@
+"""`ascendkit smoke DIR`: one command that proves a converted model serves, and answers right.
+
+1. Starts `ascendkit serve` on the model in a child process (the HTTP path a client meets, and
+   figures not distorted by the checker sharing the server's interpreter).
+2. Sends fixed prompts, plain and chat (the tokenizer's chat template), greedy, and reads the exact
+   tokens back (`return_tokens_as_token_ids`).
+3. Runs a short concurrent streaming load and measures it as vLLM's serving benchmark does.
+4. Stops the server, loads the same weights in transformers and compares the greedy tokens
+   (`runtime.greedy_check`: equal, or diverging only at a near-tie of transformers' own logits).
+The verdict is PASS only if every prompt agrees and no request of the load failed; exit 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ascend_convert.cli_support import debug_option
+from ascend_convert.errors import UserError
+
+from .engine_options import engine_args, engine_options
+
+PLAIN_PROMPTS = ("The capital of France is", "def fibonacci(n):\n", "The three primary colors are",
+                 "Water boils at a temperature of")
+CHAT_PROMPTS = ("What is the capital of France?", "Name three primary colors.", "What is 12 times 7?")
+
+
+@dataclass
+class PromptResult:
+    kind: str  # "plain" or "chat"
+    prompt: str
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    status: str = "pending"  # match / tie / mismatch
+    index: int | None = None  # where a tie or mismatch is
+    reference_text: str | None = None
+
+
+def _ask(client, kind: str, prompt: str, max_tokens: int) -> tuple[str, list[int]]:
+    extra = {"temperature": 0, "max_tokens": max_tokens, "return_tokens_as_token_ids": True}
+    if kind == "chat":
+        r = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": prompt}], "logprobs": True, **extra})
+        r.raise_for_status()
+        choice = r.json()["choices"][0]
+        tokens = [c["token"] for c in choice["logprobs"]["content"]]
+        text = choice["message"]["content"]
+    else:
+        r = client.post("/v1/completions", json={"prompt": prompt, "logprobs": 0, **extra})
+        r.raise_for_status()
+        choice = r.json()["choices"][0]
+        tokens, text = choice["logprobs"]["tokens"], choice["text"]
+    return text, [int(t.split(":", 1)[1]) for t in tokens]
+
+
+def _prompt_ids(tokenizer, kind: str, prompt: str) -> list[int]:
+    if kind == "chat":
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                  tokenize=True, return_dict=True)["input_ids"])
+    return tokenizer.encode(prompt)
+
+
+def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, trust_remote_code: bool,
+             tokenizer) -> None:
+    """Fill in each result's status from transformers' greedy tokens on the same weights."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from .greedy_check import compare_greedy, hf_greedy
+
+    source = {"pretrained_model_name_or_path": str(model.parent), "gguf_file": model.name} if model.is_file() \
+        else {"pretrained_model_name_or_path": str(model)}
+    hf_logging.disable_progress_bar()  # its bar would break the report
+    hf = AutoModelForCausalLM.from_pretrained(**source, dtype=dtype, trust_remote_code=trust_remote_code).eval()
+    for r in results:
+        ref_tokens, ref_logits = hf_greedy(hf, r.prompt_token_ids, max_tokens)
+        agreement = compare_greedy(r.token_ids, ref_tokens, ref_logits, dtype)
+        r.status, r.index = agreement.status, agreement.index
+        r.reference_text = tokenizer.decode(ref_tokens, skip_special_tokens=True)
+
+
+def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, prompt_len: int, load_tokens: int,
+              **engine_kwargs: Any) -> dict[str, Any]:
+    import httpx
+    import torch
+
+    from .engine_options import serve_args
+    from .llm_engine import load_tokenizer
+    from .server.process import ServerProcess
+    from .serving_bench import served_model
+    from .serving_load import run_load, server_memory, summarize_load
+
+    trust = engine_kwargs.get("trust_remote_code", False)
+    tokenizer = load_tokenizer(model, trust)
+    if tokenizer is None:
+        raise UserError(f"{model}: no tokenizer, so no prompts to smoke-test; convert a checkpoint with its tokenizer")
+    kinds = [("plain", p) for p in PLAIN_PROMPTS]
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if has_template:
+        kinds += [("chat", p) for p in CHAT_PROMPTS]
+    with ServerProcess(model, serve_args(engine_kwargs)) as server, \
+            httpx.Client(base_url=server.url, timeout=600) as client:
+        card = served_model(server.url)
+        results = []
+        for kind, prompt in kinds:
+            text, ids = _ask(client, kind, prompt, max_tokens)
+            results.append(PromptResult(kind, prompt, _prompt_ids(tokenizer, kind, prompt), text, ids))
+        rng = random.Random(0)
+        vocab = card["ascendkit"]["vocab_size"]
+        load_prompts = [[rng.randrange(1, vocab) for _ in range(prompt_len)] for _ in range(requests)]
+        outcomes, wall = asyncio.run(run_load(server.url, card["id"], load_prompts, load_tokens, concurrency))
+        load = {**summarize_load(outcomes, wall), **server_memory(server.url)}
+    info = card["ascendkit"]
+    _compare(model, getattr(torch, info["dtype"]), results, max_tokens, trust, tokenizer)
+    agreed = sum(r.status != "mismatch" for r in results)
+    passed = agreed == len(results) and load["failed"] == 0
+    return {"model": str(model), "device": info["device"], "dtype": info["dtype"],
+            "verdict": "PASS" if passed else "FAIL", "prompts_agreeing": agreed, "prompts": len(results),
+            "chat_template": has_template, "results": [asdict(r) for r in results],
+            "load": {"requests": requests, "concurrency": concurrency, "prompt_len": prompt_len,
+                     "output_tokens": load_tokens, **load}}
+
+
+def print_smoke(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=140)
+    table = Table(title=f"greedy answers vs transformers — {report['model']} ({report['device']}, {report['dtype']})")
+    for column in ("kind", "prompt", "answer", "tokens", "vs transformers"):
+        table.add_column(column)
+    for r in report["results"]:
+        status = {"match": "[green]match[/]", "tie": f"[yellow]tie at token {r['index']}[/]"}.get(
+            r["status"], f"[red]MISMATCH at token {r['index']}[/]")
+        answer = " ".join(r["text"].split())
+        table.add_row(r["kind"], r["prompt"].strip(), answer[:70] + ("…" if len(answer) > 70 else ""),
+                      str(len(r["token_ids"])), status)
+    console.print(table)
+    load = report["load"]
+    seed = Table(title=f"concurrent load: {load['requests']} requests, concurrency {load['concurrency']}, "
+                       f"{load['prompt_len']} in / {load['output_tokens']} out")
+    for column in ("throughput (tokens/s)", "average latency (ms/token)", "memory (GB)", "TTFT p50 / p99 (ms)",
+                   "TPOT p50 / p99 (ms)", "TPOT std (ms)", "failed"):
+        seed.add_column(column, justify="right")
+
+    def f(value, digits=1):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    seed.add_row(f(load["output_throughput_tok_s"]), f(load["latency_ms_per_token"], 2), f(load["memory_gb"], 2),
+                 f"{f(load['ttft_ms']['p50'])} / {f(load['ttft_ms']['p99'])}",
+                 f"{f(load['tpot_ms']['p50'])} / {f(load['tpot_ms']['p99'])}", f(load["tpot_ms"]["std"], 2),
+                 str(load["failed"]))
+    console.print(seed)
+    for error in load["errors"]:
+        console.print(f"[red]load error:[/] {error}")
+    if not report["chat_template"]:
+        console.print("no chat template in the tokenizer: chat prompts skipped")
+    colour = "green" if report["verdict"] == "PASS" else "red"
+    console.print(f"[bold {colour}]{report['verdict']}[/]: {report['prompts_agreeing']}/{report['prompts']} prompts "
+                  f"agree with transformers, {load['failed']} of {load['requests']} load requests failed")
+
+
+@click.command("smoke")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--max-tokens", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Greedy tokens per fixed prompt.")
+@click.option("--requests", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Requests in the concurrent load.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--prompt-len", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Prompt tokens of each load request.")
+@click.option("--load-tokens", type=click.IntRange(min=2), default=64, show_default=True,
+              help="Tokens each load request generates.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
+@engine_options
+@debug_option
+def smoke_command(model: Path, max_tokens: int, requests: int, concurrency: int, prompt_len: int, load_tokens: int,
+                  as_json: bool, output: Path | None, **kwargs: Any) -> int:
+    """Start MODEL's engine and server, check its greedy answers against transformers, run a short
+    concurrent load; print a verdict and the figures. Exit 1 on any mismatch or failed request."""
+    if not model.exists():
+        raise UserError(f"{model}: no such file or directory")
+    report = run_smoke(model, max_tokens=max_tokens, requests=requests, concurrency=concurrency,
+                       prompt_len=prompt_len, load_tokens=load_tokens, **engine_args(kwargs))
+    text = json.dumps(report, indent=2)
+    if output is not None:
+        output.write_text(text + "\n", encoding="utf-8")
+    if as_json:
+        click.echo(text)
+    else:
+        print_smoke(report)
+    sys.stdout.flush()
+    return 0 if report["verdict"] == "PASS" else 1
