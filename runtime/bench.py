@@ -978,7 +978,7 @@ def bench_command(model: str | None, dtype: str, device: str, workloads: str, ba
         _emit(report, as_json, output, print_serving_report)
         return 0
     if model is None:
-        raise click.UsageError("Missing argument 'MODEL' (or give --server URL).")
+        raise UserError("missing MODEL (or --server URL)")
     names = parse_list(workloads, WORKLOADS, "--workloads")
     wanted = parse_list(baselines, BASELINES, "--baselines") if baselines.strip() else []
     sizes = parse_sizes(sweep_sizes) if sweep else None
@@ -1009,10 +1009,10 @@ def _serving(model: str | None, server_url: str | None, dtype: str, device: str,
               "new_tokens": new_tokens or DEFAULT_NEW_TOKENS, "seed": seed, "api_key": api_key}
     if server_url:
         if model is not None:
-            raise click.UsageError("--server URL benchmarks a running server: give no MODEL")
+            raise UserError("--server URL benchmarks a running server: give no MODEL")
         return bench_server(server_url, **kwargs)
     if model is None:
-        raise click.UsageError("--serve needs MODEL")
+        raise UserError("--serve needs MODEL")
     if threads is not None:
         import torch
 

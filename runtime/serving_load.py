@@ -98,7 +98,7 @@ def summarize_load(results: list[RequestResult], wall: float) -> dict[str, Any]:
     output = sum(r.output_tokens for r in done)
     ms = 1000.0
     return {
-        "requests": len(results), "completed": len(done), "failed": len(results) - len(done),
+        "requests": len(results), "completed": len(done), "failed": len(results) - len(done), "output_tokens": output,
         "errors": sorted({r.error for r in results if r.error})[:5], "duration_s": wall,
         "request_throughput": len(done) / wall if wall > 0 else None,
         "output_throughput_tok_s": output / wall if wall > 0 else None,

@@ -39,24 +39,30 @@ class PromptResult:
     prompt_token_ids: list[int]
     text: str
     token_ids: list[int]
-    status: str = "pending"  # match / tie / mismatch
+    status: str = "pending"  # match / tie / mismatch, or error (the server refused the prompt)
     index: int | None = None  # where a tie or mismatch is
     reference_text: str | None = None
+    error: str | None = None
+
+
+class _Refused(Exception):
+    pass
 
 
 def _ask(client, kind: str, prompt: str, max_tokens: int) -> tuple[str, list[int]]:
+    """The server's greedy answer and its exact token ids; _Refused with the server's message."""
     extra = {"temperature": 0, "max_tokens": max_tokens, "return_tokens_as_token_ids": True}
     if kind == "chat":
         r = client.post("/v1/chat/completions", json={
             "messages": [{"role": "user", "content": prompt}], "logprobs": True, **extra})
-        r.raise_for_status()
-        choice = r.json()["choices"][0]
-        tokens = [c["token"] for c in choice["logprobs"]["content"]]
-        text = choice["message"]["content"]
     else:
         r = client.post("/v1/completions", json={"prompt": prompt, "logprobs": 0, **extra})
-        r.raise_for_status()
-        choice = r.json()["choices"][0]
+    if r.status_code != 200:
+        raise _Refused(f"HTTP {r.status_code}: {r.json().get('error', {}).get('message', r.text[:200])}")
+    choice = r.json()["choices"][0]
+    if kind == "chat":
+        tokens, text = [c["token"] for c in choice["logprobs"]["content"]], choice["message"]["content"]
+    else:
         tokens, text = choice["logprobs"]["tokens"], choice["text"]
     return text, [int(t.split(":", 1)[1]) for t in tokens]
 
@@ -81,6 +87,8 @@ def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, t
     hf_logging.disable_progress_bar()  # its bar would break the report
     hf = AutoModelForCausalLM.from_pretrained(**source, dtype=dtype, trust_remote_code=trust_remote_code).eval()
     for r in results:
+        if r.status == "error":
+            continue
         ref_tokens, ref_logits = hf_greedy(hf, r.prompt_token_ids, max_tokens)
         agreement = compare_greedy(r.token_ids, ref_tokens, ref_logits, dtype)
         r.status, r.index = agreement.status, agreement.index
@@ -111,8 +119,12 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
         card = served_model(server.url)
         results = []
         for kind, prompt in kinds:
-            text, ids = _ask(client, kind, prompt, max_tokens)
-            results.append(PromptResult(kind, prompt, _prompt_ids(tokenizer, kind, prompt), text, ids))
+            result = PromptResult(kind, prompt, _prompt_ids(tokenizer, kind, prompt), "", [])
+            try:
+                result.text, result.token_ids = _ask(client, kind, prompt, max_tokens)
+            except _Refused as exc:
+                result.status, result.error = "error", str(exc)
+            results.append(result)
         rng = random.Random(0)
         vocab = card["ascendkit"]["vocab_size"]
         load_prompts = [[rng.randrange(1, vocab) for _ in range(prompt_len)] for _ in range(requests)]
@@ -120,7 +132,7 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
         load = {**summarize_load(outcomes, wall), **server_memory(server.url)}
     info = card["ascendkit"]
     _compare(model, getattr(torch, info["dtype"]), results, max_tokens, trust, tokenizer)
-    agreed = sum(r.status != "mismatch" for r in results)
+    agreed = sum(r.status in ("match", "tie") for r in results)
     passed = agreed == len(results) and load["failed"] == 0
     return {"model": str(model), "device": info["device"], "dtype": info["dtype"],
             "verdict": "PASS" if passed else "FAIL", "prompts_agreeing": agreed, "prompts": len(results),
@@ -138,8 +150,8 @@ def print_smoke(report: dict[str, Any]) -> None:
     for column in ("kind", "prompt", "answer", "tokens", "vs transformers"):
         table.add_column(column)
     for r in report["results"]:
-        status = {"match": "[green]match[/]", "tie": f"[yellow]tie at token {r['index']}[/]"}.get(
-            r["status"], f"[red]MISMATCH at token {r['index']}[/]")
+        status = {"match": "[green]match[/]", "tie": f"[yellow]tie at token {r['index']}[/]",
+                  "error": f"[red]refused: {r['error']}[/]"}.get(r["status"], f"[red]MISMATCH at token {r['index']}[/]")
         answer = " ".join(r["text"].split())
         table.add_row(r["kind"], r["prompt"].strip(), answer[:70] + ("…" if len(answer) > 70 else ""),
                       str(len(r["token_ids"])), status)

@@ -1,0 +1,83 @@
+"""`ascendkit smoke`: the real command on a fixture and on SmolLM2-135M — its verdict, the tokens it
+reports (checked here against transformers once more), the load figures, and exit 1 on a difference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from greedy_reference import assert_greedy_equal, hf_greedy
+from transformers import AutoTokenizer
+
+from ascend_convert.converter import ConvertOptions, convert
+from conftest import assert_one_line_error, run_cli
+from runtime.smoke import CHAT_PROMPTS, PLAIN_PROMPTS
+
+QUICK = ("--device", "cpu", "--json", "--requests", "8", "--concurrency", "4", "--prompt-len", "16",
+         "--load-tokens", "8")
+
+
+def test_smoke_passes_on_a_fixture_and_reports_real_tokens(checkpoint):
+    model = checkpoint("llama")
+    result = run_cli("smoke", model, *QUICK, "--max-tokens", "8")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "PASS" and report["prompts_agreeing"] == report["prompts"] == 7
+    assert [r["prompt"] for r in report["results"]] == [*PLAIN_PROMPTS, *CHAT_PROMPTS]
+    assert (report["device"], report["dtype"], report["chat_template"]) == ("cpu", "bfloat16", True)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    for r in report["results"]:
+        assert r["status"] in ("match", "tie"), r
+        assert_greedy_equal(r["token_ids"], hf_greedy(model, torch.bfloat16, r["prompt_token_ids"], 8),
+                            torch.bfloat16, r["prompt"])
+        assert r["text"] == tokenizer.decode(r["token_ids"], skip_special_tokens=True)
+    load = report["load"]
+    assert (load["requests"], load["completed"], load["failed"], load["output_tokens"]) == (8, 8, 0, 64)
+    assert load["output_throughput_tok_s"] > 0 and load["latency_ms_per_token"] > 0 and load["memory_gb"] > 0
+    for metric in ("ttft_ms", "tpot_ms"):
+        assert 0 < load[metric]["p50"] <= load[metric]["p99"], load[metric]
+    assert load["tpot_ms"]["std"] >= 0
+
+
+def test_smoke_exits_1_when_the_served_answers_differ(checkpoint):
+    """A context too short for the answers: the server stops where transformers goes on (a plain
+    prompt's answer is cut: a mismatch), and a chat prompt longer than the context is refused."""
+    model = checkpoint("llama")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    longest_plain = max(len(tokenizer.encode(p)) for p in PLAIN_PROMPTS)
+    result = run_cli("smoke", model, *QUICK, "--max-tokens", "16", "--max-model-len", str(longest_plain + 4))
+    assert result.code == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "FAIL"
+    statuses = {r["status"] for r in report["results"]}
+    assert "mismatch" in statuses, report["results"]
+    refused = [r for r in report["results"] if r["status"] == "error"]
+    assert refused and all("does not fit max_model_len" in r["error"] for r in refused)
+
+
+def test_smoke_table_and_verdict_on_a_terminal_less_run(checkpoint):
+    result = run_cli("smoke", checkpoint("llama"), *[a for a in QUICK if a != "--json"], "--max-tokens", "4")
+    assert result.code == 0, result.stderr
+    for fragment in ("greedy answers vs transformers", "throughput (tokens/s)", "average latency (ms/token)",
+                     "memory (GB)", "TPOT std (ms)", "PASS: 7/7 prompts agree with transformers"):
+        assert fragment in result.stdout, fragment
+
+
+def test_smoke_bad_input_is_one_line(tmp_path):
+    assert_one_line_error(run_cli("smoke", tmp_path / "nowhere", "--device", "cpu"), "nowhere: no such file")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("smoke", tmp_path / "empty", "--device", "cpu"), "empty")
+
+
+@pytest.mark.slow
+def test_smoke_on_smollm2_answers_and_passes(tmp_path_factory, smollm2_gguf):
+    out = tmp_path_factory.mktemp("smoke") / "smollm2-bf16"
+    convert(smollm2_gguf, out, ConvertOptions(soc="ascend910b", dtype="bfloat16"))
+    result = run_cli("smoke", out, *QUICK, timeout=900)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "PASS"
+    answers = {r["prompt"]: r["text"] for r in report["results"]}
+    assert "Paris" in answers["What is the capital of France?"]
+    assert "Paris" in answers["The capital of France is"]
