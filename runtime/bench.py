@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import json
 import logging
 import os
 import platform as host_platform
@@ -43,6 +42,7 @@ from ascend_convert.errors import UserError
 
 from .engine_options import DEVICE_CHOICES, DTYPE_CHOICES
 from .latency_stats import distribution
+from .report_output import emit_report
 from .serving_bench import (
     DEFAULT_CONCURRENCY,
     bench_server,
@@ -975,7 +975,7 @@ def bench_command(model: str | None, dtype: str, device: str, workloads: str, ba
     if server_url or serve:
         report = _serving(model, server_url, dtype, device, kv_cache_memory, threads, concurrency, num_prompts,
                           prompt_len, new_tokens, seed, api_key)
-        _emit(report, as_json, output, print_serving_report)
+        emit_report(report, as_json, output, print_serving_report)
         return 0
     if model is None:
         raise UserError("missing MODEL (or --server URL)")
@@ -986,18 +986,8 @@ def bench_command(model: str | None, dtype: str, device: str, workloads: str, ba
                        baselines=wanted, prompt_len=prompt_len, new_tokens=new_tokens, repeat=repeat,
                        threads=threads, kv_cache_memory=kv_cache_memory, sweep_sizes=sizes, tpot_ms=tpot_ms,
                        gguf=gguf, seed=seed, progress=progress and sys.stderr.isatty())
-    _emit(report, as_json, output, print_report)
+    emit_report(report, as_json, output, print_report)
     return 0
-
-
-def _emit(report: dict[str, Any], as_json: bool, output: Path | None, printer) -> None:
-    text = json.dumps(report, indent=2)
-    if output is not None:
-        output.write_text(text + "\n", encoding="utf-8")
-    if as_json:
-        click.echo(text)
-    else:
-        printer(report)
 
 
 def _serving(model: str | None, server_url: str | None, dtype: str, device: str, kv_cache_memory: str,

@@ -13,7 +13,6 @@ The verdict is PASS only if every prompt agrees and no request of the load faile
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import sys
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from ascend_convert.cli_support import debug_option
 from ascend_convert.errors import UserError
 
 from .engine_options import engine_args, engine_options
+from .report_output import emit_report
 
 PLAIN_PROMPTS = ("The capital of France is", "def fibonacci(n):\n", "The three primary colors are",
                  "Water boils at a temperature of")
@@ -203,12 +203,6 @@ def smoke_command(model: Path, max_tokens: int, requests: int, concurrency: int,
         raise UserError(f"{model}: no such file or directory")
     report = run_smoke(model, max_tokens=max_tokens, requests=requests, concurrency=concurrency,
                        prompt_len=prompt_len, load_tokens=load_tokens, **engine_args(kwargs))
-    text = json.dumps(report, indent=2)
-    if output is not None:
-        output.write_text(text + "\n", encoding="utf-8")
-    if as_json:
-        click.echo(text)
-    else:
-        print_smoke(report)
+    emit_report(report, as_json, output, print_smoke)
     sys.stdout.flush()
     return 0 if report["verdict"] == "PASS" else 1

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from server_process import TestServer
-
 from conftest import assert_one_line_error, run_cli
+from server_process import TestServer
 
 SHORT = ("--prompt-len", "8", "--new-tokens", "8", "--json")
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 from greedy_reference import assert_greedy_equal, hf_greedy
 from transformers import AutoTokenizer
 
 from ascend_convert.converter import ConvertOptions, convert
-from conftest import assert_one_line_error, run_cli
 from runtime.smoke import CHAT_PROMPTS, PLAIN_PROMPTS
 
 QUICK = ("--device", "cpu", "--json", "--requests", "8", "--concurrency", "4", "--prompt-len", "16",

@@ -63,7 +63,8 @@ async def _parse(request: Request, model: type[BaseModel]) -> BaseModel:
 
 
 def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The server for one engine. The engine thread starts and stops with the application."""
+    """The server for one engine, whose `run()` loop the caller drives on its own thread; the
+    application stops it when it shuts down."""
     serving = OpenAIServing(engine, model_name)
     metrics = ServerMetrics(model_name, lambda: engine.snapshot)
     engine.on_finish = lambda stream, out: metrics.observe(stream.arrival, out)
@@ -71,10 +72,9 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.start()
         try:
             yield
-        finally:
+        finally:  # after uvicorn has drained the requests in flight
             engine.stop()
 
     app = FastAPI(title="ascendkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

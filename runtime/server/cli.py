@@ -13,6 +13,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import click
@@ -83,17 +85,24 @@ def serve_command(model: Path, host: str, port: int, api_key: str | None, served
                                            timeout_graceful_shutdown=5))
 
     def stop(signum: int, frame: object) -> None:
-        server.should_exit = True
+        server.should_exit = True  # uvicorn drains, then its shutdown stops the engine loop below
 
-    # Ctrl-C and SIGTERM are a server's normal end: uvicorn drains and shuts down, then raises the
-    # signal again (to our handler), and the process exits 0. Installed before the URL is printed,
-    # so a signal that comes before uvicorn takes over still stops it.
+    # Ctrl-C and SIGTERM are a server's normal end, and exit 0. Installed before the URL is printed,
+    # so an early signal stops the server too.
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
+    http.start()
+    while not server.started:
+        if not http.is_alive():
+            raise UserError(f"the HTTP server on {host}:{where[1]} did not start")
+        time.sleep(0.01)
     click.echo(f"serving {name} on http://{shown}:{where[1]} (device {engine.engine.platform.name}, "
                f"max_num_seqs {engine.engine.scheduler.max_num_seqs}, max_model_len {engine.engine.max_model_len})")
     sys.stdout.flush()
-    server.run(sockets=[sock])
+    engine.run()  # the engine on the main thread (see AsyncEngine.run), until uvicorn shuts down
+    while http.is_alive():  # after a failed step the server still answers (500, /health 503)
+        http.join(0.2)
     click.echo("server stopped", err=True)
     return 0
 

@@ -1,0 +1,22 @@
+"""How bench, smoke and the serving benchmark hand their report over: JSON on stdout (`--json`) or
+a rich table, and the JSON also written to `--output` when given."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def emit_report(report: dict[str, Any], as_json: bool, output: Path | None,
+                printer: Callable[[dict[str, Any]], None]) -> None:
+    text = json.dumps(report, indent=2)
+    if output is not None:
+        output.write_text(text + "\n", encoding="utf-8")
+    if as_json:
+        click.echo(text)
+    else:
+        printer(report)
