@@ -138,7 +138,7 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
             "verdict": "PASS" if passed else "FAIL", "prompts_agreeing": agreed, "prompts": len(results),
             "chat_template": has_template, "results": [asdict(r) for r in results],
             "load": {"requests": requests, "concurrency": concurrency, "prompt_len": prompt_len,
-                     "output_tokens": load_tokens, **load}}
+                     "tokens_per_request": load_tokens, **load}}
 
 
 def print_smoke(report: dict[str, Any]) -> None:
@@ -158,7 +158,7 @@ def print_smoke(report: dict[str, Any]) -> None:
     console.print(table)
     load = report["load"]
     seed = Table(title=f"concurrent load: {load['requests']} requests, concurrency {load['concurrency']}, "
-                       f"{load['prompt_len']} in / {load['output_tokens']} out")
+                       f"{load['prompt_len']} in / {load['tokens_per_request']} out")
     for column in ("throughput (tokens/s)", "average latency (ms/token)", "memory (GB)", "TTFT p50 / p99 (ms)",
                    "TPOT p50 / p99 (ms)", "TPOT std (ms)", "failed"):
         seed.add_column(column, justify="right")
