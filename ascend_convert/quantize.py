@@ -1,0 +1,166 @@
+"""int8 quantization in msModelSlim's conventions, as vllm-ascend and torch_npu compute with it.
+
+W8A16 (`npu_weight_quant_batchmatmul`): the weight is int8 `q` [out, in] with `weight_scale` and
+`weight_offset` per output channel ([out, 1]) or per group of `group_size` inputs ([out, in/g]),
+and the matmul dequantizes as `w = (q + weight_offset) * weight_scale` (torch_npu's antiquant
+formula). Symmetric: offset 0, scale = max|w| / 127. Asymmetric: the range [min(w, 0), max(w, 0)]
+onto [-128, 127] — zero stays exactly representable, so zero weights stay zero.
+
+W8A8 (`npu_quantize` + `npu_quant_matmul`): activations are quantized per tensor,
+`x_q = clamp(round(x / input_scale + input_offset))`, the weight symmetric per channel; the
+integer product is corrected and rescaled as `y = (x_q @ q.T + quant_bias) * deq_scale` with
+`deq_scale = input_scale * weight_scale` and `quant_bias = round(bias / deq_scale - input_offset *
+sum(q, in))`, which makes `y ≈ x @ w.T + bias`. For an fp16 model `deq_scale` is stored as the
+fp32 bits in an int64 (what `npu_quant_matmul` takes there); for bf16 it stays fp32.
+
+Everything is computed in float32 from the source weight, whatever its dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+
+QMIN, QMAX = -128, 127
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """`weight` int8 [out, in]; `scale`/`offset` fp32 [out, 1] or [out, in / group_size]."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    group_size: int  # 0: per channel
+
+    def dequantize(self) -> torch.Tensor:
+        """`(q + offset) * scale` in float32, as the NPU's antiquant computes it."""
+        out, width = self.weight.shape
+        groups = self.scale.shape[1]
+        q = self.weight.float().view(out, groups, width // groups)
+        return ((q + self.offset.unsqueeze(-1)) * self.scale.unsqueeze(-1)).view(out, width)
+
+
+@dataclass(frozen=True)
+class QuantError:
+    """How far the dequantized weight is from the source: max |w - w'| and that over max |w|."""
+
+    max_abs: float
+    max_rel: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"max_abs": self.max_abs, "max_rel": self.max_rel}
+
+
+def _grouped(w: torch.Tensor, group_size: int, name: str) -> torch.Tensor:
+    if w.dim() != 2:
+        raise UserError(f"{name}: only 2-D linear weights are quantized, got shape {tuple(w.shape)}")
+    out, width = w.shape
+    if group_size:
+        if group_size < 1 or width % group_size:
+            raise UserError(f"{name}: --group-size {group_size} does not divide its {width} input columns")
+        return w.float().view(out, width // group_size, group_size)
+    return w.float().view(out, 1, width)
+
+
+def quantize_weight(w: torch.Tensor, *, symmetric: bool = True, group_size: int = 0,
+                    name: str = "weight") -> QuantizedWeight:
+    """int8 weight with per-channel (group_size 0) or per-group scale and offset."""
+    g = _grouped(w, group_size, name)
+    if symmetric:
+        scale = g.abs().amax(-1, keepdim=True) / QMAX
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale
+        zero = torch.zeros_like(scale)
+    else:
+        lo = g.amin(-1, keepdim=True).clamp(max=0)
+        hi = g.amax(-1, keepdim=True).clamp(min=0)
+        scale = (hi - lo) / (QMAX - QMIN)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.round(-lo / scale) + QMIN  # the integer that stands for 0.0
+    q = torch.clamp(torch.round(g / scale) + zero, QMIN, QMAX)
+    out, width = w.shape
+    return QuantizedWeight(q.view(out, width).to(torch.int8), scale.squeeze(-1).contiguous(),
+                           (-zero).squeeze(-1).contiguous(), group_size)
+
+
+def quant_error(w: torch.Tensor, dequantized: torch.Tensor) -> QuantError:
+    w = w.float()
+    max_abs = (w - dequantized).abs().max().item() if w.numel() else 0.0
+    peak = w.abs().max().item() if w.numel() else 0.0
+    return QuantError(max_abs, max_abs / peak if peak > 0 else 0.0)
+
+
+@dataclass(frozen=True)
+class ActivationQuant:
+    """Per-tensor int8 activation quantization: `x_q = clamp(round(x / scale + offset))`."""
+
+    scale: float
+    offset: int
+
+    @classmethod
+    def from_range(cls, lo: float, hi: float) -> ActivationQuant:
+        """The observed [lo, hi] (widened to hold 0) onto [-128, 127]."""
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = (hi - lo) / (QMAX - QMIN)
+        if not scale > 0:  # an input that was always zero (or NaN: refused by the caller's check)
+            scale = 1.0
+        # fp32 as stored: the offset is derived from the stored scale, so both sides agree exactly
+        scale = float(torch.tensor(scale, dtype=torch.float32))
+        return cls(scale, int(round(-lo / scale)) + QMIN)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(x.float() / self.scale) + self.offset, QMIN, QMAX).to(torch.int8)
+
+
+@dataclass(frozen=True)
+class W8A8Linear:
+    """One linear layer in W8A8: the tensors msModelSlim writes for it (fp32 deq_scale here; see
+    `stored_deq_scale` for the dtype on disk)."""
+
+    weight: torch.Tensor  # int8 [out, in]
+    weight_scale: torch.Tensor  # fp32 [out, 1]
+    weight_offset: torch.Tensor  # fp32 [out, 1], zeros: symmetric
+    input_scale: torch.Tensor  # fp32 [1]
+    input_offset: torch.Tensor  # fp32 [1]
+    deq_scale: torch.Tensor  # fp32 [out]
+    quant_bias: torch.Tensor  # int32 [out]
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """`x @ w.T + bias` computed as the NPU does: quantize x, integer matmul (int32 accumulate;
+        exact in float64 for any realistic width), add quant_bias, rescale. Float32 result."""
+        act = ActivationQuant(self.input_scale.item(), int(self.input_offset.item()))
+        xq = act.quantize(x).double()
+        acc = xq @ self.weight.double().t() + self.quant_bias.double()
+        return (acc * self.deq_scale.double()).float()
+
+
+def quantize_w8a8(w: torch.Tensor, bias: torch.Tensor | None, act: ActivationQuant,
+                  name: str = "weight") -> W8A8Linear:
+    qw = quantize_weight(w, symmetric=True, group_size=0, name=name)
+    weight_scale = qw.scale  # [out, 1]
+    input_scale = torch.tensor([act.scale], dtype=torch.float32)
+    deq_scale = (input_scale * weight_scale.squeeze(1)).float()
+    bias64 = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.double()
+    row_sums = qw.weight.double().sum(dim=1)
+    quant_bias = torch.round(bias64 / deq_scale.double() - act.offset * row_sums)
+    return W8A8Linear(qw.weight, weight_scale, torch.zeros_like(weight_scale), input_scale,
+                      torch.tensor([float(act.offset)], dtype=torch.float32), deq_scale,
+                      quant_bias.to(torch.int32))
+
+
+def stored_deq_scale(deq_scale: torch.Tensor, model_dtype: torch.dtype) -> torch.Tensor:
+    """fp16 models: the fp32 bit pattern as an int64 (npu_quant_matmul's fp16 contract); else fp32."""
+    if model_dtype == torch.float16:
+        bits = deq_scale.float().contiguous().view(torch.int32).to(torch.int64)
+        return bits & 0xFFFFFFFF  # zero-extended: the int64 holds exactly the 32 bits
+    return deq_scale.float()
+
+
+def loaded_deq_scale(stored: torch.Tensor) -> torch.Tensor:
+    """The fp32 deq_scale back from what `stored_deq_scale` wrote."""
+    if stored.dtype == torch.int64:
+        return (stored & 0xFFFFFFFF).to(torch.int32).view(torch.float32)
+    return stored.float()
