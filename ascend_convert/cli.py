@@ -29,6 +29,15 @@ def convert_options(func):
                      help="What to do with values beyond ±65504 when casting to fp16."),
         click.option("--arch-spec", "arch_specs", multiple=True, type=click.Path(path_type=Path),
                      help="Extra architecture spec (JSON), see ascend_convert/specs/."),
+        click.option("--quantize", type=click.Choice(("w8a16", "w8a8")), default=None,
+                     help="Write int8 linear weights in msModelSlim's layout (vllm-ascend --quantization ascend)."),
+        click.option("--group-size", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="--quantize: a scale per this many input columns (0: one per output channel)."),
+        click.option("--asymmetric", is_flag=True, help="--quantize w8a16: a zero point per channel or group."),
+        click.option("--calib", type=click.Path(path_type=Path), default=None,
+                     help="--quantize w8a8: calibration texts, one per line [default: built-in prompts]."),
+        click.option("--trust-remote-code", is_flag=True,
+                     help="--quantize w8a8: allow calibration to run a model whose code is remote code."),
         click.option("--force", is_flag=True, help="Overwrite an existing output directory."),
         click.option("--resume", is_flag=True, help="Finish an interrupted conversion."),
         click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
@@ -42,13 +51,16 @@ def convert_options(func):
 
 def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str, on_overflow: str,
                 arch_specs: tuple[Path, ...], force: bool, resume: bool, dry_run: bool, progress: bool,
-                as_json: bool) -> int:
+                as_json: bool, quantize: str | None = None, group_size: int = 0, asymmetric: bool = False,
+                calib: Path | None = None, trust_remote_code: bool = False) -> int:
     from .converter import ConvertOptions, convert, make_plan
     from .progress import RichReporter
     from .report import print_convert_summary, print_plan
 
     options = ConvertOptions(soc=soc, dtype=dtype, max_shard_size=max_shard_size, on_overflow=on_overflow,
-                             arch_specs=list(arch_specs), force=force, resume=resume, dry_run=dry_run)
+                             arch_specs=list(arch_specs), force=force, resume=resume, dry_run=dry_run,
+                             quantize=quantize, group_size=group_size, symmetric=not asymmetric, calib=calib,
+                             trust_remote_code=trust_remote_code)
     plan = make_plan(src, out, options)
     if dry_run:
         print_plan(plan, as_json=as_json)
@@ -101,7 +113,7 @@ def verify_command(out: Path, source: Path | None, logits: bool, as_json: bool) 
     else:
         line = f"verified {out}: {report.files_checked} files and {report.tensors_checked} tensors match the manifest"
         if source is not None:
-            line += f"; {report.source_checked} tensors equal the checked cast of the source " \
+            line += f"; {report.source_checked} tensors equal the checked cast (or quantization) of the source " \
                     f"(max abs error {report.max_abs_error:.3g})"
         click.echo(line)
         if report.logits:

@@ -26,7 +26,32 @@ from .arch import ArchSpec, find_spec, load_spec_file
 from .cast import OVERFLOW_POLICIES, CastStats, checked_cast
 from .dtypes import FLOAT_NAMES, TORCH_DTYPES
 from .errors import CheckFailed, UserError
-from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, file_record, fsync_tree, write_json_atomic
+from .manifest import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    file_record,
+    fsync_tree,
+    write_json_atomic,
+)
+from .quant_layout import (
+    DESCRIPTION_NAME,
+    LINEAR_BIAS_ROLES,
+    LINEAR_ROLES,
+    QUANT_TYPES,
+    QuantOptions,
+    quantized_parts,
+)
+from .quant_layout import INDEX_NAME as QUANT_INDEX_NAME
+from .quant_layout import description as quant_description
+from .quant_layout import shard_names as quant_shard_names
+from .quantize import (
+    ActivationQuant,
+    quant_error,
+    quantize_w8a8,
+    quantize_weight,
+    stored_deq_scale,
+)
 from .readers import CheckpointReader, TensorInfo, open_checkpoint
 from .safetensors_writer import PlannedTensor, SafetensorsStreamWriter
 from .soc import get_soc, resolve_dtype
@@ -57,12 +82,36 @@ class ConvertOptions:
     force: bool = False
     resume: bool = False
     dry_run: bool = False
+    quantize: str | None = None  # "w8a16" or "w8a8": msModelSlim's layout (quant_layout.py)
+    group_size: int = 0
+    symmetric: bool = True
+    calib: Path | None = None  # w8a8: calibration texts, one per line (None: built-in)
+    trust_remote_code: bool = False  # w8a8 calibration runs the model, remote code included only if allowed
+
+    def quant(self) -> QuantOptions | None:
+        if self.quantize is None:
+            if self.calib is not None:
+                raise UserError("--calib is for --quantize w8a8")
+            return None
+        if self.quantize not in QUANT_TYPES:
+            raise UserError(f"--quantize {self.quantize}: choose one of {', '.join(QUANT_TYPES)}")
+        if self.group_size < 0:
+            raise UserError(f"--group-size {self.group_size}: must be 0 (per channel) or a positive group size")
+        if self.quantize == "w8a8" and (self.group_size or not self.symmetric):
+            raise UserError("--quantize w8a8 quantizes weights symmetrically per channel: drop --group-size and "
+                            "--asymmetric (they are for w8a16)")
+        if self.quantize == "w8a16" and self.calib is not None:
+            raise UserError("--calib is for --quantize w8a8 (w8a16 needs no calibration)")
+        return QuantOptions(self.quantize, self.group_size, self.symmetric,
+                            str(Path(self.calib).resolve()) if self.calib is not None else None)
 
     def recorded(self) -> dict:
         """The options that shape the output (and so belong in the manifest and the resume key)."""
+        quant = self.quant()
         return {"soc": self.soc, "dtype": self.dtype, "max_shard_size": parse_size(self.max_shard_size),
-                "on_overflow": self.on_overflow, "layout": "default",
-                "arch_specs": [str(Path(p).resolve()) for p in self.arch_specs]}
+                "on_overflow": self.on_overflow, "layout": "default" if quant is None else "quantized",
+                "arch_specs": [str(Path(p).resolve()) for p in self.arch_specs],
+                **(quant.recorded() if quant is not None else {})}
 
 
 @dataclass
@@ -71,6 +120,18 @@ class TensorJob:
     out: PlannedTensor
     role: str
     layer: int | None
+    parts: list[PlannedTensor] = field(default_factory=list)  # what is written: [out], or a quantized weight's 3
+
+    def __post_init__(self) -> None:
+        self.parts = self.parts or [self.out]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+    @property
+    def quantized(self) -> bool:
+        return len(self.parts) > 1
 
 
 @dataclass
@@ -80,7 +141,7 @@ class Shard:
 
     @property
     def nbytes(self) -> int:
-        return sum(j.out.nbytes for j in self.jobs)
+        return sum(j.nbytes for j in self.jobs)
 
 
 @dataclass
@@ -95,6 +156,8 @@ class ConversionPlan:
     shards: list[Shard]
     dropped: list[str]
     options: ConvertOptions
+    quant: QuantOptions | None = None
+    calibration: dict[str, tuple[float, float]] = field(default_factory=dict)  # w8a8: weight -> input range
 
     @property
     def total_bytes(self) -> int:
@@ -142,6 +205,7 @@ def make_plan(src: Path, out: Path, options: ConvertOptions) -> ConversionPlan:
         raise UserError(f"--on-overflow {options.on_overflow}: choose one of {', '.join(OVERFLOW_POLICIES)}")
     soc = get_soc(options.soc)
     max_shard = parse_size(options.max_shard_size)
+    quant = options.quant()
     extra = [load_spec_file(p) for p in options.arch_specs]
     reader = open_checkpoint(src, extra)
     spec = getattr(reader, "spec", None) or find_spec(reader.config(), extra, where=str(src / "config.json"))
@@ -161,17 +225,31 @@ def make_plan(src: Path, out: Path, options: ConvertOptions) -> ConversionPlan:
             raise UserError(f"{src / info.file}: tensor {info.name} is not part of a {spec.family} model as "
                             f"{spec.origin} describes it (extend the spec with --arch-spec FILE)")
         out_dtype = dtype if info.dtype in FLOAT_NAMES else info.dtype
-        jobs.append(TensorJob(info, PlannedTensor(info.name, out_dtype, info.shape), *role))
+        planned = PlannedTensor(info.name, out_dtype, info.shape)
+        parts = _quantized_parts(src, info, role[0], quant, dtype) if quant is not None else []
+        jobs.append(TensorJob(info, parts[0] if parts else planned, *role, parts=parts))
     groups: list[list[TensorJob]] = [[]]
     size = 0
     for job in jobs:
-        if groups[-1] and size + job.out.nbytes > max_shard:
+        if groups[-1] and size + job.nbytes > max_shard:
             groups.append([])
             size = 0
         groups[-1].append(job)
-        size += job.out.nbytes
-    shards = [Shard(name, group) for name, group in zip(shard_names(len(groups)), groups)]
-    return ConversionPlan(src, out, reader, spec, soc.name, dtype, source_dtype, shards, dropped, options)
+        size += job.nbytes
+    names = (shard_names if quant is None else quant_shard_names)(len(groups))
+    shards = [Shard(name, group) for name, group in zip(names, groups)]
+    return ConversionPlan(src, out, reader, spec, soc.name, dtype, source_dtype, shards, dropped, options, quant)
+
+
+def _quantized_parts(src: Path, info: TensorInfo, role: str, quant: QuantOptions, dtype: str) -> list[PlannedTensor]:
+    """A linear weight's int8 weight, scale and offset; [] for a tensor that stays float."""
+    if role not in LINEAR_ROLES or info.dtype not in FLOAT_NAMES:
+        return []
+    width = info.shape[-1]
+    if len(info.shape) != 2 or (quant.group_size and width % quant.group_size):
+        raise UserError(f"{src / info.file}: tensor {info.name} of shape {list(info.shape)} cannot be quantized "
+                        f"with --group-size {quant.group_size} (it must divide the {width} input columns)")
+    return quantized_parts(info.name, info.shape, quant, dtype)
 
 
 def partial_dir(out: Path) -> Path:
@@ -180,7 +258,7 @@ def partial_dir(out: Path) -> Path:
 
 def _fingerprint(plan: ConversionPlan) -> str:
     sources = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in plan.reader.weight_files()]
-    layout = [(s.name, [(j.info.name, j.out.dtype, j.out.shape) for j in s.jobs]) for s in plan.shards]
+    layout = [(s.name, [[(p.name, p.dtype, p.shape) for p in j.parts] for j in s.jobs]) for s in plan.shards]
     key = json.dumps([__version__, str(plan.src.resolve()), sources, layout, plan.options.recorded()])
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -193,11 +271,15 @@ def _failpoint(shards_done: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _refuse_existing(plan: ConversionPlan) -> None:
+    if plan.out.exists() and not plan.options.force:
+        raise UserError(f"{plan.out}: already exists (use --force to overwrite it)")
+
+
 def _prepare_work_dir(plan: ConversionPlan) -> tuple[Path, dict]:
     """The partial directory and its journal: reused with --resume when it matches this plan."""
     out, opts = plan.out, plan.options
-    if out.exists() and not opts.force:
-        raise UserError(f"{out}: already exists (use --force to overwrite it)")
+    _refuse_existing(plan)
     work = partial_dir(out)
     fingerprint = _fingerprint(plan)
     journal = {"fingerprint": fingerprint, "shards": {}}
@@ -257,11 +339,32 @@ def convert(src: Path, out: Path, options: ConvertOptions, reporter: Reporter | 
     reporter = reporter or Reporter()
     plan = plan or make_plan(src, out, options)
     try:
+        if plan.quant is not None and plan.quant.kind == "w8a8":
+            _refuse_existing(plan)  # before minutes of calibration, not after
+            _calibrate(plan)  # before the work directory exists: a failed calibration leaves nothing behind
         work, journal = _prepare_work_dir(plan)
+        if plan.calibration:
+            journal["calibration"] = {name: list(r) for name, r in plan.calibration.items()}
+            write_json_atomic(work / JOURNAL_NAME, journal)
         return _run(plan, work, journal, reporter)
     finally:
         reporter.end()  # a progress bar left running would garble the error line after it
         plan.reader.close()
+
+
+def _calibrate(plan: ConversionPlan) -> None:
+    """The input range of every W8A8 linear; --resume takes it from the interrupted run's journal."""
+    journal_path = partial_dir(plan.out) / JOURNAL_NAME
+    if plan.options.resume and journal_path.is_file():
+        journal = json.loads(journal_path.read_text(encoding="utf-8"))
+        if journal.get("fingerprint") == _fingerprint(plan) and "calibration" in journal:
+            plan.calibration = {name: (lo, hi) for name, (lo, hi) in journal["calibration"].items()}
+            return
+    from .calibrate import calibrate, calibration_texts
+
+    texts = calibration_texts(Path(plan.quant.calib) if plan.quant.calib else None)
+    names = {j.info.name for s in plan.shards for j in s.jobs if j.quantized}
+    plan.calibration = calibrate(plan.src, names, texts, plan.source_dtype, plan.options.trust_remote_code)
 
 
 def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) -> ConvertResult:
@@ -278,7 +381,7 @@ def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) ->
                 reporter.advance(shard.nbytes, len(shard.jobs))
                 continue
             writer = None if overflowed else SafetensorsStreamWriter(
-                work / shard.name, [j.out for j in shard.jobs], metadata, pool)
+                work / shard.name, [p for j in shard.jobs for p in j.parts], metadata, pool)
             records: dict[str, dict] = {}
             for job in shard.jobs:
                 tensor = plan.reader.load(job.info)
@@ -293,16 +396,19 @@ def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) ->
                     if writer is not None:
                         writer.abort()
                         writer = None
-                    reporter.advance(job.out.nbytes)
+                    reporter.advance(job.nbytes)
                     continue
-                writer.write(job.info.name, cast)
-                records[job.info.name] = _tensor_record(plan, job, shard.name, stats)
+                if job.quantized:
+                    records.update(_write_quantized(plan, job, shard.name, tensor, stats, writer))
+                else:
+                    writer.write(job.info.name, cast)
+                    records[job.info.name] = _tensor_record(plan, job, shard.name, stats)
                 if stats.nan or stats.inf:
                     warnings.append(f"{job.info.name}: source holds {stats.nan} NaN and {stats.inf} Inf values")
                 if stats.clamped:
                     warnings.append(f"{job.info.name}: {stats.clamped} values beyond ±65504 clamped")
                 del tensor, cast
-                reporter.advance(job.out.nbytes)
+                reporter.advance(job.nbytes)
             if writer is None:
                 continue
             file_sha, size, tensor_hashes = writer.finish()
@@ -340,6 +446,45 @@ def _tensor_record(plan: ConversionPlan, job: TensorJob, shard: str, stats: Cast
             "transforms": transforms, "cast": stats.to_dict()}
 
 
+def _write_quantized(plan: ConversionPlan, job: TensorJob, shard: str, tensor: torch.Tensor, stats: CastStats,
+                     writer: SafetensorsStreamWriter) -> dict[str, dict]:
+    """Quantize one linear weight (from the source values, not the cast ones) and write its tensors;
+    their manifest records, the weight's with the quantization error."""
+    if stats.nan or stats.inf:
+        raise UserError(f"{plan.src / job.info.file}: tensor {job.info.name} holds {stats.nan} NaN and "
+                        f"{stats.inf} Inf values; it cannot be quantized")
+    quant = plan.quant
+    details: dict = {"type": quant.quant_type, "group_size": quant.group_size, "symmetric": quant.symmetric}
+    if quant.kind == "w8a16":
+        qw = quantize_weight(tensor, symmetric=quant.symmetric, group_size=quant.group_size, name=job.info.name)
+        values = [qw.weight, qw.scale, qw.offset]
+        dequantized = qw.dequantize()
+    else:
+        act = ActivationQuant.from_range(*plan.calibration[job.info.name])
+        layer = quantize_w8a8(tensor, _bias_of(plan, job), act, name=job.info.name)
+        values = [layer.weight, layer.weight_scale, layer.weight_offset, layer.input_scale, layer.input_offset,
+                  stored_deq_scale(layer.deq_scale, TORCH_DTYPES[plan.dtype]), layer.quant_bias]
+        dequantized = layer.weight.float() * layer.weight_scale
+        details.update(input_scale=act.scale, input_offset=act.offset, input_range=list(plan.calibration[job.info.name]))
+    records = {}
+    for part, value in zip(job.parts, values, strict=True):
+        writer.write(part.name, value)
+        record = _tensor_record(plan, job, shard, CastStats())
+        kept = [t for t in record["transforms"] if not t.startswith("cast:")]  # quantized from the source values
+        record.update(dtype=part.dtype, shape=list(part.shape), transforms=[*kept, f"quantize:{quant.quant_type}"])
+        record["quant"] = {**details, "part": part.name.rsplit(".", 1)[1]}
+        records[part.name] = record
+    records[job.parts[0].name]["quant"]["error"] = quant_error(tensor, dequantized).to_dict()
+    return records
+
+
+def _bias_of(plan: ConversionPlan, job: TensorJob) -> torch.Tensor | None:
+    """The source bias of a linear weight (for W8A8's quant_bias), wherever it is stored."""
+    name = job.info.name.removesuffix(".weight") + ".bias"
+    info = next((i for i in plan.reader.tensors() if i.name == name), None)
+    return plan.reader.load(info) if info is not None else None
+
+
 def _write_side_files(plan: ConversionPlan, work: Path) -> list[str]:
     for stale in work.iterdir():  # a resumed run rewrites every small file
         if stale.name not in {s.name for s in plan.shards} and stale.name != JOURNAL_NAME:
@@ -356,12 +501,22 @@ def _write_side_files(plan: ConversionPlan, work: Path) -> list[str]:
     written.append("config.json")
     if len(plan.shards) > 1:
         index = {"metadata": {"total_size": plan.total_bytes},
-                 "weight_map": {j.out.name: s.name for s in plan.shards for j in s.jobs}}
-        with open(work / "model.safetensors.index.json", "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-            f.write("\n")
-        written.append("model.safetensors.index.json")
+                 "weight_map": {p.name: s.name for s in plan.shards for j in s.jobs for p in j.parts}}
+        index_name = "model.safetensors.index.json" if plan.quant is None else QUANT_INDEX_NAME
+        _write_json(work / index_name, index)
+        written.append(index_name)
+    if plan.quant is not None:
+        types = {p.name: plan.quant.quant_type if (j.quantized or j.role in LINEAR_BIAS_ROLES) else "FLOAT"
+                 for s in plan.shards for j in s.jobs for p in j.parts}
+        _write_json(work / DESCRIPTION_NAME, quant_description(types, plan.quant))
+        written.append(DESCRIPTION_NAME)
     return sorted(written)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
 
 
 def _manifest(plan: ConversionPlan, work: Path, journal: dict, source_hashes: dict, side_files: list[str]) -> dict:
@@ -381,7 +536,8 @@ def _manifest(plan: ConversionPlan, work: Path, journal: dict, source_hashes: di
         "source": {"path": str(plan.src.resolve()), "format": plan.reader.format, "files": source_hashes,
                    "architecture": (plan.reader.config().get("architectures") or [None])[0],
                    "family": plan.spec.family, "dtype": plan.source_dtype},
-        "target": {"soc": plan.soc, "dtype": plan.dtype, "layout": "default"},
+        "target": {"soc": plan.soc, "dtype": plan.dtype, "layout": "default" if plan.quant is None else "quantized",
+                   **({} if plan.quant is None else {"quantize": plan.quant.quant_type})},
         "options": plan.options.recorded(),
         "files": files,
         "tensors": tensors,

@@ -25,6 +25,10 @@ import torch
 from .errors import UserError
 
 QMIN, QMAX = -128, 127
+#: Steps an asymmetric range is split into: 254, not 255. The zero point is rounded to an integer,
+#: which shifts the range by up to half a step; with one step of slack both ends still land inside
+#: [-128, 127], so no value is clamped and every one is within half a step of its source.
+ASYMMETRIC_STEPS = QMAX - QMIN - 1
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def quantize_weight(w: torch.Tensor, *, symmetric: bool = True, group_size: int 
     else:
         lo = g.amin(-1, keepdim=True).clamp(max=0)
         hi = g.amax(-1, keepdim=True).clamp(min=0)
-        scale = (hi - lo) / (QMAX - QMIN)
+        scale = (hi - lo) / ASYMMETRIC_STEPS
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero = torch.round(-lo / scale) + QMIN  # the integer that stands for 0.0
     q = torch.clamp(torch.round(g / scale) + zero, QMIN, QMAX)
@@ -104,12 +108,12 @@ class ActivationQuant:
     def from_range(cls, lo: float, hi: float) -> ActivationQuant:
         """The observed [lo, hi] (widened to hold 0) onto [-128, 127]."""
         lo, hi = min(lo, 0.0), max(hi, 0.0)
-        scale = (hi - lo) / (QMAX - QMIN)
+        scale = (hi - lo) / ASYMMETRIC_STEPS
         if not scale > 0:  # an input that was always zero (or NaN: refused by the caller's check)
             scale = 1.0
         # fp32 as stored: the offset is derived from the stored scale, so both sides agree exactly
         scale = float(torch.tensor(scale, dtype=torch.float32))
-        return cls(scale, int(round(-lo / scale)) + QMIN)
+        return cls(scale, round(-lo / scale) + QMIN)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp(torch.round(x.float() / self.scale) + self.offset, QMIN, QMAX).to(torch.int8)

@@ -21,6 +21,7 @@ from .dtypes import TORCH_DTYPES, dtype_name
 from .errors import CheckFailed, UserError
 from .manifest import MANIFEST_NAME, file_record, read_manifest
 from .readers import open_checkpoint
+from .quantize import ActivationQuant, quant_error, quantize_w8a8, quantize_weight, stored_deq_scale
 from .safetensors_writer import sha256_bytes, tensor_bytes
 
 LOGIT_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Ascend NPUs serve large language models")
@@ -63,6 +64,9 @@ def verify(out: Path, source: Path | None = None, logits: bool = False, stop_at_
     if logits:
         if source is None:
             raise UserError("--logits needs --source SRC to compare against")
+        if manifest["target"].get("layout") == "quantized":
+            raise UserError(f"{out}: --logits loads the output with transformers, which does not read "
+                            f"msModelSlim's quantized layout; the per-tensor check with --source covers it")
         report.logits = compare_logits(Path(source), out, manifest["target"]["dtype"])
         if not report.logits["ok"]:
             fail(f"logits differ from the source: max abs diff {report.logits['max_abs_diff']:.4g} > "
@@ -132,6 +136,12 @@ def _check_source(source: Path, manifest: dict, read_back: dict[str, str], repor
                 handles[read_back[name]] = safe_open(str(report.out / read_back[name]), framework="pt")
             got = handles[read_back[name]].get_tensor(name)
             src = reader.load(info)
+            if "quant" in record:
+                bias = sources.get(src_name.removesuffix(".weight") + ".bias")
+                _check_quantized(name, record, got, src, reader.load(bias) if bias is not None else None,
+                                 manifest["target"]["dtype"], fail)
+                report.source_checked += 1
+                continue
             expected, stats = checked_cast(src, TORCH_DTYPES[record["dtype"]], on_overflow)
             if not same_bytes(got, expected):
                 diff = (got.double() - src.double()).abs()
@@ -148,6 +158,30 @@ def _check_source(source: Path, manifest: dict, read_back: dict[str, str], repor
             report.source_checked += 1
     finally:
         reader.close()
+
+
+def _check_quantized(name: str, record: dict, got: torch.Tensor, src: torch.Tensor, bias: torch.Tensor | None,
+                     model_dtype: str, fail) -> None:
+    """A quantized tensor must be exactly what quantizing its source gives (the math is
+    deterministic; W8A8 with the recorded activation scale and offset), and the weight's recorded
+    error must be the measured one."""
+    quant = record["quant"]
+    if quant["type"] == "W8A16":
+        qw = quantize_weight(src, symmetric=quant["symmetric"], group_size=quant["group_size"], name=name)
+        parts = {"weight": qw.weight, "weight_scale": qw.scale, "weight_offset": qw.offset}
+        dequantized = qw.dequantize()
+    else:
+        layer = quantize_w8a8(src, bias, ActivationQuant(quant["input_scale"], quant["input_offset"]), name)
+        parts = {"weight": layer.weight, "weight_scale": layer.weight_scale, "weight_offset": layer.weight_offset,
+                 "input_scale": layer.input_scale, "input_offset": layer.input_offset,
+                 "deq_scale": stored_deq_scale(layer.deq_scale, TORCH_DTYPES[model_dtype]),
+                 "quant_bias": layer.quant_bias}
+        dequantized = layer.weight.float() * layer.weight_scale
+    if not same_bytes(got, parts[quant["part"]]):
+        fail(f"tensor {name}: differs from quantizing its source ({quant['type']}, group_size "
+             f"{quant['group_size']}, {'symmetric' if quant['symmetric'] else 'asymmetric'})")
+    elif "error" in quant and quant_error(src, dequantized).to_dict() != quant["error"]:
+        fail(f"tensor {name}: recorded quantization error {quant['error']} != measured")
 
 
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:

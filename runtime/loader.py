@@ -17,6 +17,7 @@ import torch
 
 from ascend_convert.arch import ArchSpec, canonical_tensors, find_spec
 from ascend_convert.errors import UserError
+from ascend_convert.quant_layout import DESCRIPTION_NAME
 from ascend_convert.readers import CheckpointReader, open_checkpoint
 
 from .model_config import ModelConfig, model_config
@@ -47,6 +48,9 @@ class Checkpoint:
 
 def open_model(path: str | Path) -> Checkpoint:
     path = Path(path)
+    if (path / DESCRIPTION_NAME).is_file():
+        raise UserError(f"{path}: msModelSlim's quantized layout ({DESCRIPTION_NAME}); the runtime does not "
+                        f"serve quantized weights yet: convert without --quantize to serve it here")
     reader = open_checkpoint(path)
     raw = reader.config()
     where = str(path / "config.json") if path.is_dir() else str(path)
