@@ -20,8 +20,14 @@ from .cast import CastStats, cast_error_bound, checked_cast
 from .dtypes import TORCH_DTYPES, dtype_name
 from .errors import CheckFailed, UserError
 from .manifest import MANIFEST_NAME, file_record, read_manifest
+from .quantize import (
+    ActivationQuant,
+    quant_error,
+    quantize_w8a8,
+    quantize_weight,
+    stored_deq_scale,
+)
 from .readers import open_checkpoint
-from .quantize import ActivationQuant, quant_error, quantize_w8a8, quantize_weight, stored_deq_scale
 from .safetensors_writer import sha256_bytes, tensor_bytes
 
 LOGIT_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Ascend NPUs serve large language models")

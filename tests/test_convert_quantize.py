@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -20,7 +21,6 @@ from ascend_convert.converter import ConvertOptions, convert
 from ascend_convert.errors import UserError
 from ascend_convert.quantize import W8A8Linear, loaded_deq_scale
 from ascend_convert.verify import verify
-from conftest import assert_one_line_error, run_cli
 
 LINEAR = re.compile(r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$")
 W8A8_PARTS = {"W8A16": ("weight_scale", "weight_offset"),
