@@ -10,29 +10,33 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ascend_convert.arch import ArchSpec, canonical_tensors, find_spec
+from ascend_convert.arch import (
+    FUSED_ROLES,
+    ArchSpec,
+    canonical_name,
+    canonical_tensors,
+    find_spec,
+)
 from ascend_convert.errors import UserError
-from ascend_convert.quant_layout import DESCRIPTION_NAME
+from ascend_convert.quantize import loaded_deq_scale
 from ascend_convert.readers import CheckpointReader, open_checkpoint
 
 from .model_config import ModelConfig, model_config
+from .quant_linear import PER_TENSOR, QUANT_SUFFIXES, QuantScheme
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-# canonical name (per layer) → (runtime parameter, which slice of a fused one)
-_FUSED = {
-    "self_attn.q_proj.weight": ("self_attn.qkv.weight", 0), "self_attn.k_proj.weight": ("self_attn.qkv.weight", 1),
-    "self_attn.v_proj.weight": ("self_attn.qkv.weight", 2), "self_attn.q_proj.bias": ("self_attn.qkv.bias", 0),
-    "self_attn.k_proj.bias": ("self_attn.qkv.bias", 1), "self_attn.v_proj.bias": ("self_attn.qkv.bias", 2),
-    "mlp.gate_proj.weight": ("mlp.gate_up.weight", 0), "mlp.up_proj.weight": ("mlp.gate_up.weight", 1),
-    "mlp.gate_proj.bias": ("mlp.gate_up.bias", 0), "mlp.up_proj.bias": ("mlp.gate_up.bias", 1),
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(\w+)$")
+# canonical module (per layer) → (runtime module, which slice of a fused one); its tensors (weight,
+# bias, and a quantized layer's scales) follow it
+_MODULES = {
+    "self_attn.q_proj": ("self_attn.qkv", 0), "self_attn.k_proj": ("self_attn.qkv", 1),
+    "self_attn.v_proj": ("self_attn.qkv", 2), "self_attn.o_proj": ("self_attn.o", None),
+    "mlp.gate_proj": ("mlp.gate_up", 0), "mlp.up_proj": ("mlp.gate_up", 1), "mlp.down_proj": ("mlp.down", None),
 }
-_RENAMED = {"self_attn.o_proj.weight": "self_attn.o.weight", "self_attn.o_proj.bias": "self_attn.o.bias",
-            "mlp.down_proj.weight": "mlp.down.weight", "mlp.down_proj.bias": "mlp.down.bias"}
 
 
 @dataclass
@@ -48,9 +52,7 @@ class Checkpoint:
 
 def open_model(path: str | Path) -> Checkpoint:
     path = Path(path)
-    if (path / DESCRIPTION_NAME).is_file():
-        raise UserError(f"{path}: msModelSlim's quantized layout ({DESCRIPTION_NAME}); the runtime does not "
-                        f"serve quantized weights yet: convert without --quantize to serve it here")
+    scheme = QuantScheme.read(path) if path.is_dir() else None
     reader = open_checkpoint(path)
     raw = reader.config()
     where = str(path / "config.json") if path.is_dir() else str(path)
@@ -58,7 +60,7 @@ def open_model(path: str | Path) -> Checkpoint:
     names = set()
     cfg = spec.canonical_config(raw, where)
     for info in reader.tensors():
-        if spec.is_ignored(info.name):
+        if spec.is_ignored(info.name) or (scheme is not None and _quant_part(info.name) is not None):
             continue
         found = spec.role_of(info.name)
         if found is None:
@@ -66,12 +68,17 @@ def open_model(path: str | Path) -> Checkpoint:
         role, layer = found
         names.update(name for name, _ in _names_only(spec, cfg, role, layer))
     model_dir = path if path.is_dir() else path.parent
-    return Checkpoint(path, reader, spec, model_config(raw, spec, names, model_dir, where), raw)
+    config = replace(model_config(raw, spec, names, model_dir, where), quant=scheme)
+    return Checkpoint(path, reader, spec, config, raw)
+
+
+def _quant_part(name: str) -> tuple[str, str] | None:
+    """`(weight name, suffix)` for a quantized layer's scale/offset/... tensor, else None."""
+    stem, _, suffix = name.rpartition(".")
+    return (f"{stem}.weight", suffix) if suffix in QUANT_SUFFIXES else None
 
 
 def _names_only(spec: ArchSpec, cfg: dict, role: str, layer: int | None) -> Iterator[tuple[str, None]]:
-    from ascend_convert.arch import FUSED_ROLES, canonical_name
-
     for r in FUSED_ROLES.get(role, (role,)):
         yield canonical_name(r, layer), None
 
@@ -82,20 +89,36 @@ def runtime_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
     for info in ckpt.reader.tensors():
         if ckpt.spec.is_ignored(info.name):
             continue
-        role, layer = ckpt.spec.role_of(info.name)
-        yield from canonical_tensors(ckpt.spec, cfg, role, layer, ckpt.reader.load(info))
+        part = _quant_part(info.name) if ckpt.config.quant is not None else None
+        if part is None:
+            role, layer = ckpt.spec.role_of(info.name)
+            yield from canonical_tensors(ckpt.spec, cfg, role, layer, ckpt.reader.load(info))
+            continue
+        weight, suffix = part
+        found = ckpt.spec.role_of(weight)
+        if found is None:
+            raise UserError(f"{ckpt.path}: tensor {info.name} belongs to no layer of a {ckpt.spec.family} model")
+        role, layer = found
+        tensor = ckpt.reader.load(info)
+        if suffix == "deq_scale":
+            tensor = loaded_deq_scale(tensor)  # an fp16 model stores the fp32 bits in an int64
+        if suffix in PER_TENSOR:  # one value for the layer: every fused part gets it
+            names = [canonical_name(r, layer) for r in FUSED_ROLES.get(role, (role,))]
+            pieces = [(n, tensor) for n in names]
+        else:
+            pieces = canonical_tensors(ckpt.spec, cfg, role, layer, tensor)
+        for name, piece in pieces:
+            yield f"{name.removesuffix('.weight')}.{suffix}", piece
 
 
 def parameter_for(name: str) -> tuple[str, int | None]:
     """The runtime parameter a canonical tensor fills, and its part index if the parameter is fused."""
     m = _LAYER.match(name)
-    if m is None:
+    if m is None or m.group(2) not in _MODULES:
         return name, None
-    layer, rest = m.groups()
-    if rest in _FUSED:
-        target, part = _FUSED[rest]
-        return f"model.layers.{layer}.{target}", part
-    return f"model.layers.{layer}.{_RENAMED.get(rest, rest)}", None
+    layer, module, tensor = m.groups()
+    target, part = _MODULES[module]
+    return f"model.layers.{layer}.{target}.{tensor}", part
 
 
 def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
@@ -109,7 +132,11 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
         if param is None:
             raise UserError(f"{ckpt.path}: tensor {name} has no place in the runtime's {ckpt.config.family} model")
         with torch.no_grad():
-            dest = param if part is None else param.narrow(0, *model.fused_slice(target, part))
+            per_layer = target.rsplit(".", 1)[1] in PER_TENSOR
+            dest = param if part is None or per_layer else param.narrow(0, *model.fused_slice(target, part))
+            if per_layer and filled.get(target) and not torch.equal(dest, tensor.to(dest.dtype)):
+                raise UserError(f"{ckpt.path}: the parts of {target.rsplit('.', 1)[0]} have different "
+                                f"{target.rsplit('.', 1)[1]} values; the runtime fuses them into one layer")
             if tuple(dest.shape) != tuple(tensor.shape):
                 raise UserError(f"{ckpt.path}: tensor {name} has shape {list(tensor.shape)}, "
                                 f"the model expects {list(dest.shape)}")

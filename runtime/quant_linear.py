@@ -1,0 +1,120 @@
+"""Linear layers whose weights are int8, loaded from msModelSlim's layout (`convert --quantize`).
+
+W8A16: `y = x @ ((q + weight_offset) * weight_scale).T + bias`. Symmetric per-channel weights run
+through `torch._weight_int8pack_mm` (int8 weights read from memory, half the bytes of bf16: a
+decode step is bound by weight reads); asymmetric or per-group ones are dequantized per call.
+W8A8: activations are quantized with the layer's calibrated scale and offset, the product is an
+integer matmul (`torch._int_mm`, int32 accumulation), then `(acc + quant_bias) * deq_scale` — the
+NPU's `npu_quant_matmul` arithmetic. Off the CPU, W8A16 takes the dequantizing path; torch_npu's
+own quantized kernels (`npu_weight_quant_batchmatmul`, `npu_quantize` + `npu_quant_matmul`, as
+vllm-ascend calls them) are not wired in yet: nothing here can run them.
+
+The fused qkv and gate_up layers concatenate their parts' rows (scales are per row, so fusing
+changes nothing); their parts read the same input, so W8A8 calibration gave them the same input
+scale and offset, which the loader checks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ascend_convert.quant_layout import DESCRIPTION_NAME
+
+#: Tensors a quantized linear has besides `weight` and `bias`, as msModelSlim names them.
+QUANT_SUFFIXES = ("weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale", "quant_bias")
+PER_TENSOR = ("input_scale", "input_offset")  # one value for the layer, not one per output row
+_FLOAT32 = ("weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale")
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    kind: str  # "W8A16" or "W8A8"
+    group_size: int
+
+    @classmethod
+    def read(cls, model_dir: Path) -> QuantScheme | None:
+        """The scheme of a converted directory's `quant_model_description.json` (None without one)."""
+        from ascend_convert.errors import UserError
+
+        path = Path(model_dir) / DESCRIPTION_NAME
+        if not path.is_file():
+            return None
+        try:
+            description = json.loads(path.read_text(encoding="utf-8"))
+            kind, group = description["model_quant_type"], int(description.get("group_size", 0))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: not a readable quantization description ({exc})") from None
+        if kind not in ("W8A16", "W8A8"):
+            raise UserError(f"{path}: model_quant_type {kind!r}: the runtime serves W8A16 and W8A8")
+        return cls(kind, group)
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool, scheme: QuantScheme) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
+        groups = in_features // scheme.group_size if scheme.group_size else 1
+
+        def frozen(*shape: int, dtype: torch.dtype = torch.float32) -> nn.Parameter:
+            return nn.Parameter(torch.empty(*shape, dtype=dtype), requires_grad=False)
+
+        self.weight = frozen(out_features, in_features, dtype=torch.int8)
+        self.weight_scale = frozen(out_features, groups)
+        self.weight_offset = frozen(out_features, groups)
+        if scheme.kind == "W8A8":
+            self.input_scale, self.input_offset = frozen(1), frozen(1)
+            self.deq_scale = frozen(out_features)
+            self.quant_bias = frozen(out_features, dtype=torch.int32)
+        self.bias = frozen(out_features) if bias else None
+        self._prepared: dict[str, torch.Tensor] = {}
+
+    def _apply(self, fn, recurse=True):
+        """`.to(bfloat16)` must not round the scales: they stay fp32 (the bias follows the model)."""
+        super()._apply(fn, recurse)
+        for name in _FLOAT32:
+            param = getattr(self, name, None)
+            if param is not None and param.dtype != torch.float32:
+                param.data = param.data.float()
+        self._prepared.clear()
+        return self
+
+    def _prepare(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """What forward needs, derived once from the loaded tensors (in the activations' dtype)."""
+        key = f"{dtype}"
+        if key not in self._prepared:
+            prepared: dict[str, torch.Tensor] = {}
+            if self.scheme.kind == "W8A16":
+                per_channel = self.weight_scale.shape[1] == 1 and not bool(self.weight_offset.any())
+                if per_channel and self.weight.device.type == "cpu":
+                    prepared["scale"] = self.weight_scale.squeeze(1).to(dtype)
+                else:
+                    groups = self.weight_scale.shape[1]
+                    q = self.weight.float().view(self.out_features, groups, -1)
+                    w = (q + self.weight_offset.unsqueeze(-1)) * self.weight_scale.unsqueeze(-1)
+                    prepared["dequantized"] = w.view(self.out_features, self.in_features).to(dtype)
+            else:
+                prepared["weight_t"] = self.weight.t().contiguous()
+            self._prepared = {key: prepared}
+        return self._prepared[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        prepared = self._prepare(x.dtype)
+        if self.scheme.kind == "W8A16":
+            if "scale" in prepared:
+                y = torch._weight_int8pack_mm(x2.contiguous(), self.weight, prepared["scale"])
+            else:
+                y = x2 @ prepared["dequantized"].t()
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            xq = torch.clamp(torch.round(x2.float() / self.input_scale + self.input_offset), -128, 127)
+            acc = torch._int_mm(xq.to(torch.int8), prepared["weight_t"])
+            y = ((acc + self.quant_bias).float() * self.deq_scale).to(x.dtype)
+        return y.view(*shape[:-1], self.out_features)

@@ -1,0 +1,105 @@
+"""The runtime on msModelSlim's int8 layout: each quantized linear computes what its definition says
+(W8A16 through int8pack or per-layer dequantization, W8A8 as the NPU's integer matmul), a W8A16
+model's greedy tokens equal transformers' on the dequantized weights, and W8A8 serves too."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from greedy_reference import assert_greedy_equal, hf_greedy
+from safetensors.torch import load_file, save_file
+
+from ascend_convert.converter import ConvertOptions, convert
+from ascend_convert.errors import UserError
+from ascend_convert.quantize import ActivationQuant, quantize_w8a8, quantize_weight
+from runtime import LLM, SamplingParams
+from runtime.quant_linear import QuantLinear, QuantScheme
+
+PROMPTS = [[5, 77, 12, 190, 33], [250, 3, 3, 41, 9, 100, 200, 17, 64, 31, 8], [301, 2, 44]]
+
+
+def _layer(scheme: QuantScheme, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None) -> QuantLinear:
+    out, width = tensors["weight"].shape
+    layer = QuantLinear(width, out, bias is not None, scheme)
+    with torch.no_grad():
+        for name, value in {**tensors, **({"bias": bias} if bias is not None else {})}.items():
+            getattr(layer, name).copy_(value)
+    return layer
+
+
+@pytest.mark.parametrize(("symmetric", "group_size"), [(True, 0), (False, 0), (True, 16), (False, 32)])
+def test_w8a16_linear_is_x_times_the_dequantized_weight(symmetric, group_size):
+    g = torch.Generator().manual_seed(0)
+    w, bias, x = torch.randn(48, 64, generator=g) * 0.05, torch.randn(48, generator=g), torch.randn(3, 64, generator=g)
+    qw = quantize_weight(w, symmetric=symmetric, group_size=group_size)
+    layer = _layer(QuantScheme("W8A16", group_size), {"weight": qw.weight, "weight_scale": qw.scale,
+                                                      "weight_offset": qw.offset}, bias)
+    want = x @ qw.dequantize().t() + bias
+    assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-5)
+    layer = layer.to(torch.bfloat16)
+    assert layer.weight_scale.dtype == torch.float32  # the scales are never rounded to the model dtype
+    assert torch.allclose(layer(x.bfloat16()).float(), want, rtol=0.02, atol=0.05)
+
+
+def test_w8a8_linear_is_the_npu_integer_matmul():
+    g = torch.Generator().manual_seed(1)
+    w, bias, x = torch.randn(40, 96, generator=g) * 0.05, torch.randn(40, generator=g), torch.randn(5, 96, generator=g)
+    ref = quantize_w8a8(w, bias, ActivationQuant.from_range(x.min().item(), x.max().item()))
+    layer = _layer(QuantScheme("W8A8", 0), {
+        "weight": ref.weight, "weight_scale": ref.weight_scale, "weight_offset": ref.weight_offset,
+        "input_scale": ref.input_scale, "input_offset": ref.input_offset, "deq_scale": ref.deq_scale,
+        "quant_bias": ref.quant_bias}, bias)
+    assert torch.allclose(layer(x), ref.matmul(x), rtol=1e-6, atol=1e-6)
+
+
+def _dequantized_reference(src, quantized, out):
+    """The source checkpoint with every linear weight replaced by its dequantized value (fp32)."""
+    shutil.copytree(src, out)
+    weights = load_file(src / "model.safetensors")
+    q = load_file(quantized / "quant_model_weights.safetensors")
+    for name in list(weights):
+        if name in q and q[name].dtype == torch.int8:
+            stem = name.removesuffix(".weight")
+            scale, offset = q[f"{stem}.weight_scale"], q[f"{stem}.weight_offset"]
+            groups = scale.shape[1]
+            deq = (q[name].float().view(q[name].shape[0], groups, -1) + offset.unsqueeze(-1)) * scale.unsqueeze(-1)
+            weights[name] = deq.view(q[name].shape)
+        else:
+            weights[name] = weights[name].float()
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    config["dtype"] = "float32"
+    (out / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("options", [{}, {"group_size": 16, "symmetric": False}])
+def test_w8a16_greedy_tokens_equal_transformers_on_the_dequantized_weights(checkpoint, tmp_path, options):
+    src = checkpoint("llama")
+    quantized = tmp_path / "w8a16"
+    convert(src, quantized, ConvertOptions(quantize="w8a16", dtype="float32", **options))
+    reference = tmp_path / "dequantized"
+    _dequantized_reference(src, quantized, reference)
+    llm = LLM(quantized, device="cpu", kv_cache_memory="16MiB")
+    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=12))
+    for prompt, out in zip(PROMPTS, outs):
+        assert_greedy_equal(out.token_ids, hf_greedy(reference, torch.float32, prompt, 12), torch.float32, "w8a16")
+    llm.engine.block_manager.check_whole()
+
+
+def test_w8a8_serves_and_fused_parts_must_share_their_input_scale(checkpoint, tmp_path):
+    quantized = tmp_path / "w8a8"
+    convert(checkpoint("qwen2"), quantized, ConvertOptions(quantize="w8a8"))
+    llm = LLM(quantized, device="cpu", kv_cache_memory="16MiB")
+    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    assert [len(o.token_ids) for o in outs] == [8, 8, 8]
+    llm.engine.block_manager.check_whole()
+    path = quantized / "quant_model_weights.safetensors"
+    tensors = load_file(path)
+    tensors["model.layers.0.self_attn.k_proj.input_scale"] *= 2
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"the parts of model\.layers\.0\.self_attn\.qkv have different "
+                                        r"input_scale values"):
+        LLM(quantized, device="cpu", kv_cache_memory="16MiB")
