@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .hf_model import pretrained_args
 
 #: Varied on purpose: prose, a dialogue, code, numbers, a list, non-English text — the layers'
 #: input ranges depend on what the model reads.
@@ -55,8 +56,7 @@ def calibrate(src: Path, weight_names: set[str], texts: list[str], source_dtype:
 
     hf_logging.disable_progress_bar()  # its bar and warnings would interleave with the converter's output
     hf_logging.set_verbosity_error()
-    where = {"pretrained_model_name_or_path": str(src.parent), "gguf_file": src.name} if src.is_file() \
-        else {"pretrained_model_name_or_path": str(src)}
+    where = pretrained_args(src)
     dtype = torch.float32 if source_dtype == "float32" else torch.bfloat16
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where, trust_remote_code=trust_remote_code)

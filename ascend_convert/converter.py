@@ -17,6 +17,7 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -162,6 +163,11 @@ class ConversionPlan:
     @property
     def total_bytes(self) -> int:
         return sum(s.nbytes for s in self.shards)
+
+    @cached_property
+    def source_tensors(self) -> dict[str, TensorInfo]:
+        """Every source tensor by name (for W8A8, which needs a weight's bias beside it)."""
+        return {info.name: info for info in self.reader.tensors()}
 
     @property
     def total_tensors(self) -> int:
@@ -480,8 +486,7 @@ def _write_quantized(plan: ConversionPlan, job: TensorJob, shard: str, tensor: t
 
 def _bias_of(plan: ConversionPlan, job: TensorJob) -> torch.Tensor | None:
     """The source bias of a linear weight (for W8A8's quant_bias), wherever it is stored."""
-    name = job.info.name.removesuffix(".weight") + ".bias"
-    info = next((i for i in plan.reader.tensors() if i.name == name), None)
+    info = plan.source_tensors.get(job.info.name.removesuffix(".weight") + ".bias")
     return plan.reader.load(info) if info is not None else None
 
 

@@ -130,6 +130,7 @@ def _check_source(source: Path, manifest: dict, read_back: dict[str, str], repor
     on_overflow = manifest["options"]["on_overflow"]
     sources = {info.name: info for info in reader.tensors()}
     handles: dict[str, object] = {}
+    requantized: tuple[str, dict[str, torch.Tensor], dict] | None = None  # the last source weight's parts
     try:
         for name, record in manifest["tensors"].items():
             src_name = record["source"]["name"]
@@ -141,13 +142,17 @@ def _check_source(source: Path, manifest: dict, read_back: dict[str, str], repor
                 handles.clear()
                 handles[read_back[name]] = safe_open(str(report.out / read_back[name]), framework="pt")
             got = handles[read_back[name]].get_tensor(name)
-            src = reader.load(info)
             if "quant" in record:
-                bias = sources.get(src_name.removesuffix(".weight") + ".bias")
-                _check_quantized(name, record, got, src, reader.load(bias) if bias is not None else None,
-                                 manifest["target"]["dtype"], fail)
+                # a weight's parts are consecutive: its source is read and quantized once for all of them
+                if requantized is None or requantized[0] != src_name:
+                    bias = sources.get(src_name.removesuffix(".weight") + ".bias")
+                    requantized = (src_name, *_requantize(name, record["quant"], reader.load(info),
+                                                          reader.load(bias) if bias is not None else None,
+                                                          manifest["target"]["dtype"]))
+                _check_quantized(name, record["quant"], got, *requantized[1:], fail)
                 report.source_checked += 1
                 continue
+            src = reader.load(info)
             expected, stats = checked_cast(src, TORCH_DTYPES[record["dtype"]], on_overflow)
             if not same_bytes(got, expected):
                 diff = (got.double() - src.double()).abs()
@@ -166,12 +171,10 @@ def _check_source(source: Path, manifest: dict, read_back: dict[str, str], repor
         reader.close()
 
 
-def _check_quantized(name: str, record: dict, got: torch.Tensor, src: torch.Tensor, bias: torch.Tensor | None,
-                     model_dtype: str, fail) -> None:
-    """A quantized tensor must be exactly what quantizing its source gives (the math is
-    deterministic; W8A8 with the recorded activation scale and offset), and the weight's recorded
-    error must be the measured one."""
-    quant = record["quant"]
+def _requantize(name: str, quant: dict, src: torch.Tensor, bias: torch.Tensor | None,
+                model_dtype: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """What quantizing the source gives, part by part (deterministic; W8A8 with the recorded
+    activation scale and offset), and the weight's quantization error."""
     if quant["type"] == "W8A16":
         qw = quantize_weight(src, symmetric=quant["symmetric"], group_size=quant["group_size"], name=name)
         parts = {"weight": qw.weight, "weight_scale": qw.scale, "weight_offset": qw.offset}
@@ -183,10 +186,17 @@ def _check_quantized(name: str, record: dict, got: torch.Tensor, src: torch.Tens
                  "deq_scale": stored_deq_scale(layer.deq_scale, TORCH_DTYPES[model_dtype]),
                  "quant_bias": layer.quant_bias}
         dequantized = layer.weight.float() * layer.weight_scale
+    return parts, quant_error(src, dequantized).to_dict()
+
+
+def _check_quantized(name: str, quant: dict, got: torch.Tensor, parts: dict[str, torch.Tensor], error: dict,
+                     fail) -> None:
+    """A quantized tensor must be exactly its part of the re-quantized source, and the weight's
+    recorded error the measured one."""
     if not same_bytes(got, parts[quant["part"]]):
         fail(f"tensor {name}: differs from quantizing its source ({quant['type']}, group_size "
              f"{quant['group_size']}, {'symmetric' if quant['symmetric'] else 'asymmetric'})")
-    elif "error" in quant and quant_error(src, dequantized).to_dict() != quant["error"]:
+    elif "error" in quant and error != quant["error"]:
         fail(f"tensor {name}: recorded quantization error {quant['error']} != measured")
 
 

@@ -393,15 +393,14 @@ class HFModel:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from ascend_convert.hf_model import pretrained_args
+
         from .platform import resolve
 
         before = meter.current() if meter is not None else None
         self.device = resolve(cfg.device).device
         dtype = getattr(torch, cfg.dtype)
-        if cfg.model.is_file():
-            model = AutoModelForCausalLM.from_pretrained(str(cfg.model.parent), gguf_file=cfg.model.name, dtype=dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(str(cfg.model), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(**pretrained_args(cfg.model), dtype=dtype)
         self.model = model.to(self.device).eval()
         config = self.model.config
         eos = self.model.generation_config.eos_token_id or config.eos_token_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence as Seq
 from pathlib import Path
 
-from .llm_engine import LLMEngine, RequestOutput
+from .llm_engine import LLMEngine, RequestOutput, chat_token_ids
 from .sampling_params import SamplingParams
 
 PROGRESS_FROM = 8  # batches at least this long get a progress bar
@@ -65,8 +65,7 @@ class LLM:
             raise ValueError("this model has no chat template: use generate() with a prompt")
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
-        prompts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)["input_ids"] for c in conversations]
+        prompts = [chat_token_ids(tokenizer, c) for c in conversations]
         return self.generate(prompts, sampling_params, progress)
 
 

@@ -265,14 +265,21 @@ def _text(detok: IncrementalDetokenizer | None, finished: bool) -> str:
     return detok.text if finished else detok.emitted
 
 
+def chat_token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """A conversation rendered with the tokenizer's chat template, as the prompt's token ids."""
+    encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt,
+                                            tokenize=True, return_dict=True)
+    return list(encoded["input_ids"])
+
+
 def load_tokenizer(model: Path, trust_remote_code: bool = False):
     """The checkpoint's tokenizer (a GGUF's is built from its metadata), or None if it has none.
     A tokenizer that is remote code runs only with trust_remote_code."""
     from transformers import AutoTokenizer
 
+    from ascend_convert.hf_model import pretrained_args
+
     try:
-        if model.is_file():
-            return AutoTokenizer.from_pretrained(str(model.parent), gguf_file=model.name)
-        return AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(**pretrained_args(model), trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         return None

@@ -68,9 +68,10 @@ def _ask(client, kind: str, prompt: str, max_tokens: int) -> tuple[str, list[int
 
 
 def _prompt_ids(tokenizer, kind: str, prompt: str) -> list[int]:
+    from .llm_engine import chat_token_ids
+
     if kind == "chat":
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                  tokenize=True, return_dict=True)["input_ids"])
+        return chat_token_ids(tokenizer, [{"role": "user", "content": prompt}])
     return tokenizer.encode(prompt)
 
 
@@ -80,12 +81,12 @@ def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, t
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from ascend_convert.hf_model import pretrained_args
+
     from .greedy_check import compare_greedy, hf_greedy
 
-    source = {"pretrained_model_name_or_path": str(model.parent), "gguf_file": model.name} if model.is_file() \
-        else {"pretrained_model_name_or_path": str(model)}
     hf_logging.disable_progress_bar()  # its bar would break the report
-    hf = AutoModelForCausalLM.from_pretrained(**source, dtype=dtype, trust_remote_code=trust_remote_code).eval()
+    hf = AutoModelForCausalLM.from_pretrained(**pretrained_args(model), dtype=dtype, trust_remote_code=trust_remote_code).eval()
     for r in results:
         if r.status == "error":
             continue

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..llm_engine import RequestOutput
+from ..llm_engine import RequestOutput, chat_token_ids
 from ..sampling_params import SamplingParams
 from .async_engine import AsyncEngine, EngineDead, RequestStream
 from .protocol import ChatCompletionRequest, CompletionRequest, RequestError
@@ -72,12 +72,10 @@ class OpenAIServing:
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise RequestError("this model has no chat template: use /v1/completions", "messages")
         try:
-            encoded = self.tokenizer.apply_chat_template(
-                request.conversation(), add_generation_prompt=request.add_generation_prompt, tokenize=True,
-                return_dict=True)
+            ids = chat_token_ids(self.tokenizer, request.conversation(), request.add_generation_prompt)
         except Exception as exc:  # noqa: BLE001 - a template's raise_exception ("roles must alternate")
             raise RequestError(f"the chat template refused the messages: {exc}", "messages") from None
-        return self._check(list(encoded["input_ids"]), params, "messages")
+        return self._check(ids, params, "messages")
 
     # -- responses ---------------------------------------------------------------------------------
     async def completions(self, request: CompletionRequest, http: Request) -> Response:
