@@ -66,7 +66,7 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None) 
     """The server for one engine, whose `run()` loop the caller drives on its own thread; the
     application stops it when it shuts down."""
     serving = OpenAIServing(engine, model_name)
-    metrics = ServerMetrics(model_name, lambda: engine.snapshot)
+    metrics = ServerMetrics(model_name, engine.stats)
     engine.on_finish = lambda stream, out: metrics.observe(stream.arrival, out)
     created = int(time.time())
 

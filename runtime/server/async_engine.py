@@ -118,9 +118,15 @@ class AsyncEngine:
             self._aborts.append(stream)
             self._wake.notify()
 
-    @property
-    def admitted(self) -> int:
-        return self._admitted
+    def stats(self) -> dict:
+        """The last step's engine stats, with `waiting` counting every accepted request that is not
+        running: in the scheduler's queue, or still in the inbox the engine has not drained. (The
+        snapshot alone would read "nothing waiting" between a request's acceptance and the engine's
+        next pass, and for aborts not yet carried out.)"""
+        snapshot = self.snapshot
+        with self._lock:
+            admitted = self._admitted
+        return {**snapshot, "waiting": max(0, admitted - snapshot["running"])}
 
     # -- the engine thread ------------------------------------------------------------------------
     def run(self) -> None:

@@ -37,7 +37,8 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 #: (metric name, help, stats key) of the gauges the engine snapshot feeds.
 _GAUGES = (
     ("num_requests_running", "Requests in the running batch.", "running"),
-    ("num_requests_waiting", "Requests waiting to be scheduled.", "waiting"),
+    ("num_requests_waiting", "Accepted requests not running yet (queued in the server or the scheduler).",
+     "waiting"),
     ("kv_cache_usage_perc", "Fraction of KV-cache blocks held by requests (1 = full).", "kv_cache_usage"),
     ("kv_cache_blocks_total", "KV-cache blocks allocated.", "kv_blocks_total"),
     ("kv_cache_blocks_free", "KV-cache blocks free (unreferenced prefix-cache blocks count as free).",
