@@ -20,7 +20,7 @@ from .engine.sequence import Sequence
 from .loader import open_model
 from .model_runner import ModelRunner
 from .platform import resolve
-from .sampler import Sampler, make_generator
+from .sampler import Sampler, logprob_entries, make_generator
 from .sampling_params import SamplingParams
 
 log = logging.getLogger("runtime")
@@ -49,6 +49,7 @@ class RequestOutput:
     arrival_time: float
     first_token_time: float | None
     token_times: list[float] = field(default_factory=list)
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
 
 @dataclass
@@ -61,6 +62,9 @@ class _Request:
     logprobs: list[dict[int, float]] | None
     arrival: float
     token_times: list[float] = field(default_factory=list)
+    # vLLM's shape: None for the first prompt token (nothing before it to score it), then one entry per
+    # prompt token. A preempted request recomputes its prompt; the entries already here are kept.
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
 
 def parse_memory(value: int | str | None, default: int) -> int:
@@ -159,7 +163,8 @@ class LLMEngine:
         detok = (IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
                  if self.tokenizer is not None else None)
         self.requests[seq.seq_id] = _Request(seq, text, params, detok, make_generator(params.seed, self.platform.device),
-                                             [] if params.logprobs is not None else None, time.perf_counter())
+                                             [] if params.logprobs is not None else None, time.perf_counter(),
+                                             prompt_logprobs=[None] if params.prompt_logprobs is not None else None)
         self.num_prompt_tokens += len(ids)
         return seq.seq_id
 
@@ -189,11 +194,13 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if batch.is_empty:
             return []
-        logits = self.runner.run(batch)
+        step = self.runner.run(batch)
+        for i, (first, logits) in step.prompt.items():
+            self._score_prompt(self.requests[batch.seqs[i].seq_id], first, logits)
         sampling = [i for i in range(len(batch.seqs)) if batch.samples(i)]
         requests = [self.requests[batch.seqs[i].seq_id] for i in sampling]
         suppress = [self._suppressed(r) for r in requests]
-        out = self.sampler(logits, [r.params for r in requests], [r.generator for r in requests], suppress)
+        out = self.sampler(step.sample, [r.params for r in requests], [r.generator for r in requests], suppress)
         tokens: list[int | None] = [None] * len(batch.seqs)
         for row, i in enumerate(sampling):
             tokens[i] = out.token_ids[row]
@@ -215,6 +222,19 @@ class LLMEngine:
                 del self.requests[request.seq.seq_id]
             outputs.append(self._output(request))
         return outputs
+
+    @staticmethod
+    def _score_prompt(request: _Request, first: int, logits: torch.Tensor) -> None:
+        """Logits at prompt positions first.. score the prompt tokens first+1.."""
+        scored = request.prompt_logprobs
+        assert scored is not None
+        skip = len(scored) - 1 - first  # positions a run before a preemption already scored
+        if skip >= logits.shape[0]:
+            return
+        targets = request.seq.token_ids[first + 1 + max(skip, 0):first + 1 + logits.shape[0]]
+        rows = logits[max(skip, 0):]
+        wanted = request.params.prompt_logprobs or 0
+        scored.extend(logprob_entries(rows, torch.tensor(targets, device=rows.device), [wanted] * len(targets)))
 
     def _suppressed(self, request: _Request) -> list[int] | None:
         """EOS and stop tokens are barred until the request has `min_tokens`."""
@@ -243,7 +263,8 @@ class LLMEngine:
             logprobs=list(request.logprobs) if request.logprobs is not None else None,
             num_cached_tokens=seq.num_cached_tokens, arrival_time=request.arrival,
             first_token_time=request.token_times[0] if request.token_times else None,
-            token_times=list(request.token_times))
+            token_times=list(request.token_times),
+            prompt_logprobs=list(request.prompt_logprobs) if request.prompt_logprobs is not None else None)
 
     # -- what the server and benchmarks report ------------------------------------------------------
     def stats(self) -> dict:

@@ -1,10 +1,11 @@
 """Owns the model and its KV cache on the device, and runs one scheduled step: builds the flat token
 batch, slot mapping and block tables from the scheduler's sequences, runs the model, and returns the
-logits of the rows that sample."""
+logits of the rows that sample (and of the prompt rows whose request asked for prompt logprobs)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,6 +16,26 @@ from .loader import Checkpoint, load_weights
 from .model import CausalLM, inverse_frequencies
 
 log = logging.getLogger("runtime")
+
+
+@dataclass
+class PromptRows:
+    """Batch entry `index` computes prompt positions `first_position`.. on flat rows `first_row`..; each
+    row's logits score the prompt token after it."""
+
+    index: int
+    first_row: int
+    first_position: int
+    count: int
+
+
+@dataclass
+class StepLogits:
+    """fp32 logits of one step: `sample` [sampling sequences, vocab] in batch order, and `prompt`
+    {batch index: (first position, [rows, vocab])} for requests with prompt logprobs."""
+
+    sample: torch.Tensor
+    prompt: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -48,9 +69,9 @@ class ModelRunner:
         self.kv_caches = fresh
         self.num_blocks += num_blocks
 
-    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
-        """(input ids [T], attention metadata, row of each sampling sequence's last token, in batch
-        order). Decode tokens are laid out first and prefill chunks after them: two attention groups,
+    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata, list[int], list[PromptRows]]:
+        """(input ids [T], attention metadata, row of each sampling sequence's last token in batch
+        order, the prompt rows to score). Decode tokens are laid out first and prefill chunks after them: two attention groups,
         so no decode row is padded to a prefill chunk's length."""
         bs = self.block_size
         lengths = batch.num_new_tokens
@@ -71,7 +92,20 @@ class ModelRunner:
         sample_rows = [starts[i] + lengths[i] - 1 for i in range(len(lengths)) if batch.samples(i)]
         groups = [self._group(batch, members, starts, positions) for members in (decodes, prefills) if members]
         meta = AttentionMetadata(positions=self._tensor(positions), slot_mapping=self._tensor(slots), groups=groups)
-        return self._tensor(ids), meta, sample_rows
+        return self._tensor(ids), meta, sample_rows, self._prompt_rows(batch, starts)
+
+    @staticmethod
+    def _prompt_rows(batch: ScheduledBatch, starts: dict[int, int]) -> list[PromptRows]:
+        """Rows whose next token is still a prompt token, for requests that asked for prompt logprobs."""
+        out = []
+        for i, seq in enumerate(batch.seqs):
+            if seq.params.prompt_logprobs is None:
+                continue
+            first = seq.num_computed_tokens
+            count = min(first + batch.num_new_tokens[i], seq.num_prompt_tokens - 1) - first
+            if count > 0:
+                out.append(PromptRows(i, starts[i], first, count))
+        return out
 
     def _tensor(self, data, dtype=torch.long) -> torch.Tensor:
         return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
@@ -93,10 +127,16 @@ class ModelRunner:
             max_context_len=max(contexts))
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> torch.Tensor:
-        """fp32 logits [sampling sequences, vocab], in batch order."""
-        ids, meta, rows = self.prepare(batch)
+    def run(self, batch: ScheduledBatch) -> StepLogits:
+        ids, meta, rows, prompt = self.prepare(batch)
         hidden = self.model(ids, meta, self.kv_caches)
-        if not rows:
-            return hidden.new_empty((0, self.cfg.vocab_size), dtype=torch.float32)
-        return self.model.logits(hidden[torch.tensor(rows, device=hidden.device)])
+        extra = [r for p in prompt for r in range(p.first_row, p.first_row + p.count)]
+        if not rows and not extra:
+            return StepLogits(hidden.new_empty((0, self.cfg.vocab_size), dtype=torch.float32))
+        logits = self.model.logits(hidden[torch.tensor(rows + extra, device=hidden.device)])
+        out = StepLogits(logits[:len(rows)])
+        offset = len(rows)
+        for p in prompt:
+            out.prompt[p.index] = (p.first_position, logits[offset:offset + p.count])
+            offset += p.count
+        return out

@@ -170,20 +170,28 @@ def _with_logprobs(raw: torch.Tensor, token_ids: torch.Tensor, params: Sequence[
                    rows: list[int]) -> SampleOutput:
     """Attach {token: logprob} for the chosen token and the top-n to the rows that asked."""
     index = _index(rows, raw.device)
-    logprobs = torch.log_softmax(raw[index], dim=-1)
-    chosen = logprobs.gather(1, token_ids[index].unsqueeze(1)).squeeze(1)
-    top_n = min(max(params[i].logprobs or 0 for i in rows), raw.shape[1])
-    top_values, top_ids = logprobs.topk(top_n, dim=-1) if top_n else (None, None)
-
-    ids_host = token_ids.tolist()
-    chosen_host = chosen.tolist()
-    top_values_host = top_values.tolist() if top_values is not None else None
-    top_ids_host = top_ids.tolist() if top_ids is not None else None
+    entries = logprob_entries(raw[index], token_ids[index], [params[i].logprobs or 0 for i in rows])
     out: list[dict[int, float] | None] = [None] * len(params)
     for k, i in enumerate(rows):
-        entry = {ids_host[i]: chosen_host[k]}
-        wanted = params[i].logprobs or 0
-        if wanted and top_ids_host is not None and top_values_host is not None:
-            entry.update(zip(top_ids_host[k][:wanted], top_values_host[k][:wanted]))
-        out[i] = entry
-    return SampleOutput(ids_host, out)
+        out[i] = entries[k]
+    return SampleOutput(token_ids.tolist(), out)
+
+
+def logprob_entries(logits: torch.Tensor, token_ids: torch.Tensor, top_n: list[int]) -> list[dict[int, float]]:
+    """For row k of ``logits`` [n, vocab]: {token_ids[k]: its logprob} followed by the ``top_n[k]``
+    most likely tokens' logprobs (the chosen token first, so it is there even when it is not among
+    them).  Sampled tokens and prompt tokens (``prompt_logprobs``) are both reported this way."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1).tolist()
+    ids = token_ids.tolist()
+    widest = min(max(top_n, default=0), logits.shape[1])
+    top_values, top_ids = logprobs.topk(widest, dim=-1) if widest else (None, None)
+    values_host = top_values.tolist() if top_values is not None else None
+    ids_host = top_ids.tolist() if top_ids is not None else None
+    out = []
+    for k, token in enumerate(ids):
+        entry = {token: chosen[k]}
+        if top_n[k] and ids_host is not None and values_host is not None:
+            entry.update(zip(ids_host[k][:top_n[k]], values_host[k][:top_n[k]]))
+        out.append(entry)
+    return out

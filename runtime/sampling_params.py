@@ -37,7 +37,9 @@ class SamplingParams:
     normalised to -1; ``top_p`` 1.0 is off.  ``max_tokens`` None means "until the context is full".
     ``stop`` is normalised to a list, ``stop_token_ids`` to a list.  ``logprobs`` n returns, for each
     generated token, the logprobs of the n most likely tokens plus the chosen one (0: only the chosen
-    one).  ``min_tokens`` keeps EOS and ``stop_token_ids`` from ending the output before that many
+    one).  ``prompt_logprobs`` n returns, for every prompt token after the first, its logprob given the
+    tokens before it plus the n most likely tokens there (what perplexity needs; such a request does not
+    use the prefix cache, whose blocks carry K/V but no logits).  ``min_tokens`` keeps EOS and ``stop_token_ids`` from ending the output before that many
     tokens (stop strings still apply, as in vLLM).
     """
 
@@ -50,6 +52,7 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     min_tokens: int = 0
     skip_special_tokens: bool = True
 
@@ -59,8 +62,10 @@ class SamplingParams:
         self._check_stops()
         if self.seed is not None and not (_is_int(self.seed) and _SEED_MIN <= self.seed <= _SEED_MAX):
             raise ValueError(f"seed must be an integer in [-2**63, 2**64 - 1] or None, got {self.seed!r}")
-        if self.logprobs is not None and not (_is_int(self.logprobs) and self.logprobs >= 0):
-            raise ValueError(f"logprobs must be an integer >= 0 or None, got {self.logprobs!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value >= 0):
+                raise ValueError(f"{name} must be an integer >= 0 or None, got {value!r}")
         for name in ("ignore_eos", "skip_special_tokens"):
             if type(getattr(self, name)) is not bool:  # 0/1/"yes" are mistakes, not flags
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

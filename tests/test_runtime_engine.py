@@ -330,7 +330,7 @@ def test_the_fused_kernel_slots_carry_every_norm_rope_and_swiglu(checkpoint, mon
     seq.block_table = [0, 1]
     batch = ScheduledBatch([seq], [5])
     layers = ckpt.config.num_layers
-    assert torch.equal(runner.run(batch), plain_runner.run(batch))
+    assert torch.equal(runner.run(batch).sample, plain_runner.run(batch).sample)
     assert calls == {"rms_norm": 4 * layers + 1, "rotary": 2 * layers, "swiglu": layers}
 
 
@@ -356,10 +356,10 @@ def test_decode_rows_are_not_padded_to_a_prefill_chunk(checkpoint):
     prefill = Sequence(list(range(1, 11)), GREEDY, 12)
     prefill.block_table = [1, 2, 3]
     batch = ScheduledBatch([prefill, decode], [10, 1])
-    ids, meta, rows = runner.prepare(batch)
-    assert ids.tolist() == [8] + list(range(1, 11)) and rows == [10, 0]
+    ids, meta, rows, prompt_rows = runner.prepare(batch)
+    assert ids.tolist() == [8] + list(range(1, 11)) and rows == [10, 0] and prompt_rows == []
     assert [tuple(g.query_index.shape) for g in meta.groups] == [(1, 1), (1, 10)]
     assert [g.max_context_len for g in meta.groups] == [4, 10]
-    mixed = runner.run(batch)
-    alone = [runner.run(ScheduledBatch([s], [n])) for s, n in ((prefill, 10), (decode, 1))]
+    mixed = runner.run(batch).sample
+    alone = [runner.run(ScheduledBatch([s], [n])).sample for s, n in ((prefill, 10), (decode, 1))]
     torch.testing.assert_close(mixed, torch.cat(alone), rtol=1e-5, atol=1e-5)

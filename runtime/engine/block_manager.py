@@ -77,8 +77,8 @@ class BlockManager:
         count them as computed. The last token is always left to compute: its logits are needed.
         Returns the number of tokens served from the cache."""
         assert not seq.block_table and seq.num_computed_tokens == 0, seq
-        if not self.enable_prefix_caching:
-            return 0
+        if not self.enable_prefix_caching or seq.params.prompt_logprobs is not None:
+            return 0  # a cached block has K/V but no logits to score the prompt tokens it holds
         bs, parent = self.block_size, None
         for i in range((seq.num_tokens - 1) // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
