@@ -3,7 +3,9 @@
 W8A8 quantizes activations with one static scale and offset per layer (msModelSlim's static
 per-tensor scheme), so the converter must know what each linear layer sees. The source model runs
 once, in transformers, over the calibration texts (built-in, or `--calib FILE`: one text per line),
-with a forward pre-hook on each linear that records the min and max of its input. The model is
+with a forward pre-hook on each linear that records the min and max of each channel of its input
+(per channel, so that SmoothQuant's smoothing, decided afterwards, can tell the range of the
+smoothed input without a second pass). The model is
 held once, in the source's precision (bf16 for a half-precision source), not beside a second copy;
 the conversion that follows streams as usual. A remote-code architecture runs only with
 `--trust-remote-code`.
@@ -49,8 +51,9 @@ def calibration_texts(calib: Path | None) -> list[str]:
 
 
 def calibrate(src: Path, weight_names: set[str], texts: list[str], source_dtype: str,
-              trust_remote_code: bool = False) -> dict[str, tuple[float, float]]:
-    """`{weight name: (min, max) of that linear layer's input}` for every name in `weight_names`."""
+              trust_remote_code: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`{weight name: (per-channel min, per-channel max) of that linear layer's input}` (fp32
+    vectors) for every name in `weight_names`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -69,15 +72,17 @@ def calibrate(src: Path, weight_names: set[str], texts: list[str], source_dtype:
     except OSError as exc:
         raise UserError(f"{src}: W8A8 calibration needs the model's tokenizer ({exc})") from None
     model.eval()
-    ranges: dict[str, list[float]] = {}
+    ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = []
     for module_name, module in model.named_modules():
         name = f"{module_name}.weight"
         if name in weight_names and isinstance(module, torch.nn.Linear):
             def record(_module, args, name=name):
-                x = args[0].detach().float()
-                lo, hi = ranges.setdefault(name, [float("inf"), float("-inf")])
-                ranges[name] = [min(lo, x.min().item()), max(hi, x.max().item())]
+                x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+                lo, hi = x.amin(0), x.amax(0)
+                if name in ranges:
+                    lo, hi = torch.minimum(ranges[name][0], lo), torch.maximum(ranges[name][1], hi)
+                ranges[name] = (lo, hi)
             hooks.append(module.register_forward_pre_hook(record))
     try:
         with torch.no_grad():
@@ -92,7 +97,7 @@ def calibrate(src: Path, weight_names: set[str], texts: list[str], source_dtype:
     if missing:
         raise UserError(f"{src}: calibration saw no input for {len(missing)} linear layer(s), e.g. {missing[0]} "
                         f"(the model does not name it as the checkpoint does)")
-    bad = [n for n, (lo, hi) in ranges.items() if not (torch.isfinite(torch.tensor([lo, hi])).all())]
+    bad = [n for n, (lo, hi) in ranges.items() if not (torch.isfinite(lo).all() and torch.isfinite(hi).all())]
     if bad:
         raise UserError(f"{src}: calibration saw NaN or Inf at the input of {bad[0]}")
-    return {name: (lo, hi) for name, (lo, hi) in ranges.items()}
+    return ranges

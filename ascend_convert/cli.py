@@ -38,6 +38,11 @@ def convert_options(func):
                      help="--quantize w8a8: calibration texts, one per line [default: built-in prompts]."),
         click.option("--trust-remote-code", is_flag=True,
                      help="--quantize w8a8: allow calibration to run a model whose code is remote code."),
+        click.option("--keep-float", default=None, metavar="ROLES",
+                     help="--quantize: linear roles left in float, comma-separated (q,k,v,o,gate,up,down; "
+                          "'none' for none) [default: down for w8a8, none for w8a16]."),
+        click.option("--smooth-alpha", type=float, default=None,
+                     help="--quantize w8a8: SmoothQuant migration strength, 0 to turn it off [default: 0.5]."),
         click.option("--force", is_flag=True, help="Overwrite an existing output directory."),
         click.option("--resume", is_flag=True, help="Finish an interrupted conversion."),
         click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
@@ -52,15 +57,20 @@ def convert_options(func):
 def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str, on_overflow: str,
                 arch_specs: tuple[Path, ...], force: bool, resume: bool, dry_run: bool, progress: bool,
                 as_json: bool, quantize: str | None = None, group_size: int = 0, asymmetric: bool = False,
-                calib: Path | None = None, trust_remote_code: bool = False) -> int:
-    from .converter import ConvertOptions, convert, make_plan
+                calib: Path | None = None, trust_remote_code: bool = False, keep_float: str | None = None,
+                smooth_alpha: float | None = None) -> int:
+    from .converter import ConvertOptions, convert, make_plan, refuse_existing
     from .progress import RichReporter
     from .report import print_convert_summary, print_plan
 
     options = ConvertOptions(soc=soc, dtype=dtype, max_shard_size=max_shard_size, on_overflow=on_overflow,
                              arch_specs=list(arch_specs), force=force, resume=resume, dry_run=dry_run,
                              quantize=quantize, group_size=group_size, symmetric=not asymmetric, calib=calib,
-                             trust_remote_code=trust_remote_code)
+                             trust_remote_code=trust_remote_code, smooth_alpha=smooth_alpha,
+                             keep_float=None if keep_float is None else tuple(
+                                 r.strip() for r in keep_float.split(",") if r.strip() and r.strip() != "none"))
+    if not dry_run:
+        refuse_existing(out, force)  # before the source is parsed (seconds for a large GGUF)
     plan = make_plan(src, out, options)
     if dry_run:
         print_plan(plan, as_json=as_json)

@@ -36,6 +36,7 @@ from .manifest import (
     write_json_atomic,
 )
 from .quant_layout import (
+    DEFAULT_KEEP_FLOAT,
     DESCRIPTION_NAME,
     LINEAR_BIAS_ROLES,
     LINEAR_ROLES,
@@ -55,6 +56,14 @@ from .quantize import (
 )
 from .readers import CheckpointReader, TensorInfo, open_checkpoint
 from .safetensors_writer import PlannedTensor, SafetensorsStreamWriter
+from .smoothing import (
+    DEFAULT_ALPHA,
+    SIDE_FILE,
+    SMOOTH_GROUPS,
+    Smoothing,
+    smoothed_range,
+    smoothing_scales,
+)
 from .soc import get_soc, resolve_dtype
 
 JOURNAL_NAME = ".ascendkit-journal.json"
@@ -88,6 +97,8 @@ class ConvertOptions:
     symmetric: bool = True
     calib: Path | None = None  # w8a8: calibration texts, one per line (None: built-in)
     trust_remote_code: bool = False  # w8a8 calibration runs the model, remote code included only if allowed
+    keep_float: tuple[str, ...] | None = None  # linear roles left float (None: DEFAULT_KEEP_FLOAT)
+    smooth_alpha: float | None = None  # w8a8: SmoothQuant alpha (None: smoothing.DEFAULT_ALPHA; 0: off)
 
     def quant(self) -> QuantOptions | None:
         if self.quantize is None:
@@ -103,8 +114,19 @@ class ConvertOptions:
                             "--asymmetric (they are for w8a16)")
         if self.quantize == "w8a16" and self.calib is not None:
             raise UserError("--calib is for --quantize w8a8 (w8a16 needs no calibration)")
+        if self.quantize == "w8a16" and self.smooth_alpha:
+            raise UserError("--smooth-alpha is for --quantize w8a8 (w8a16 keeps activations in float)")
+        alpha = DEFAULT_ALPHA if self.smooth_alpha is None else self.smooth_alpha
+        if not 0 <= alpha < 1:
+            raise UserError(f"--smooth-alpha {alpha}: must be in [0, 1) (0 turns smoothing off)")
+        keep = DEFAULT_KEEP_FLOAT[self.quantize] if self.keep_float is None else tuple(self.keep_float)
+        unknown = sorted(set(keep) - LINEAR_ROLES)
+        if unknown:
+            raise UserError(f"--keep-float {','.join(unknown)}: not a linear layer role (choose from "
+                            f"{', '.join(sorted(LINEAR_ROLES))})")
         return QuantOptions(self.quantize, self.group_size, self.symmetric,
-                            str(Path(self.calib).resolve()) if self.calib is not None else None)
+                            str(Path(self.calib).resolve()) if self.calib is not None else None,
+                            tuple(sorted(set(keep))), alpha if self.quantize == "w8a8" else 0.0)
 
     def recorded(self) -> dict:
         """The options that shape the output (and so belong in the manifest and the resume key)."""
@@ -159,6 +181,7 @@ class ConversionPlan:
     options: ConvertOptions
     quant: QuantOptions | None = None
     calibration: dict[str, tuple[float, float]] = field(default_factory=dict)  # w8a8: weight -> input range
+    smoothing: Smoothing = field(default_factory=Smoothing)  # w8a8: SmoothQuant scales (empty: none)
 
     @property
     def total_bytes(self) -> int:
@@ -249,7 +272,7 @@ def make_plan(src: Path, out: Path, options: ConvertOptions) -> ConversionPlan:
 
 def _quantized_parts(src: Path, info: TensorInfo, role: str, quant: QuantOptions, dtype: str) -> list[PlannedTensor]:
     """A linear weight's int8 weight, scale and offset; [] for a tensor that stays float."""
-    if role not in LINEAR_ROLES or info.dtype not in FLOAT_NAMES:
+    if role not in LINEAR_ROLES or role in quant.keep_float or info.dtype not in FLOAT_NAMES:
         return []
     width = info.shape[-1]
     if len(info.shape) != 2 or (quant.group_size and width % quant.group_size):
@@ -277,15 +300,15 @@ def _failpoint(shards_done: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _refuse_existing(plan: ConversionPlan) -> None:
-    if plan.out.exists() and not plan.options.force:
-        raise UserError(f"{plan.out}: already exists (use --force to overwrite it)")
+def refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise UserError(f"{out}: already exists (use --force to overwrite it)")
 
 
 def _prepare_work_dir(plan: ConversionPlan) -> tuple[Path, dict]:
     """The partial directory and its journal: reused with --resume when it matches this plan."""
     out, opts = plan.out, plan.options
-    _refuse_existing(plan)
+    refuse_existing(plan.out, plan.options.force)
     work = partial_dir(out)
     fingerprint = _fingerprint(plan)
     journal = {"fingerprint": fingerprint, "shards": {}}
@@ -346,11 +369,12 @@ def convert(src: Path, out: Path, options: ConvertOptions, reporter: Reporter | 
     plan = plan or make_plan(src, out, options)
     try:
         if plan.quant is not None and plan.quant.kind == "w8a8":
-            _refuse_existing(plan)  # before minutes of calibration, not after
+            refuse_existing(plan.out, plan.options.force)  # before minutes of calibration, not after
             _calibrate(plan)  # before the work directory exists: a failed calibration leaves nothing behind
         work, journal = _prepare_work_dir(plan)
         if plan.calibration:
             journal["calibration"] = {name: list(r) for name, r in plan.calibration.items()}
+            journal["smoothing"] = plan.smoothing.to_json()
             write_json_atomic(work / JOURNAL_NAME, journal)
         return _run(plan, work, journal, reporter)
     finally:
@@ -359,18 +383,46 @@ def convert(src: Path, out: Path, options: ConvertOptions, reporter: Reporter | 
 
 
 def _calibrate(plan: ConversionPlan) -> None:
-    """The input range of every W8A8 linear; --resume takes it from the interrupted run's journal."""
+    """The input range of every W8A8 linear, after smoothing, and the smoothing scales; --resume
+    takes both from the interrupted run's journal."""
     journal_path = partial_dir(plan.out) / JOURNAL_NAME
     if plan.options.resume and journal_path.is_file():
         journal = json.loads(journal_path.read_text(encoding="utf-8"))
         if journal.get("fingerprint") == _fingerprint(plan) and "calibration" in journal:
             plan.calibration = {name: (lo, hi) for name, (lo, hi) in journal["calibration"].items()}
+            plan.smoothing = Smoothing.from_json(journal.get("smoothing", {"scales": {}, "linear_to_norm": {}}))
             return
     from .calibrate import calibrate, calibration_texts
 
     texts = calibration_texts(Path(plan.quant.calib) if plan.quant.calib else None)
     names = {j.info.name for s in plan.shards for j in s.jobs if j.quantized}
-    plan.calibration = calibrate(plan.src, names, texts, plan.source_dtype, plan.options.trust_remote_code)
+    channels = calibrate(plan.src, names, texts, plan.source_dtype, plan.options.trust_remote_code)
+    if plan.quant.smooth_alpha:
+        plan.smoothing = _smoothing(plan, channels)
+    plan.calibration = {name: smoothed_range(lo, hi, plan.smoothing.scales.get(plan.smoothing.linear_to_norm.get(name, "")))
+                        for name, (lo, hi) in channels.items()}
+
+
+def _smoothing(plan: ConversionPlan, channels: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Smoothing:
+    """SmoothQuant scales for each layer's norm-fed groups (q/k/v after the attention norm, gate/up
+    after the MLP norm) whose linears are all quantized."""
+    jobs = [j for s in plan.shards for j in s.jobs]
+    by_layer: dict[tuple[int | None, str], TensorJob] = {(j.layer, j.role): j for j in jobs}
+    smoothing = Smoothing()
+    for layer in sorted({j.layer for j in jobs if j.layer is not None}):
+        for norm_role, linear_roles in SMOOTH_GROUPS:
+            norm = by_layer.get((layer, norm_role))
+            linears = [by_layer[(layer, r)] for r in linear_roles if (layer, r) in by_layer]
+            if norm is None or not linears or not all(j.quantized for j in linears):
+                continue
+            act = torch.stack([torch.maximum(channels[j.info.name][0].abs(), channels[j.info.name][1].abs())
+                               for j in linears]).amax(0)
+            weight = torch.stack([plan.reader.load(j.info).float().abs().amax(0) for j in linears]).amax(0)
+            if act.shape != norm.info.shape:
+                continue  # a norm that does not scale this input channel by channel: nothing to fold into
+            smoothing.scales[norm.info.name] = smoothing_scales(act, weight, plan.quant.smooth_alpha)
+            smoothing.linear_to_norm.update({j.info.name: norm.info.name for j in linears})
+    return smoothing
 
 
 def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) -> ConvertResult:
@@ -394,6 +446,7 @@ def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) ->
                 if tuple(tensor.shape) != job.info.shape:
                     raise UserError(f"{plan.src / job.info.file}: tensor {job.info.name} has shape "
                                     f"{tuple(tensor.shape)}, its header says {job.info.shape}")
+                tensor = plan.smoothing.apply(job.info.name, tensor)
                 cast, stats = checked_cast(tensor, target if tensor.is_floating_point() else tensor.dtype,
                                            plan.options.on_overflow)
                 if stats.overflow and plan.options.on_overflow == "fail":
@@ -446,6 +499,9 @@ def _tensor_record(plan: ConversionPlan, job: TensorJob, shard: str, stats: Cast
         transforms.insert(0, f"dequantize:{job.info.stored_as}")
     if plan.reader.format == "gguf" and plan.spec.gguf_unpermute_qk and job.role in ("q", "k"):
         transforms.insert(1, "unpermute_qk:gguf")
+    smoothed = plan.smoothing.transform(job.info.name)
+    if smoothed is not None:
+        transforms.insert(len(transforms) - (1 if transforms and transforms[-1].startswith("cast:") else 0), smoothed)
     return {"file": shard, "dtype": job.out.dtype, "shape": list(job.out.shape), "role": job.role,
             "layer": job.layer, "source": {"name": job.info.name, "file": job.info.file,
                                            "dtype": job.info.stored_as},
@@ -511,10 +567,15 @@ def _write_side_files(plan: ConversionPlan, work: Path) -> list[str]:
         _write_json(work / index_name, index)
         written.append(index_name)
     if plan.quant is not None:
-        types = {p.name: plan.quant.quant_type if (j.quantized or j.role in LINEAR_BIAS_ROLES) else "FLOAT"
+        kept = plan.quant.keep_float
+        types = {p.name: plan.quant.quant_type if (j.quantized or (
+            j.role in LINEAR_BIAS_ROLES and j.role.removesuffix("_bias") not in kept)) else "FLOAT"
                  for s in plan.shards for j in s.jobs for p in j.parts}
         _write_json(work / DESCRIPTION_NAME, quant_description(types, plan.quant))
         written.append(DESCRIPTION_NAME)
+    if plan.smoothing:
+        plan.smoothing.save(work / SIDE_FILE)
+        written.append(SIDE_FILE)
     return sorted(written)
 
 

@@ -29,14 +29,22 @@ class QuantOptions:
     group_size: int = 0  # 0: per output channel
     symmetric: bool = True
     calib: str | None = None  # w8a8: the calibration text file (None: the built-in texts)
+    keep_float: tuple[str, ...] = ()  # linear roles left FLOAT (msModelSlim's disable_names, by role)
+    smooth_alpha: float = 0.0  # w8a8: SmoothQuant's migration strength (0: no smoothing)
 
     @property
     def quant_type(self) -> str:
         return QUANT_TYPES[self.kind]
 
     def recorded(self) -> dict:
-        extra = {"calib": self.calib or "builtin"} if self.kind == "w8a8" else {}
-        return {"quantize": self.kind, "group_size": self.group_size, "symmetric": self.symmetric, **extra}
+        extra = {"calib": self.calib or "builtin", "smooth_alpha": self.smooth_alpha} if self.kind == "w8a8" else {}
+        return {"quantize": self.kind, "group_size": self.group_size, "symmetric": self.symmetric,
+                "keep_float": list(self.keep_float), **extra}
+
+
+#: What --keep-float means when it is not given: W8A8 leaves down_proj float, whose input (the
+#: SwiGLU output) carries activations too large for one static int8 scale (see smoothing.py).
+DEFAULT_KEEP_FLOAT = {"w8a16": (), "w8a8": ("down",)}
 
 
 def shard_names(count: int) -> list[str]:

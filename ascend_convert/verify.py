@@ -29,6 +29,7 @@ from .quantize import (
 )
 from .readers import open_checkpoint
 from .safetensors_writer import sha256_bytes, tensor_bytes
+from .smoothing import SIDE_FILE, Smoothing
 
 LOGIT_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Ascend NPUs serve large language models")
 # Logit tolerance relative to the largest source logit, by target dtype: a cast's rounding, grown
@@ -130,6 +131,8 @@ def _check_source(source: Path, manifest: dict, read_back: dict[str, str], repor
     on_overflow = manifest["options"]["on_overflow"]
     sources = {info.name: info for info in reader.tensors()}
     handles: dict[str, object] = {}
+    # W8A8 with SmoothQuant: the scales the conversion folded in (their file is covered by the manifest)
+    smoothing = Smoothing.load(report.out / SIDE_FILE) if SIDE_FILE in manifest["files"] else Smoothing()
     requantized: tuple[str, dict[str, torch.Tensor], dict] | None = None  # the last source weight's parts
     try:
         for name, record in manifest["tensors"].items():
@@ -146,13 +149,14 @@ def _check_source(source: Path, manifest: dict, read_back: dict[str, str], repor
                 # a weight's parts are consecutive: its source is read and quantized once for all of them
                 if requantized is None or requantized[0] != src_name:
                     bias = sources.get(src_name.removesuffix(".weight") + ".bias")
-                    requantized = (src_name, *_requantize(name, record["quant"], reader.load(info),
+                    requantized = (src_name, *_requantize(name, record["quant"],
+                                                          smoothing.apply(src_name, reader.load(info)),
                                                           reader.load(bias) if bias is not None else None,
                                                           manifest["target"]["dtype"]))
                 _check_quantized(name, record["quant"], got, *requantized[1:], fail)
                 report.source_checked += 1
                 continue
-            src = reader.load(info)
+            src = smoothing.apply(src_name, reader.load(info))
             expected, stats = checked_cast(src, TORCH_DTYPES[record["dtype"]], on_overflow)
             if not same_bytes(got, expected):
                 diff = (got.double() - src.double()).abs()

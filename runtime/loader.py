@@ -23,9 +23,11 @@ from ascend_convert.arch import (
     find_spec,
 )
 from ascend_convert.errors import UserError
+from ascend_convert.quant_layout import DESCRIPTION_NAME, LINEAR_ROLES
 from ascend_convert.quantize import loaded_deq_scale
 from ascend_convert.readers import CheckpointReader, open_checkpoint
 
+from .model import CausalLM
 from .model_config import ModelConfig, model_config
 from .quant_linear import PER_TENSOR, QUANT_SUFFIXES, QuantScheme
 
@@ -68,8 +70,29 @@ def open_model(path: str | Path) -> Checkpoint:
         role, layer = found
         names.update(name for name, _ in _names_only(spec, cfg, role, layer))
     model_dir = path if path.is_dir() else path.parent
+    if scheme is not None:
+        scheme = replace(scheme, float_modules=_float_modules(path, spec, cfg, scheme))
     config = replace(model_config(raw, spec, names, model_dir, where), quant=scheme)
     return Checkpoint(path, reader, spec, config, raw)
+
+
+def _float_modules(path: Path, spec: ArchSpec, cfg: dict, scheme: QuantScheme) -> frozenset[str]:
+    """The runtime's linear modules whose weights the description leaves FLOAT (msModelSlim's
+    disable_names; `convert --keep-float`). A fused module must be float or int8 as a whole."""
+    parts: dict[str, set[int | None]] = {}
+    for name in scheme.float_names:
+        found = spec.role_of(name) if name.endswith(".weight") else None
+        if found is None or found[0] not in LINEAR_ROLES:
+            continue
+        role, layer = found
+        for r in FUSED_ROLES.get(role, (role,)):
+            target, part = parameter_for(canonical_name(r, layer))
+            parts.setdefault(target.removesuffix(".weight"), set()).add(part)
+    for module, found_parts in parts.items():
+        if not CausalLM.fully_filled(f"{module}.weight", found_parts):
+            raise UserError(f"{path}: {DESCRIPTION_NAME} leaves only some parts of {module} FLOAT; the runtime "
+                            f"fuses them into one layer, which must be all float or all {scheme.kind}")
+    return frozenset(parts)
 
 
 def _quant_part(name: str) -> tuple[str, str] | None:

@@ -143,6 +143,12 @@ class CausalLM(nn.Module):
         self.rotary = Rotary(inv_freq, rope_scaling)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        for name in sorted(cfg.quant.float_modules if cfg.quant is not None else ()):
+            # a layer the quantized checkpoint keeps in float (convert --keep-float)
+            parent, _, child = name.rpartition(".")
+            old = self.get_submodule(name)
+            setattr(self.get_submodule(parent), child,
+                    nn.Linear(old.in_features, old.out_features, bias=old.bias is not None))
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

@@ -35,6 +35,8 @@ _FLOAT32 = ("weight_scale", "weight_offset", "input_scale", "input_offset", "deq
 class QuantScheme:
     kind: str  # "W8A16" or "W8A8"
     group_size: int
+    float_names: frozenset[str] = frozenset()  # every tensor the description types FLOAT
+    float_modules: frozenset[str] = frozenset()  # runtime linear modules left float (loader fills it)
 
     @classmethod
     def read(cls, model_dir: Path) -> QuantScheme | None:
@@ -51,7 +53,7 @@ class QuantScheme:
             raise UserError(f"{path}: not a readable quantization description ({exc})") from None
         if kind not in ("W8A16", "W8A8"):
             raise UserError(f"{path}: model_quant_type {kind!r}: the runtime serves W8A16 and W8A8")
-        return cls(kind, group)
+        return cls(kind, group, frozenset(n for n, t in description.items() if t == "FLOAT"))
 
 
 class QuantLinear(nn.Module):

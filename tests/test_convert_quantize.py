@@ -216,7 +216,8 @@ def test_w8a8_layout_and_its_integer_matmul(checkpoint, tmp_path, dtype):
     out = tmp_path / f"w8a8-{dtype}"
     calib = tmp_path / "calib.txt"
     calib.write_text("The capital of France is Paris.\nUser: hello\nAssistant: hi, how can I help?\n")
-    convert(src, out, ConvertOptions(quantize="w8a8", dtype=dtype, calib=calib))
+    # every linear quantized, no smoothing: the plain integer matmul against the source weights
+    convert(src, out, ConvertOptions(quantize="w8a8", dtype=dtype, calib=calib, keep_float=(), smooth_alpha=0))
     description = read_like_vllm_ascend(out)
     assert description["model_quant_type"] == "W8A8"
     tensors, source = tensors_of(out), load_file(src / "model.safetensors")
@@ -243,3 +244,69 @@ def test_w8a8_layout_and_its_integer_matmul(checkpoint, tmp_path, dtype):
                  + step_x * step_w * x.shape[1] / 4 + layer.deq_scale / 2)
         assert torch.all((got - reference).abs() <= bound), name
     assert verify(out, source=src).ok
+
+
+def test_w8a8_defaults_smooth_the_norm_fed_layers_and_keep_down_proj_float(checkpoint, tmp_path):
+    """By default W8A8 folds SmoothQuant scales into the two norms of each layer and leaves down_proj
+    (and its bias) FLOAT; the folded model computes what the source computes, verify redoes it from
+    the scales file, and a changed scales file fails the manifest."""
+    src = checkpoint("qwen2")
+    out = tmp_path / "w8a8"
+    convert(src, out, ConvertOptions(quantize="w8a8", dtype="float32"))
+    description = read_like_vllm_ascend(out)
+    manifest = json.loads((out / "ascend_manifest.json").read_text())
+    assert manifest["options"]["keep_float"] == ["down"] and manifest["options"]["smooth_alpha"] == 0.5
+    layers = {n.split(".")[2] for n in description if n.startswith("model.layers.")}
+    for layer in layers:
+        stem = f"model.layers.{layer}"
+        assert description[f"{stem}.mlp.down_proj.weight"] == "FLOAT"
+        assert all(description[f"{stem}.{m}.weight"] == "W8A8" for m in
+                   ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                    "mlp.gate_proj", "mlp.up_proj"))
+        assert description[f"{stem}.self_attn.q_proj.bias"] == "W8A8"
+        assert manifest["tensors"][f"{stem}.input_layernorm.weight"]["transforms"] == ["smooth:divide", "cast:bfloat16->float32"]
+        assert manifest["tensors"][f"{stem}.self_attn.q_proj.weight"]["transforms"] == [
+            f"smooth:multiply:{stem}.input_layernorm.weight", "quantize:W8A8"]
+        assert manifest["tensors"][f"{stem}.self_attn.o_proj.weight"]["transforms"] == ["quantize:W8A8"]
+    scales = json.loads((out / "ascend_smoothing.json").read_text())
+    assert len(scales["scales"]) == 2 * len(layers) and len(scales["linear_to_norm"]) == 5 * len(layers)
+
+    # the fold is exact arithmetic: source weights with the scales folded in give the source's logits
+    from transformers import AutoModelForCausalLM
+
+    from ascend_convert.smoothing import Smoothing
+
+    smoothing = Smoothing.load(out / "ascend_smoothing.json")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 77, 12, 190, 33, 250, 3, 41]])
+    with torch.no_grad():
+        want = model(ids).logits
+        state = {n: smoothing.apply(n, t) for n, t in model.state_dict().items()}
+        assert sum(not torch.equal(state[n], t) for n, t in model.state_dict().items()) == 7 * len(layers)
+        model.load_state_dict(state)
+        torch.testing.assert_close(model(ids).logits, want, rtol=1e-4, atol=1e-4)
+
+    assert verify(out, source=src).ok
+    scales["scales"]["model.layers.0.input_layernorm.weight"][0] *= 2
+    (out / "ascend_smoothing.json").write_text(json.dumps(scales))
+    report = verify(out, source=src, stop_at_first=False)
+    assert not report.ok and any("ascend_smoothing.json" in f for f in report.failures)
+
+
+def test_keep_float_and_smooth_alpha_are_checked(checkpoint, tmp_path):
+    src = checkpoint("llama")
+    assert_one_line_error(run_cli("convert", src, tmp_path / "a", "--quantize", "w8a8", "--keep-float", "down,lm"),
+                          "--keep-float lm: not a linear layer role (choose from ")
+    assert_one_line_error(run_cli("convert", src, tmp_path / "a", "--quantize", "w8a8", "--smooth-alpha", "1.5"),
+                          "--smooth-alpha 1.5: must be in [0, 1) (0 turns smoothing off)")
+    assert_one_line_error(run_cli("convert", src, tmp_path / "a", "--quantize", "w8a16", "--smooth-alpha", "0.5"),
+                          "--smooth-alpha is for --quantize w8a8 (w8a16 keeps activations in float)")
+    out = tmp_path / "w8a16"
+    assert run_cli("convert", src, out, "--quantize", "w8a16", "--keep-float", "o,down").code == 0
+    description = json.loads((out / "quant_model_description.json").read_text())
+    kept = sorted(n for n, t in description.items() if t == "FLOAT" and LINEAR.search(n))
+    assert kept == sorted(f"model.layers.{i}.{m}.weight" for i in range(2)
+                          for m in ("self_attn.o_proj", "mlp.down_proj"))
+    assert not (out / "ascend_smoothing.json").exists()
+    assert_one_line_error(run_cli("convert", src, out, "--quantize", "w8a16"),
+                          f"{out}: already exists (use --force to overwrite it)")

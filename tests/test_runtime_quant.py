@@ -1,6 +1,7 @@
 """The runtime on msModelSlim's int8 layout: each quantized linear computes what its definition says
 (W8A16 through int8pack or per-layer dequantization, W8A8 as the NPU's integer matmul), a W8A16
-model's greedy tokens equal transformers' on the dequantized weights, and W8A8 serves too."""
+model's greedy tokens equal transformers' on the dequantized weights, and a W8A8 model's tokens and prompt
+logprobs equal transformers' with its W8A8 layers computed in the NPU's integer arithmetic."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ import shutil
 
 import pytest
 import torch
-from greedy_reference import assert_greedy_equal, hf_greedy
+from greedy_reference import assert_greedy_equal, hf_greedy, hf_model
 from safetensors.torch import load_file, save_file
 
 from ascend_convert.converter import ConvertOptions, convert
 from ascend_convert.errors import UserError
-from ascend_convert.quantize import ActivationQuant, quantize_w8a8, quantize_weight
+from ascend_convert.quantize import (
+    ActivationQuant,
+    W8A8Linear,
+    loaded_deq_scale,
+    quantize_w8a8,
+    quantize_weight,
+)
 from runtime import LLM, SamplingParams
 from runtime.quant_linear import QuantLinear, QuantScheme
 
@@ -67,8 +74,8 @@ def _dequantized_reference(src, quantized, out):
             groups = scale.shape[1]
             deq = (q[name].float().view(q[name].shape[0], groups, -1) + offset.unsqueeze(-1)) * scale.unsqueeze(-1)
             weights[name] = deq.view(q[name].shape)
-        else:
-            weights[name] = weights[name].float()
+        else:  # float as converted (norms with SmoothQuant's scales folded in, for W8A8)
+            weights[name] = q[name].float()
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((out / "config.json").read_text())
     config["dtype"] = "float32"
@@ -89,17 +96,55 @@ def test_w8a16_greedy_tokens_equal_transformers_on_the_dequantized_weights(check
     llm.engine.block_manager.check_whole()
 
 
-def test_w8a8_serves_and_fused_parts_must_share_their_input_scale(checkpoint, tmp_path):
+def test_w8a8_greedy_tokens_equal_transformers_with_the_npu_arithmetic(checkpoint, tmp_path):
+    """The default W8A8 (smoothed q/k/v and gate/up, down_proj left float) served by the runtime gives
+    the tokens, and the prompt logprobs, of transformers on the converted weights with each W8A8 layer
+    computed by `W8A8Linear.matmul` (the NPU's arithmetic: int8 input, int32 accumulation, quant_bias,
+    deq_scale, in float64)."""
+    src = checkpoint("qwen2")  # q/k/v biases: quant_bias carries them
+    quantized, reference = tmp_path / "w8a8", tmp_path / "dequantized"
+    convert(src, quantized, ConvertOptions(quantize="w8a8", dtype="float32"))
+    _dequantized_reference(src, quantized, reference)
+    q = load_file(quantized / "quant_model_weights.safetensors")
+    model = hf_model(str(reference), torch.float32)
+    hooked = 0
+    for name, module in model.named_modules():
+        if f"{name}.input_scale" in q:
+            layer = W8A8Linear(*(q[f"{name}.{part}"] for part in ("weight", "weight_scale", "weight_offset",
+                                                                  "input_scale", "input_offset")),
+                               loaded_deq_scale(q[f"{name}.deq_scale"]), q[f"{name}.quant_bias"])
+            module.register_forward_hook(
+                lambda _m, args, out, layer=layer: layer.matmul(args[0].reshape(-1, args[0].shape[-1]))
+                .view(out.shape))
+            hooked += 1
+    assert hooked == 6 * model.config.num_hidden_layers  # all but down_proj
+    llm = LLM(quantized, device="cpu", kv_cache_memory="16MiB")
+    assert isinstance(llm.engine.runner.model.model.layers[0].mlp.down, torch.nn.Linear)
+    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=12, prompt_logprobs=0))
+    for prompt, out in zip(PROMPTS, outs):
+        assert_greedy_equal(out.token_ids, hf_greedy(reference, torch.float32, prompt, 12), torch.float32, "w8a8")
+        with torch.no_grad():
+            want = torch.log_softmax(model(torch.tensor([prompt])).logits[0], -1)
+        got = [entry[token] for entry, token in zip(out.prompt_logprobs[1:], prompt[1:])]
+        torch.testing.assert_close(torch.tensor(got), want[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])],
+                                   rtol=1e-5, atol=1e-5)
+    llm.engine.block_manager.check_whole()
+
+
+def test_w8a8_fused_parts_must_share_their_input_scale_and_their_type(checkpoint, tmp_path):
     quantized = tmp_path / "w8a8"
     convert(checkpoint("qwen2"), quantized, ConvertOptions(quantize="w8a8"))
-    llm = LLM(quantized, device="cpu", kv_cache_memory="16MiB")
-    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
-    assert [len(o.token_ids) for o in outs] == [8, 8, 8]
-    llm.engine.block_manager.check_whole()
     path = quantized / "quant_model_weights.safetensors"
     tensors = load_file(path)
     tensors["model.layers.0.self_attn.k_proj.input_scale"] *= 2
     save_file(tensors, path, metadata={"format": "pt"})
     with pytest.raises(UserError, match=r"the parts of model\.layers\.0\.self_attn\.qkv have different "
                                         r"input_scale values"):
+        LLM(quantized, device="cpu", kv_cache_memory="16MiB")
+    path = quantized / "quant_model_description.json"
+    description = json.loads(path.read_text())
+    description["model.layers.1.self_attn.k_proj.weight"] = "FLOAT"
+    path.write_text(json.dumps(description))
+    with pytest.raises(UserError, match=r"quant_model_description\.json leaves only some parts of "
+                                        r"model\.layers\.1\.self_attn\.qkv FLOAT; the runtime fuses them"):
         LLM(quantized, device="cpu", kv_cache_memory="16MiB")
