@@ -5,9 +5,11 @@ through `torch._weight_int8pack_mm` (int8 weights read from memory, half the byt
 decode step is bound by weight reads); asymmetric or per-group ones are dequantized per call.
 W8A8: activations are quantized with the layer's calibrated scale and offset, the product is an
 integer matmul (`torch._int_mm`, int32 accumulation), then `(acc + quant_bias) * deq_scale` — the
-NPU's `npu_quant_matmul` arithmetic. Off the CPU, W8A16 takes the dequantizing path; torch_npu's
-own quantized kernels (`npu_weight_quant_batchmatmul`, `npu_quantize` + `npu_quant_matmul`, as
-vllm-ascend calls them) are not wired in yet: nothing here can run them.
+NPU's `npu_quant_matmul` arithmetic. On an NPU the same layers call torch_npu's kernels as
+vllm-ascend does: `npu_weight_quant_batchmatmul` (W8A16 per channel; `(q + offset) * scale` is its
+antiquant) and `npu_quantize` + `npu_quant_matmul` (W8A8, the fp32 deq_scale bits as int64 for fp16
+models), with the weight transposed to [in, out]. Nothing here has an NPU, so that path is checked
+only by the NPU-only test beside the CPU ones; elsewhere off the CPU, W8A16 dequantizes per layer.
 
 The fused qkv and gate_up layers concatenate their parts' rows (scales are per row, so fusing
 changes nothing); their parts read the same input, so W8A8 calibration gave them the same input
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from ascend_convert.quant_layout import DESCRIPTION_NAME
+from ascend_convert.quantize import stored_deq_scale
 
 #: Tensors a quantized linear has besides `weight` and `bias`, as msModelSlim names them.
 QUANT_SUFFIXES = ("weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale", "quant_bias")
@@ -85,30 +88,47 @@ class QuantLinear(nn.Module):
         self._prepared.clear()
         return self
 
+    def _npu_prepare(self, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
+        """torch_npu's operands (vllm-ascend's process_weights_after_loading), or None where its
+        kernels do not apply (not on an NPU; per-group W8A16)."""
+        if self.weight.device.type != "npu" or (self.scheme.kind == "W8A16" and self.weight_scale.shape[1] != 1):
+            return None
+        prepared = {"npu_weight": self.weight.t().contiguous()}
+        if self.scheme.kind == "W8A16":
+            prepared["antiquant_scale"] = self.weight_scale.flatten().to(dtype)
+            prepared["antiquant_offset"] = self.weight_offset.flatten().to(dtype)
+        else:
+            width = self.in_features  # npu_quantize multiplies by a per-channel scale: the reciprocal
+            prepared["input_scale_reciprocal"] = (1 / self.input_scale).repeat(width).to(dtype)
+            prepared["input_offset"] = self.input_offset.repeat(width).to(dtype)
+            prepared["deq_scale"] = stored_deq_scale(self.deq_scale, dtype)
+        return prepared
+
     def _prepare(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """What forward needs, derived once from the loaded tensors (in the activations' dtype)."""
         key = f"{dtype}"
         if key not in self._prepared:
-            prepared: dict[str, torch.Tensor] = {}
-            if self.scheme.kind == "W8A16":
-                per_channel = self.weight_scale.shape[1] == 1 and not bool(self.weight_offset.any())
-                if per_channel and self.weight.device.type == "cpu":
-                    prepared["scale"] = self.weight_scale.squeeze(1).to(dtype)
-                else:
-                    groups = self.weight_scale.shape[1]
-                    q = self.weight.float().view(self.out_features, groups, -1)
-                    w = (q + self.weight_offset.unsqueeze(-1)) * self.weight_scale.unsqueeze(-1)
-                    prepared["dequantized"] = w.view(self.out_features, self.in_features).to(dtype)
-            else:
-                prepared["weight_t"] = self.weight.t().contiguous()
-            self._prepared = {key: prepared}
+            self._prepared = {key: self._npu_prepare(dtype) or self._host_prepare(dtype)}
         return self._prepared[key]
+
+    def _host_prepare(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        if self.scheme.kind == "W8A8":
+            return {"weight_t": self.weight.t().contiguous()}
+        per_channel = self.weight_scale.shape[1] == 1 and not bool(self.weight_offset.any())
+        if per_channel and self.weight.device.type == "cpu":
+            return {"scale": self.weight_scale.squeeze(1).to(dtype)}
+        groups = self.weight_scale.shape[1]
+        q = self.weight.float().view(self.out_features, groups, -1)
+        w = (q + self.weight_offset.unsqueeze(-1)) * self.weight_scale.unsqueeze(-1)
+        return {"dequantized": w.view(self.out_features, self.in_features).to(dtype)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         prepared = self._prepare(x.dtype)
-        if self.scheme.kind == "W8A16":
+        if "npu_weight" in prepared:
+            y = self._npu_forward(x2.contiguous(), prepared)
+        elif self.scheme.kind == "W8A16":
             if "scale" in prepared:
                 y = torch._weight_int8pack_mm(x2.contiguous(), self.weight, prepared["scale"])
             else:
@@ -120,3 +140,16 @@ class QuantLinear(nn.Module):
             acc = torch._int_mm(xq.to(torch.int8), prepared["weight_t"])
             y = ((acc + self.quant_bias).float() * self.deq_scale).to(x.dtype)
         return y.view(*shape[:-1], self.out_features)
+
+    def _npu_forward(self, x: torch.Tensor, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
+        import torch_npu
+
+        if self.scheme.kind == "W8A16":
+            return torch_npu.npu_weight_quant_batchmatmul(
+                x=x, weight=prepared["npu_weight"], antiquant_scale=prepared["antiquant_scale"],
+                antiquant_offset=prepared["antiquant_offset"],
+                bias=self.bias.to(x.dtype) if self.bias is not None else None)
+        xq = torch_npu.npu_quantize(x, prepared["input_scale_reciprocal"], prepared["input_offset"], torch.qint8, -1,
+                                    False)
+        return torch_npu.npu_quant_matmul(xq, prepared["npu_weight"], prepared["deq_scale"], bias=self.quant_bias,
+                                          output_dtype=x.dtype)

@@ -148,3 +148,24 @@ def test_w8a8_fused_parts_must_share_their_input_scale_and_their_type(checkpoint
     with pytest.raises(UserError, match=r"quant_model_description\.json leaves only some parts of "
                                         r"model\.layers\.1\.self_attn\.qkv FLOAT; the runtime fuses them"):
         LLM(quantized, device="cpu", kv_cache_memory="16MiB")
+
+
+@pytest.mark.skipif(not torch.__dict__.get("npu"), reason="torch_npu's quantized matmuls need an Ascend NPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_npu_quantized_matmuls_match_the_cpu_layers(dtype):
+    """On an NPU, W8A16 runs npu_weight_quant_batchmatmul and W8A8 npu_quantize + npu_quant_matmul;
+    both give what the CPU layers give."""
+    g = torch.Generator().manual_seed(2)
+    w, bias, x = torch.randn(48, 64, generator=g) * 0.05, torch.randn(48, generator=g), torch.randn(5, 64, generator=g)
+    qw = quantize_weight(w)
+    w8a16 = _layer(QuantScheme("W8A16", 0), {"weight": qw.weight, "weight_scale": qw.scale,
+                                            "weight_offset": qw.offset}, bias)
+    ref = quantize_w8a8(w, bias, ActivationQuant.from_range(x.min().item(), x.max().item()))
+    w8a8 = _layer(QuantScheme("W8A8", 0), {
+        "weight": ref.weight, "weight_scale": ref.weight_scale, "weight_offset": ref.weight_offset,
+        "input_scale": ref.input_scale, "input_offset": ref.input_offset, "deq_scale": ref.deq_scale,
+        "quant_bias": ref.quant_bias}, bias)
+    for layer in (w8a16, w8a8):
+        want = layer.to(dtype)(x.to(dtype)).float()
+        got = layer.to("npu")(x.to("npu", dtype)).float().cpu()
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
