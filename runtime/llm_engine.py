@@ -90,9 +90,9 @@ class LLMEngine:
                  kv_cache_memory: int | str | None = None, max_num_seqs: int = 64,
                  max_num_batched_tokens: int | None = None, max_model_len: int | None = None,
                  enable_prefix_caching: bool = True, trust_remote_code: bool = False) -> None:
-        if tensor_parallel_size != 1:
-            raise UserError(f"tensor_parallel_size={tensor_parallel_size}: tensor parallel is not available yet; "
-                            f"use tensor_parallel_size=1")
+        if not isinstance(tensor_parallel_size, int) or isinstance(tensor_parallel_size, bool) \
+                or tensor_parallel_size < 1:
+            raise UserError(f"tensor_parallel_size {tensor_parallel_size!r}: expected an integer >= 1")
         if memory_policy not in ("static", "dynamic"):
             raise UserError(f"memory_policy {memory_policy!r}: expected 'static' or 'dynamic'")
         self.platform = resolve(device)
@@ -104,7 +104,13 @@ class LLMEngine:
         self.dtype = getattr(torch, name)
         self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.tokenizer = load_tokenizer(Path(model), trust_remote_code)
-        self.runner = ModelRunner(ckpt, self.platform.device, self.dtype, block_size, self.platform.kernels())
+        if tensor_parallel_size > 1 or ckpt.packed:
+            from .tp_executor import TPExecutor
+
+            self.runner = TPExecutor(Path(model), ckpt, tensor_parallel_size, self.platform.device, name, block_size,
+                                     self.platform.kernels())
+        else:
+            self.runner = ModelRunner(ckpt, self.platform.device, self.dtype, block_size, self.platform.kernels())
         budget = parse_memory(kv_cache_memory, DEFAULT_KV_CACHE_MEMORY)
         self.max_blocks = budget // self.runner.block_bytes
         if self.max_blocks < 1:
@@ -120,6 +126,12 @@ class LLMEngine:
         self.num_generated_tokens = 0
         self.num_prompt_tokens = 0
         self._warm_up()
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (also done at interpreter exit)."""
+        stop = getattr(self.runner, "shutdown", None)
+        if stop is not None:
+            stop()
 
     # -- memory --------------------------------------------------------------------------------
     def _grow(self) -> bool:

@@ -8,9 +8,9 @@ One tensor is read at a time; nothing is unpickled (readers use `weights_only=Tr
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,20 +25,12 @@ from ascend_convert.arch import (
 from ascend_convert.errors import UserError
 from ascend_convert.quant_layout import DESCRIPTION_NAME, LINEAR_ROLES
 from ascend_convert.quantize import loaded_deq_scale
-from ascend_convert.readers import CheckpointReader, open_checkpoint
+from ascend_convert.readers import CheckpointReader, open_checkpoint, read_config
+from ascend_convert.tp_layout import from_nz, parameter_for, rank_tensors
 
 from .model import CausalLM
-from .model_config import ModelConfig, model_config
+from .model_config import ModelConfig, model_config, tp_config
 from .quant_linear import PER_TENSOR, QUANT_SUFFIXES, QuantScheme
-
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(\w+)$")
-# canonical module (per layer) → (runtime module, which slice of a fused one); its tensors (weight,
-# bias, and a quantized layer's scales) follow it
-_MODULES = {
-    "self_attn.q_proj": ("self_attn.qkv", 0), "self_attn.k_proj": ("self_attn.qkv", 1),
-    "self_attn.v_proj": ("self_attn.qkv", 2), "self_attn.o_proj": ("self_attn.o", None),
-    "mlp.gate_proj": ("mlp.gate_up", 0), "mlp.up_proj": ("mlp.gate_up", 1), "mlp.down_proj": ("mlp.down", None),
-}
 
 
 @dataclass
@@ -46,14 +38,31 @@ class Checkpoint:
     """An opened checkpoint: its reader, family spec and the runtime's config of it."""
 
     path: Path
-    reader: CheckpointReader
+    reader: CheckpointReader | None  # None for a packed layout: its rank files are read directly
     spec: ArchSpec
     config: ModelConfig
     raw_config: dict
+    packed: dict[tuple[int, int], Path] = field(default_factory=dict)  # (tp size, rank) -> rank file
+
+    def with_tensor_parallel(self, size: int, rank: int) -> Checkpoint:
+        """This checkpoint as rank `rank` of `size` sees it (its heads, KV heads, slices)."""
+        if size == 1 and not self.packed:
+            return self
+        if self.config.quant is not None:
+            raise UserError(f"{self.path}: tensor parallel serves float checkpoints; this one is "
+                            f"{self.config.quant.kind} (serve it with tensor_parallel_size=1)")
+        sizes = sorted({n for n, _ in self.packed})
+        if self.packed and size not in sizes:
+            raise UserError(f"{self.path}: packed for tensor_parallel_size {', '.join(map(str, sizes))}, "
+                            f"not {size}")
+        return replace(self, config=tp_config(self.config, size, rank))
 
 
 def open_model(path: str | Path) -> Checkpoint:
     path = Path(path)
+    packed = _packed_files(path)
+    if packed:
+        return _open_packed(path, packed)
     scheme = QuantScheme.read(path) if path.is_dir() else None
     reader = open_checkpoint(path)
     raw = reader.config()
@@ -74,6 +83,39 @@ def open_model(path: str | Path) -> Checkpoint:
         scheme = replace(scheme, float_modules=_float_modules(path, spec, cfg, scheme))
     config = replace(model_config(raw, spec, names, model_dir, where), quant=scheme)
     return Checkpoint(path, reader, spec, config, raw)
+
+
+def _packed_files(path: Path) -> dict[tuple[int, int], Path]:
+    """`tp{N}/rank{r}.safetensors` of a packed directory that holds no unpacked weights."""
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return {}
+    found = {}
+    for file in path.glob("tp*/rank*.safetensors"):
+        size, rank = file.parent.name[2:], file.stem[4:]
+        if size.isdigit() and rank.isdigit():
+            found[(int(size), int(rank))] = file
+    return found
+
+
+#: A packed (runtime-named) tensor → the canonical tensor whose presence it shows.
+_PACKED_FEATURES = {"self_attn.qkv.bias": "self_attn.q_proj.bias", "self_attn.o.bias": "self_attn.o_proj.bias",
+                    "mlp.gate_up.bias": "mlp.gate_proj.bias", "self_attn.q_norm.weight": "self_attn.q_norm.weight"}
+
+
+def _open_packed(path: Path, packed: dict[tuple[int, int], Path]) -> Checkpoint:
+    from safetensors import safe_open
+
+    raw = read_config(path)
+    where = str(path / "config.json")
+    spec = find_spec(raw, where=where)
+    with safe_open(str(packed[min(packed)]), framework="pt") as f:
+        keys = set(f.keys())
+    names = {n for n in keys if not n.startswith("model.layers.")}
+    for key in keys:
+        layer, _, rest = key.removeprefix("model.layers.").partition(".")
+        if key.startswith("model.layers.") and rest in _PACKED_FEATURES:
+            names.add(f"model.layers.{layer}.{_PACKED_FEATURES[rest]}")
+    return Checkpoint(path, None, spec, model_config(raw, spec, names, path, where), raw, packed)
 
 
 def _float_modules(path: Path, spec: ArchSpec, cfg: dict, scheme: QuantScheme) -> frozenset[str]:
@@ -134,23 +176,33 @@ def runtime_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
             yield f"{name.removesuffix('.weight')}.{suffix}", piece
 
 
-def parameter_for(name: str) -> tuple[str, int | None]:
-    """The runtime parameter a canonical tensor fills, and its part index if the parameter is fused."""
-    m = _LAYER.match(name)
-    if m is None or m.group(2) not in _MODULES:
-        return name, None
-    layer, module, tensor = m.groups()
-    target, part = _MODULES[module]
-    return f"model.layers.{layer}.{target}.{tensor}", part
+def rank_weights(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """This rank's tensors under the runtime's names: its packed file (FRACTAL_NZ tiles turned back
+    to ND), or the checkpoint split at load."""
+    cfg = ckpt.config
+    file = ckpt.packed.get((cfg.tp_size, cfg.tp_rank))
+    if file is None:
+        return rank_tensors(runtime_tensors(ckpt), cfg.tp, cfg.tp_rank)
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {}
+        nd_shapes = json.loads(meta.get("nd_shapes", "{}"))
+        names = list(f.keys())
+        return {name: from_nz(f.get_tensor(name), tuple(nd_shapes[name])) if name in nd_shapes else f.get_tensor(name)
+                for name in names}
 
 
 def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     """Copy every weight into `model` (already on its device and dtype), fusing as it goes, and
-    check nothing is missing or left over."""
+    check nothing is missing or left over. Under tensor parallel, this rank's share only."""
     params = dict(model.named_parameters())
     filled: dict[str, set[int | None]] = {}
-    for name, tensor in runtime_tensors(ckpt):
-        target, part = parameter_for(name)
+    if ckpt.config.tp is None:
+        entries = ((name, *parameter_for(name), tensor) for name, tensor in runtime_tensors(ckpt))
+    else:
+        entries = ((name, name, None, tensor) for name, tensor in rank_weights(ckpt).items())
+    for name, target, part, tensor in entries:
         param = params.get(target)
         if param is None:
             raise UserError(f"{ckpt.path}: tensor {name} has no place in the runtime's {ckpt.config.family} model")
@@ -167,7 +219,8 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
         filled.setdefault(target, set()).add(part)
     if ckpt.config.tie_word_embeddings:
         filled.setdefault("lm_head.weight", {None})
-    missing = [n for n in params if n not in filled or not model.fully_filled(n, filled[n])]
+    whole = ckpt.config.tp is not None  # a rank's tensors come fused already
+    missing = [n for n in params if n not in filled or not (whole or model.fully_filled(n, filled[n]))]
     if missing:
         raise UserError(f"{ckpt.path}: weights missing for {', '.join(missing[:5])}"
                         f"{' ...' if len(missing) > 5 else ''}")

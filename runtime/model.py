@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import parallel
 from .attention import AttentionMetadata, causal_mask, paged_attention
 from .fused_ops import PLAIN, Kernels
 from .model_config import ModelConfig
@@ -95,7 +96,7 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.kernels.rotary(q, cos, sin), self.kernels.rotary(k, cos, sin)
-        return self.o(paged_attention(q, k, v, cache[0], cache[1], meta, masks, cfg.scale))
+        return parallel.all_reduce(self.o(paged_attention(q, k, v, cache[0], cache[1], meta, masks, cfg.scale)), cfg)
 
 
 class MLP(nn.Module):
@@ -104,9 +105,10 @@ class MLP(nn.Module):
         self.gate_up = linear(cfg, cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias)
         self.down = linear(cfg, cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
         self.kernels = kernels
+        self.cfg = cfg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.kernels.swiglu(self.gate_up(x)))
+        return parallel.all_reduce(self.down(self.kernels.swiglu(self.gate_up(x))), self.cfg)
 
 
 class DecoderLayer(nn.Module):
@@ -126,7 +128,7 @@ class DecoderLayer(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig, kernels: Kernels) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(cfg.vocab_rows, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, kernels) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
 
@@ -142,7 +144,7 @@ class CausalLM(nn.Module):
         self.model = Decoder(cfg, kernels)
         self.rotary = Rotary(inv_freq, rope_scaling)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_rows, bias=False)
         for name in sorted(cfg.quant.float_modules if cfg.quant is not None else ()):
             # a layer the quantized checkpoint keeps in float (convert --keep-float)
             parent, _, child = name.rpartition(".")
@@ -152,7 +154,7 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        x = self.model.embed_tokens(input_ids)
+        x = parallel.embed(self.model.embed_tokens, input_ids, self.cfg)
         cos, sin = self.rotary(meta.positions, x.dtype)
         masks = [causal_mask(group, self.cfg.sliding_window) for group in meta.groups]
         for layer, cache in zip(self.model.layers, kv_caches):
@@ -161,7 +163,7 @@ class CausalLM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return parallel.gather_vocab(F.linear(hidden, weight).float(), self.cfg)
 
     def fused_slice(self, name: str, part: int) -> tuple[int, int]:
         """(start, length) along dim 0 of part `part` of the fused parameter `name`."""

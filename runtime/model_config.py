@@ -42,6 +42,17 @@ class ModelConfig:
     dtype: str = "float32"  # what the checkpoint says it computes in
     eos_token_ids: tuple[int, ...] = ()
     quant: Any = None  # a QuantScheme for msModelSlim's int8 layout (runtime.quant_linear), else None
+    tp: Any = None  # tensor parallel: the TPLayout this rank's sizes come from (None: one rank)
+    tp_rank: int = 0
+
+    @property
+    def tp_size(self) -> int:
+        return self.tp.size if self.tp is not None else 1
+
+    @property
+    def vocab_rows(self) -> int:
+        """Embedding / lm_head rows this rank holds (the padded vocabulary's shard under TP)."""
+        return self.tp.vocab_shard if self.tp is not None else self.vocab_size
 
     @property
     def q_size(self) -> int:
@@ -54,6 +65,19 @@ class ModelConfig:
     @property
     def scale(self) -> float:
         return 1.0 / math.sqrt(self.head_dim)
+
+
+def tp_config(cfg: ModelConfig, size: int, rank: int) -> ModelConfig:
+    """Rank `rank`'s view of `cfg` split over `size` ranks: its heads, KV heads and intermediate
+    slice (the vocabulary stays the global one; `vocab_rows` is the shard). A clear error when the
+    model does not split that way."""
+    from dataclasses import replace
+
+    from ascend_convert.tp_layout import TPLayout
+
+    layout = TPLayout(size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size)
+    return replace(cfg, num_heads=layout.heads, num_kv_heads=layout.kv_heads,
+                   intermediate_size=cfg.intermediate_size // size, tp=layout, tp_rank=rank)
 
 
 def _rope(raw: dict) -> tuple[str, dict]:

@@ -126,9 +126,13 @@ class ModelRunner:
             block_tables=self._tensor([t + [0] * (max_blocks - len(t)) for t in tables]),
             max_context_len=max(contexts))
 
-    @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepLogits:
-        ids, meta, rows, prompt = self.prepare(batch)
+        return self.execute(self.prepare(batch))
+
+    @torch.inference_mode()
+    def execute(self, prepared: tuple[torch.Tensor, AttentionMetadata, list[int], list[PromptRows]]) -> StepLogits:
+        """Run a prepared step (under tensor parallel every rank runs the one rank 0 prepared)."""
+        ids, meta, rows, prompt = prepared
         hidden = self.model(ids, meta, self.kv_caches)
         extra = [r for p in prompt for r in range(p.first_row, p.first_row + p.count)]
         if not rows and not extra:

@@ -51,6 +51,16 @@ def smollm2_gguf() -> Path:
     return find()
 
 
+@pytest.fixture(scope="session")
+def smollm2_bf16(tmp_path_factory, smollm2_gguf) -> Path:
+    """SmolLM2-135M converted once per session to a bf16 Ascend layout (what the runtime tests serve)."""
+    from ascend_convert.converter import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("smol-rt") / "smollm2-bf16"
+    convert(smollm2_gguf, out, ConvertOptions(soc="ascend910b", dtype="bfloat16"))
+    return out
+
+
 @pytest.fixture
 def copy_checkpoint(checkpoint, tmp_path):
     """A private, writable copy of a fixture checkpoint, for tests that damage it."""

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from ascend_convert.converter import ConvertOptions, convert
 from greedy_reference import assert_greedy_equal, hf_greedy
+
 from runtime import LLM, SamplingParams
 
 pytestmark = pytest.mark.slow
@@ -23,10 +22,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @pytest.fixture(scope="module")
-def smol_bf16(tmp_path_factory, smollm2_gguf):
-    out = tmp_path_factory.mktemp("smol-rt") / "smollm2-bf16"
-    convert(smollm2_gguf, out, ConvertOptions(soc="ascend910b", dtype="bfloat16"))
-    return out
+def smol_bf16(smollm2_bf16):
+    return smollm2_bf16
 
 
 @pytest.fixture(scope="module")
