@@ -43,6 +43,11 @@ def convert_options(func):
                           "'none' for none) [default: down for w8a8, none for w8a16]."),
         click.option("--smooth-alpha", type=float, default=None,
                      help="--quantize w8a8: SmoothQuant migration strength, 0 to turn it off [default: 0.5]."),
+        click.option("--layout", type=click.Choice(("default", "packed")), default="default", show_default=True,
+                     help="packed: tp{N}/rank{r}.safetensors pre-split for --tp N ranks (the runtime's layout)."),
+        click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="--layout packed: the tensor-parallel size."),
+        click.option("--nz", is_flag=True, help="--layout packed: tile matmul weights to FRACTAL_NZ (ACL format 29)."),
         click.option("--force", is_flag=True, help="Overwrite an existing output directory."),
         click.option("--resume", is_flag=True, help="Finish an interrupted conversion."),
         click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
@@ -58,7 +63,7 @@ def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str,
                 arch_specs: tuple[Path, ...], force: bool, resume: bool, dry_run: bool, progress: bool,
                 as_json: bool, quantize: str | None = None, group_size: int = 0, asymmetric: bool = False,
                 calib: Path | None = None, trust_remote_code: bool = False, keep_float: str | None = None,
-                smooth_alpha: float | None = None) -> int:
+                smooth_alpha: float | None = None, layout: str = "default", tp: int = 1, nz: bool = False) -> int:
     from .converter import ConvertOptions, convert, make_plan, refuse_existing
     from .progress import RichReporter
     from .report import print_convert_summary, print_plan
@@ -66,7 +71,7 @@ def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str,
     options = ConvertOptions(soc=soc, dtype=dtype, max_shard_size=max_shard_size, on_overflow=on_overflow,
                              arch_specs=list(arch_specs), force=force, resume=resume, dry_run=dry_run,
                              quantize=quantize, group_size=group_size, symmetric=not asymmetric, calib=calib,
-                             trust_remote_code=trust_remote_code, smooth_alpha=smooth_alpha,
+                             trust_remote_code=trust_remote_code, smooth_alpha=smooth_alpha, layout=layout, tp=tp, nz=nz,
                              keep_float=None if keep_float is None else tuple(
                                  r.strip() for r in keep_float.split(",") if r.strip() and r.strip() != "none"))
     if not dry_run:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from .manifest import (
     fsync_tree,
     write_json_atomic,
 )
+from .packed import convert_packed, failpoint, layout_of, packed_target
 from .quant_layout import (
     DEFAULT_KEEP_FLOAT,
     DESCRIPTION_NAME,
@@ -99,6 +99,9 @@ class ConvertOptions:
     trust_remote_code: bool = False  # w8a8 calibration runs the model, remote code included only if allowed
     keep_float: tuple[str, ...] | None = None  # linear roles left float (None: DEFAULT_KEEP_FLOAT)
     smooth_alpha: float | None = None  # w8a8: SmoothQuant alpha (None: smoothing.DEFAULT_ALPHA; 0: off)
+    layout: str = "default"  # "default" (HF names, shards) or "packed" (tp{N}/rank{r}.safetensors)
+    tp: int = 1  # packed: the tensor-parallel size
+    nz: bool = False  # packed: matmul weights tiled to FRACTAL_NZ
 
     def quant(self) -> QuantOptions | None:
         if self.quantize is None:
@@ -128,12 +131,26 @@ class ConvertOptions:
                             str(Path(self.calib).resolve()) if self.calib is not None else None,
                             tuple(sorted(set(keep))), alpha if self.quantize == "w8a8" else 0.0)
 
+    def check_layout(self) -> None:
+        if self.layout not in ("default", "packed"):
+            raise UserError(f"--layout {self.layout}: choose default or packed")
+        if self.layout == "packed":
+            if self.quantize is not None:
+                raise UserError("--layout packed writes float weights; --quantize writes msModelSlim's layout, "
+                                "which vllm-ascend splits itself: use one or the other")
+            if not isinstance(self.tp, int) or self.tp < 1:
+                raise UserError(f"--tp {self.tp}: must be an integer >= 1")
+        elif self.tp != 1 or self.nz:
+            raise UserError("--tp and --nz are for --layout packed")
+
     def recorded(self) -> dict:
         """The options that shape the output (and so belong in the manifest and the resume key)."""
         quant = self.quant()
+        layout = "quantized" if quant is not None else self.layout
         return {"soc": self.soc, "dtype": self.dtype, "max_shard_size": parse_size(self.max_shard_size),
-                "on_overflow": self.on_overflow, "layout": "default" if quant is None else "quantized",
+                "on_overflow": self.on_overflow, "layout": layout,
                 "arch_specs": [str(Path(p).resolve()) for p in self.arch_specs],
+                **({"tp": self.tp, "nz": self.nz} if layout == "packed" else {}),
                 **(quant.recorded() if quant is not None else {})}
 
 
@@ -234,6 +251,7 @@ def make_plan(src: Path, out: Path, options: ConvertOptions) -> ConversionPlan:
         raise UserError(f"--on-overflow {options.on_overflow}: choose one of {', '.join(OVERFLOW_POLICIES)}")
     soc = get_soc(options.soc)
     max_shard = parse_size(options.max_shard_size)
+    options.check_layout()
     quant = options.quant()
     extra = [load_spec_file(p) for p in options.arch_specs]
     reader = open_checkpoint(src, extra)
@@ -290,14 +308,6 @@ def _fingerprint(plan: ConversionPlan) -> str:
     layout = [(s.name, [[(p.name, p.dtype, p.shape) for p in j.parts] for j in s.jobs]) for s in plan.shards]
     key = json.dumps([__version__, str(plan.src.resolve()), sources, layout, plan.options.recorded()])
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _failpoint(shards_done: int) -> None:
-    """Fault injection for the resume tests: `ASCENDKIT_FAILPOINT=kill-after-shard:N` dies like a
-    SIGKILL (no cleanup, no exception handlers) once N shards are finished."""
-    spec = os.environ.get("ASCENDKIT_FAILPOINT", "")
-    if spec.startswith("kill-after-shard:") and shards_done == int(spec.split(":", 1)[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def refuse_existing(out: Path, force: bool) -> None:
@@ -371,7 +381,11 @@ def convert(src: Path, out: Path, options: ConvertOptions, reporter: Reporter | 
         if plan.quant is not None and plan.quant.kind == "w8a8":
             refuse_existing(plan.out, plan.options.force)  # before minutes of calibration, not after
             _calibrate(plan)  # before the work directory exists: a failed calibration leaves nothing behind
+        if plan.options.layout == "packed":
+            layout_of(plan)  # a model that does not split over --tp ranks fails before anything is written
         work, journal = _prepare_work_dir(plan)
+        if plan.options.layout == "packed":
+            return _run_packed(plan, work, journal, reporter)
         if plan.calibration:
             journal["calibration"] = {name: list(r) for name, r in plan.calibration.items()}
             journal["smoothing"] = plan.smoothing.to_json()
@@ -475,7 +489,7 @@ def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) ->
                 records[name]["sha256"] = digest
             journal["shards"][shard.name] = {"file": {"sha256": file_sha, "size": size}, "tensors": records}
             write_json_atomic(work / JOURNAL_NAME, journal)
-            _failpoint(len(journal["shards"]))
+            failpoint(len(journal["shards"]))
     if overflowed:
         shutil.rmtree(work, ignore_errors=True)
         listing = "; ".join(f"{name} ({s.overflow} values)" for name, s in overflowed.items())
@@ -491,6 +505,40 @@ def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) ->
     fsync_tree(work)
     _swap_into_place(work, plan.out)
     return ConvertResult(plan.out, manifest, plan, resumed, warnings)
+
+
+def _run_packed(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) -> ConvertResult:
+    hash_thread, source_hashes = _hash_sources(plan)
+    resumed = sorted(journal.get("ranks", {}))
+    for name, record in list(journal.get("ranks", {}).items()):  # kept only if its bytes are still there
+        if not (work / name).is_file() or file_record(work / name) != record["file"]:
+            del journal["ranks"][name]
+    ranks = convert_packed(plan, work, journal, reporter)
+    side_files = _write_side_files(plan, work)
+    hash_thread.join()
+    files = {name: record["file"] for name, record in ranks.items()}
+    files.update({name: file_record(work / name) for name in side_files})
+    total = CastStats()
+    for record in journal.get("cast", {}).values():
+        total.merge(CastStats(**record))
+    manifest = {
+        "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
+        "tool": {"name": "ascend-deploy-kit", "version": __version__, "torch": torch.__version__.split("+")[0]},
+        "source": {"path": str(plan.src.resolve()), "format": plan.reader.format, "files": source_hashes,
+                   "architecture": (plan.reader.config().get("architectures") or [None])[0],
+                   "family": plan.spec.family, "dtype": plan.source_dtype},
+        "target": {"soc": plan.soc, "dtype": plan.dtype, **packed_target(plan)},
+        "options": plan.options.recorded(), "files": files, "tensors": {},
+        "rank_tensors": {name: record["tensors"] for name, record in ranks.items()},
+        "source_cast": journal.get("cast", {}), "dropped_tensors": plan.dropped,
+        "summary": {"ranks": len(ranks), "tensors": sum(len(r["tensors"]) for r in ranks.values()),
+                    "bytes": sum(r["file"]["size"] for r in ranks.values()), "cast": total.to_dict()},
+    }
+    write_json_atomic(work / MANIFEST_NAME, manifest)
+    (work / JOURNAL_NAME).unlink()
+    fsync_tree(work)
+    _swap_into_place(work, plan.out)
+    return ConvertResult(plan.out, manifest, plan, [r for r in resumed if r in ranks], [])
 
 
 def _tensor_record(plan: ConversionPlan, job: TensorJob, shard: str, stats: CastStats) -> dict:
@@ -547,8 +595,10 @@ def _bias_of(plan: ConversionPlan, job: TensorJob) -> torch.Tensor | None:
 
 
 def _write_side_files(plan: ConversionPlan, work: Path) -> list[str]:
+    packed = plan.options.layout == "packed"
+    keep = {f"tp{plan.options.tp}"} if packed else {s.name for s in plan.shards}
     for stale in work.iterdir():  # a resumed run rewrites every small file
-        if stale.name not in {s.name for s in plan.shards} and stale.name != JOURNAL_NAME:
+        if stale.name not in keep and stale.name != JOURNAL_NAME:
             stale.unlink() if stale.is_file() else shutil.rmtree(stale)
     written = plan.reader.write_side_files(work)
     config = dict(plan.reader.config())
@@ -560,7 +610,7 @@ def _write_side_files(plan: ConversionPlan, work: Path) -> list[str]:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
     written.append("config.json")
-    if len(plan.shards) > 1:
+    if len(plan.shards) > 1 and not packed:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": {p.name: s.name for s in plan.shards for j in s.jobs for p in j.parts}}
         index_name = "model.safetensors.index.json" if plan.quant is None else QUANT_INDEX_NAME

@@ -51,10 +51,13 @@ def print_plan(plan: ConversionPlan, as_json: bool = False) -> None:
 
 def summary_dict(result: ConvertResult) -> dict:
     m = result.manifest
-    dtypes = Counter(t["dtype"] for t in m["tensors"].values())
+    records = [t for ts in m.get("rank_tensors", {}).values() for t in ts.values()] or list(m["tensors"].values())
+    dtypes = Counter(t["dtype"] for t in records)
+    files = m["summary"].get("shards", m["summary"].get("ranks"))
     return {"output": str(result.out), "family": m["source"]["family"], "format": m["source"]["format"],
             "soc": m["target"]["soc"], "dtype": m["target"]["dtype"], "tensors": m["summary"]["tensors"],
-            "bytes": m["summary"]["bytes"], "shards": m["summary"]["shards"], "dtypes": dict(dtypes),
+            "bytes": m["summary"]["bytes"], "shards": files, "layout": m["target"].get("layout", "default"),
+            "dtypes": dict(dtypes),
             "cast": m["summary"]["cast"], "files": len(m["files"]), "resumed_shards": result.resumed_shards,
             "warnings": result.warnings}
 
@@ -68,7 +71,8 @@ def print_convert_summary(result: ConvertResult, as_json: bool = False) -> None:
     table = Table(title=f"converted → {data['output']}", show_header=False)
     table.add_row("model", f"{data['family']} ({data['format']})")
     table.add_row("target", f"{data['soc']}, {data['dtype']}")
-    table.add_row("tensors", f"{data['tensors']} in {data['shards']} shard(s)")
+    unit = "rank file(s)" if data["layout"] == "packed" else "shard(s)"
+    table.add_row("tensors", f"{data['tensors']} in {data['shards']} {unit}")
     table.add_row("bytes", human_bytes(data["bytes"]))
     table.add_row("dtypes", ", ".join(f"{k}: {v}" for k, v in sorted(data["dtypes"].items())))
     c = data["cast"]

@@ -66,11 +66,20 @@ def verify(out: Path, source: Path | None = None, logits: bool = False, stop_at_
 
     _check_files(out, manifest, report, fail)
     read_back = _check_tensors(out, manifest, report, fail)
+    packed = manifest["target"].get("layout") == "packed"
+    if packed:
+        _check_rank_tensors(out, manifest, report, fail)
     if source is not None:
-        _check_source(Path(source), manifest, read_back, report, fail)
+        if packed:
+            _check_packed_source(Path(source), out, manifest, report, fail)
+        else:
+            _check_source(Path(source), manifest, read_back, report, fail)
     if logits:
         if source is None:
             raise UserError("--logits needs --source SRC to compare against")
+        if packed:
+            raise UserError(f"{out}: --logits loads the output with transformers, which does not read the packed "
+                            f"tensor-parallel layout; the per-rank check with --source covers it")
         if manifest["target"].get("layout") == "quantized":
             raise UserError(f"{out}: --logits loads the output with transformers, which does not read "
                             f"msModelSlim's quantized layout; the per-tensor check with --source covers it")
@@ -92,38 +101,65 @@ def _check_files(out: Path, manifest: dict, report: VerifyReport, fail) -> None:
             fail(f"{path}: sha256 {actual['sha256'][:16]}… size {actual['size']} differ from the manifest "
                  f"({record['sha256'][:16]}… size {record['size']})")
         report.files_checked += 1
-    for path in sorted(out.glob("*.safetensors")):
-        if path.name not in manifest["files"]:
+    for path in sorted([*out.glob("*.safetensors"), *out.glob("tp*/*.safetensors")]):
+        if path.relative_to(out).as_posix() not in manifest["files"]:
             fail(f"{path}: weight file not listed in {MANIFEST_NAME}")
 
 
 def _check_tensors(out: Path, manifest: dict, report: VerifyReport, fail) -> dict[str, str]:
     """Re-hash each tensor; returns tensor name → file for the source comparison."""
-    by_file: dict[str, list[str]] = {}
+    by_file: dict[str, dict[str, dict]] = {}
     for name, record in manifest["tensors"].items():
-        by_file.setdefault(record["file"], []).append(name)
-    for file, names in by_file.items():
-        path = out / file
-        if not path.is_file():
-            continue  # already reported
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                present = set(handle.keys())
-                for name in names:
-                    record = manifest["tensors"][name]
-                    if name not in present:
-                        fail(f"{path}: tensor {name} missing")
-                        continue
-                    tensor = handle.get_tensor(name)
-                    if dtype_name(tensor.dtype) != record["dtype"] or list(tensor.shape) != record["shape"]:
-                        fail(f"{path}: tensor {name} is {dtype_name(tensor.dtype)}{list(tensor.shape)}, "
-                             f"the manifest says {record['dtype']}{record['shape']}")
-                    elif sha256_bytes(tensor_bytes(tensor)) != record["sha256"]:
-                        fail(f"{path}: tensor {name} sha256 differs from the manifest")
-                    report.tensors_checked += 1
-        except SafetensorError as exc:
-            fail(f"{path}: not a valid safetensors file ({exc})")
+        by_file.setdefault(record["file"], {})[name] = record
+    for file, records in by_file.items():
+        _check_file_tensors(out / file, records, report, fail)
     return {name: r["file"] for name, r in manifest["tensors"].items()}
+
+
+def _check_file_tensors(path: Path, records: dict[str, dict], report: VerifyReport, fail) -> None:
+    """Each tensor of one weight file has the dtype, shape and sha256 its record says."""
+    if not path.is_file():
+        return  # already reported
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            present = set(handle.keys())
+            for name, record in records.items():
+                if name not in present:
+                    fail(f"{path}: tensor {name} missing")
+                    continue
+                tensor = handle.get_tensor(name)
+                if dtype_name(tensor.dtype) != record["dtype"] or list(tensor.shape) != record["shape"]:
+                    fail(f"{path}: tensor {name} is {dtype_name(tensor.dtype)}{list(tensor.shape)}, "
+                         f"the manifest says {record['dtype']}{record['shape']}")
+                elif sha256_bytes(tensor_bytes(tensor)) != record["sha256"]:
+                    fail(f"{path}: tensor {name} sha256 differs from the manifest")
+                report.tensors_checked += 1
+    except SafetensorError as exc:
+        fail(f"{path}: not a valid safetensors file ({exc})")
+
+
+def _check_rank_tensors(out: Path, manifest: dict, report: VerifyReport, fail) -> None:
+    """Re-hash every tensor of every rank file of a packed layout."""
+    for file, records in manifest.get("rank_tensors", {}).items():
+        _check_file_tensors(out / file, records, report, fail)
+
+
+def _check_packed_source(source: Path, out: Path, manifest: dict, report: VerifyReport, fail) -> None:
+    """Split the source again, rank by rank, exactly as the conversion did, and compare."""
+    from types import SimpleNamespace
+
+    from .packed import check_packed_source
+
+    reader = open_checkpoint(source)
+    try:
+        options = manifest["options"]
+        plan = SimpleNamespace(reader=reader, spec=getattr(reader, "spec", None) or find_spec(reader.config()),
+                               dtype=manifest["target"]["dtype"],
+                               options=SimpleNamespace(on_overflow=options["on_overflow"], tp=options["tp"],
+                                                       nz=options["nz"]))
+        report.source_checked += check_packed_source(plan, out, manifest, fail)
+    finally:
+        reader.close()
 
 
 def _check_source(source: Path, manifest: dict, read_back: dict[str, str], report: VerifyReport, fail) -> None:
