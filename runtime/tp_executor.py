@@ -18,6 +18,7 @@ stopped and reaped.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import fields, is_dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -74,14 +76,24 @@ def init_group(store, rank: int, size: int, device: torch.device):
     return dist.group.WORLD if backend == "gloo" else dist.new_group(backend="gloo")
 
 
+def _shutdown_if_alive(ref: weakref.ref) -> None:
+    executor = ref()
+    if executor is not None:
+        executor.shutdown()
+
+
 class TPExecutor:
     """The engine's model runner when tensor_parallel_size > 1: same interface as `ModelRunner`."""
 
     def __init__(self, model: Path, ckpt: Checkpoint, size: int, device: torch.device, dtype: str,
                  block_size: int, kernels) -> None:
+        import torch.distributed as dist
         from torch.distributed import TCPStore
 
         self.size, self.procs, self.logs, self.control = size, [], [], None
+        if dist.is_initialized():
+            raise UserError("another tensor-parallel engine is running in this process (torch.distributed has one "
+                            "default group): call its engine.shutdown() first")
         ckpt.with_tensor_parallel(size, 0)  # a model that does not split fails here, before any process starts
         # CPU ranks share the cores: each gets its part, rather than every rank spinning on all of them
         self.threads = max(1, (os.cpu_count() or 1) // size) if device.type == "cpu" else 0
@@ -89,7 +101,8 @@ class TPExecutor:
         port = free_port()
         self.store = TCPStore("127.0.0.1", port, size, is_master=True, wait_for_workers=False,
                               timeout=timedelta(seconds=STARTUP_TIMEOUT_S))
-        atexit.register(self.shutdown)
+        self._at_exit = functools.partial(_shutdown_if_alive, weakref.ref(self))  # no strong ref: __del__ can run
+        atexit.register(self._at_exit)
         try:
             spec = {"model": str(model), "size": size, "port": port, "device": device.type, "dtype": dtype,
                     "block_size": block_size, "threads": self.threads}
@@ -173,32 +186,36 @@ class TPExecutor:
                 raise UserError(f"tensor parallel ranks {sorted(pending)} did not load within {STARTUP_TIMEOUT_S} s")
             time.sleep(0.05)
 
+    def __del__(self) -> None:  # an engine dropped without shutdown() still stops its workers
+        try:
+            self.shutdown()
+        except Exception as exc:  # noqa: BLE001 - never raise from a finalizer (interpreter shutdown included)
+            log.debug("tensor parallel shutdown at finalization: %s", exc)
+
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
     def shutdown(self) -> None:
-        """Stop every worker (asked first, then terminated, then killed) and leave the process group."""
+        """Stop every worker (SIGTERM, then SIGKILL) and leave the process group.
+
+        No "stop" message: a shutdown can come from Ctrl-C or an error in the middle of a forward
+        pass, when a worker waits in a collective rank 0 will never join; a gloo send to it would
+        wait out the group's timeout. The workers hold nothing to save."""
         import torch.distributed as dist
 
-        if self.control is not None and all(p.poll() is None for p in self.procs):
-            try:
-                dist.broadcast_object_list([("stop",)], src=0, group=self.control)
-            except RuntimeError:
-                pass
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
         for proc in self.procs:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                proc.kill()
+                proc.wait()
         if self.control is not None and dist.is_initialized():
             dist.destroy_process_group()
         self.control = None
         self.procs = [p for p in self.procs if p.poll() is None]
         torch.set_num_threads(self.saved_threads)
-        atexit.unregister(self.shutdown)
+        atexit.unregister(self._at_exit)

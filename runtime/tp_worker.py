@@ -1,5 +1,6 @@
 """A tensor-parallel worker (rank 1..N-1), started by `TPExecutor`: load this rank's share, report
-through the TCP store, join the process group, then run every step rank 0 broadcasts until "stop".
+through the TCP store, join the process group, then run every step rank 0 broadcasts, until rank 0
+terminates it (or dies: then the kernel kills this process too).
 
     python -m runtime.tp_worker '{"model": ..., "rank": 1, "size": 2, "port": ..., "device": "cpu", ...}'
 """
@@ -54,14 +55,10 @@ def main(argv: list[str]) -> int:
         box = [None]
         dist.broadcast_object_list(box, src=0, group=control)
         message = box[0]
-        if message[0] == "stop":
-            break
         if message[0] == "allocate":
             runner.allocate(message[1])
         elif message[0] == "run":
             runner.execute(moved(message[1], device))
-    dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

@@ -273,8 +273,8 @@ def test_abort_frees_the_request_and_others_finish(checkpoint):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"device": "tpu"}, "device 'tpu': expected one of auto, cpu, cuda, npu, ascend"),
-    ({"tensor_parallel_size": 2},
-     "tensor_parallel_size=2: tensor parallel is not available yet; use tensor_parallel_size=1"),
+    ({"tensor_parallel_size": 0}, "tensor_parallel_size 0: expected an integer >= 1"),
+    ({"tensor_parallel_size": 3}, "tensor parallel size 3: the model's 4 attention heads are not divisible by 3"),
     ({"memory_policy": "lazy"}, "memory_policy 'lazy': expected 'static' or 'dynamic'"),
     ({"dtype": "int8"}, "dtype 'int8': expected float32, float16 or bfloat16"),
     ({"kv_cache_memory": "lots"}, "kv_cache_memory 'lots': expected bytes or a size such as 2GiB or 512MiB"),

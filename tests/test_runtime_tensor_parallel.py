@@ -62,6 +62,20 @@ def test_kv_heads_are_duplicated_when_ranks_outnumber_them(checkpoint):
         llm.engine.shutdown()
 
 
+def test_a_dropped_engine_stops_its_workers_and_a_second_one_waits_for_shutdown(checkpoint):
+    args = {"device": "cpu", "dtype": "float32", "kv_cache_memory": "2MiB", "tensor_parallel_size": 2}
+    llm = LLM(checkpoint("llama"), **args)
+    with pytest.raises(UserError, match=r"^another tensor-parallel engine is running in this process"):
+        LLM(checkpoint("qwen2"), **args)
+    pids = llm.engine.runner.pids
+    del llm  # no shutdown(): the finalizer stops the workers and leaves the process group
+    import gc
+
+    gc.collect()
+    assert alive(pids) == []
+    LLM(checkpoint("qwen2"), **args).engine.shutdown()
+
+
 def test_a_model_that_does_not_split_fails_before_any_process_starts(checkpoint, smollm2_bf16):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(UserError, match=r"^tensor parallel size 2: the model's 9 attention heads are not divisible "
@@ -132,3 +146,22 @@ def test_smollm2_on_three_ranks_gives_the_tokens_of_one(smollm2_bf16):
         assert tokens(llm, tokenizer_prompts, params) == want
     finally:
         llm.engine.shutdown()
+
+
+def test_the_server_serves_on_two_ranks_and_stops_them(checkpoint):
+    from server_process import TestServer
+
+    path = checkpoint("llama")
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    want = LLM(path, device="cpu", kv_cache_memory="2MiB").generate([PROMPTS[0]], params, progress=False)[0].text
+    srv = TestServer(path, "--tensor-parallel-size", "2", "--kv-cache-memory", "4MiB")
+    try:
+        workers = [c.pid for c in psutil.Process(srv.pid).children(recursive=True)]
+        assert len(alive(workers)) == 1
+        model = srv.client.get("/v1/models").json()["data"][0]["id"]
+        body = srv.client.post("/v1/completions", json={"model": model, "prompt": PROMPTS[0], "max_tokens": 6,
+                                                        "temperature": 0, "ignore_eos": True}).json()
+        assert body["usage"]["completion_tokens"] == 6 and body["choices"][0]["text"] == want
+    finally:
+        assert srv.stop() == 0
+    assert alive(workers) == []

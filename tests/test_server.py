@@ -366,8 +366,8 @@ def test_soak_has_no_errors_and_rss_stops_growing(model_dir):
 
 def test_serve_bad_input_is_one_line(tmp_path, model_dir):
     assert_one_line_error(run_cli("serve", tmp_path / "missing", "--device", "cpu"), "missing")
-    assert_one_line_error(run_cli("serve", model_dir, "--device", "cpu", "--tensor-parallel-size", "2"),
-                          "tensor_parallel_size=2")
+    assert_one_line_error(run_cli("serve", model_dir, "--device", "cpu", "--tensor-parallel-size", "3"),
+                          "tensor parallel size 3: the model's 4 attention heads are not divisible by 3")
     assert_one_line_error(run_cli("serve", model_dir, "--device", "cpu", "--host", "203.0.113.7"),
                           "cannot listen on 203.0.113.7:8000: Cannot assign requested address")
     with socket.create_server(("127.0.0.1", 0)) as taken:
