@@ -31,6 +31,18 @@ def demo_command(out: str | None) -> int:
     return run_demo(out)
 
 
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@debug_option
+def doctor_command(as_json: bool) -> int:
+    """Python, torch, torch_npu, CANN, npu-smi and the Ascend variables here; exit 1 on a mismatch."""
+    from .doctor import diagnose, print_report
+
+    report = diagnose()
+    print_report(report, as_json)
+    return 1 if report.warnings else 0
+
+
 cli.add_command(convert_command)
 cli.add_command(verify_command)
 cli.add_command(manifest_group)
