@@ -217,5 +217,8 @@ class TPExecutor:
             dist.destroy_process_group()
         self.control = None
         self.procs = [p for p in self.procs if p.poll() is None]
+        for logfile in self.logs:
+            logfile.close()
+        self.logs = []
         torch.set_num_threads(self.saved_threads)
         atexit.unregister(self._at_exit)
