@@ -346,11 +346,12 @@ def _prepare_work_dir(plan: ConversionPlan) -> tuple[Path, dict]:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"{out}: cannot write the output directory ({exc.strerror or exc})") from None
-    # A finished shard counts only if its bytes are still what the journal says.
-    for name, record in list(journal["shards"].items()):
-        path = work / name
-        if not path.is_file() or file_record(path) != record["file"]:
-            del journal["shards"][name]
+    # A finished shard (or rank file) counts only if its bytes are still what the journal says.
+    for finished in (journal["shards"], journal.get("ranks", {})):
+        for name, record in list(finished.items()):
+            path = work / name
+            if not path.is_file() or file_record(path) != record["file"]:
+                del finished[name]
     return work, journal
 
 
@@ -500,19 +501,21 @@ def _run(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) ->
     side_files = _write_side_files(plan, work)
     hash_thread.join()
     manifest = _manifest(plan, work, journal, source_hashes, side_files)
+    _publish(plan, work, manifest)
+    return ConvertResult(plan.out, manifest, plan, resumed, warnings)
+
+
+def _publish(plan: ConversionPlan, work: Path, manifest: dict) -> None:
+    """Manifest in, journal out, everything durable, then the directory renamed into place."""
     write_json_atomic(work / MANIFEST_NAME, manifest)
     (work / JOURNAL_NAME).unlink()
     fsync_tree(work)
     _swap_into_place(work, plan.out)
-    return ConvertResult(plan.out, manifest, plan, resumed, warnings)
 
 
 def _run_packed(plan: ConversionPlan, work: Path, journal: dict, reporter: Reporter) -> ConvertResult:
     hash_thread, source_hashes = _hash_sources(plan)
-    resumed = sorted(journal.get("ranks", {}))
-    for name, record in list(journal.get("ranks", {}).items()):  # kept only if its bytes are still there
-        if not (work / name).is_file() or file_record(work / name) != record["file"]:
-            del journal["ranks"][name]
+    resumed = sorted(journal.get("ranks", {}))  # what _prepare_work_dir kept: their bytes are intact
     ranks = convert_packed(plan, work, journal, reporter)
     side_files = _write_side_files(plan, work)
     hash_thread.join()
@@ -522,11 +525,7 @@ def _run_packed(plan: ConversionPlan, work: Path, journal: dict, reporter: Repor
     for record in journal.get("cast", {}).values():
         total.merge(CastStats(**record))
     manifest = {
-        "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
-        "tool": {"name": "ascend-deploy-kit", "version": __version__, "torch": torch.__version__.split("+")[0]},
-        "source": {"path": str(plan.src.resolve()), "format": plan.reader.format, "files": source_hashes,
-                   "architecture": (plan.reader.config().get("architectures") or [None])[0],
-                   "family": plan.spec.family, "dtype": plan.source_dtype},
+        **_manifest_head(plan, source_hashes),
         "target": {"soc": plan.soc, "dtype": plan.dtype, **packed_target(plan)},
         "options": plan.options.recorded(), "files": files, "tensors": {},
         "rank_tensors": {name: record["tensors"] for name, record in ranks.items()},
@@ -534,11 +533,8 @@ def _run_packed(plan: ConversionPlan, work: Path, journal: dict, reporter: Repor
         "summary": {"ranks": len(ranks), "tensors": sum(len(r["tensors"]) for r in ranks.values()),
                     "bytes": sum(r["file"]["size"] for r in ranks.values()), "cast": total.to_dict()},
     }
-    write_json_atomic(work / MANIFEST_NAME, manifest)
-    (work / JOURNAL_NAME).unlink()
-    fsync_tree(work)
-    _swap_into_place(work, plan.out)
-    return ConvertResult(plan.out, manifest, plan, [r for r in resumed if r in ranks], [])
+    _publish(plan, work, manifest)
+    return ConvertResult(plan.out, manifest, plan, resumed, [])
 
 
 def _tensor_record(plan: ConversionPlan, job: TensorJob, shard: str, stats: CastStats) -> dict:
@@ -606,15 +602,13 @@ def _write_side_files(plan: ConversionPlan, work: Path) -> list[str]:
     keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
     for key in keys:
         config[key] = plan.dtype
-    with open(work / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    _write_json(work / "config.json", config, sort_keys=True)
     written.append("config.json")
     if len(plan.shards) > 1 and not packed:
         index = {"metadata": {"total_size": plan.total_bytes},
                  "weight_map": {p.name: s.name for s in plan.shards for j in s.jobs for p in j.parts}}
         index_name = "model.safetensors.index.json" if plan.quant is None else QUANT_INDEX_NAME
-        _write_json(work / index_name, index)
+        _write_json(work / index_name, index, sort_keys=True)
         written.append(index_name)
     if plan.quant is not None:
         kept = plan.quant.keep_float
@@ -629,9 +623,9 @@ def _write_side_files(plan: ConversionPlan, work: Path) -> list[str]:
     return sorted(written)
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_json(path: Path, data: dict, sort_keys: bool = False) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
+        json.dump(data, f, indent=2, sort_keys=sort_keys)
         f.write("\n")
 
 
@@ -646,12 +640,7 @@ def _manifest(plan: ConversionPlan, work: Path, journal: dict, source_hashes: di
     for record in tensors.values():
         total.merge(CastStats(**record["cast"]))
     return {
-        "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_VERSION,
-        "tool": {"name": "ascend-deploy-kit", "version": __version__, "torch": torch.__version__.split("+")[0]},
-        "source": {"path": str(plan.src.resolve()), "format": plan.reader.format, "files": source_hashes,
-                   "architecture": (plan.reader.config().get("architectures") or [None])[0],
-                   "family": plan.spec.family, "dtype": plan.source_dtype},
+        **_manifest_head(plan, source_hashes),
         "target": {"soc": plan.soc, "dtype": plan.dtype, "layout": "default" if plan.quant is None else "quantized",
                    **({} if plan.quant is None else {"quantize": plan.quant.quant_type})},
         "options": plan.options.recorded(),
@@ -660,6 +649,18 @@ def _manifest(plan: ConversionPlan, work: Path, journal: dict, source_hashes: di
         "dropped_tensors": plan.dropped,
         "summary": {"tensors": len(tensors), "bytes": plan.total_bytes, "shards": len(plan.shards),
                     "cast": total.to_dict()},
+    }
+
+
+def _manifest_head(plan: ConversionPlan, source_hashes: dict) -> dict:
+    """What every manifest starts with, whatever the layout: format, tool, source."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "tool": {"name": "ascend-deploy-kit", "version": __version__, "torch": torch.__version__.split("+")[0]},
+        "source": {"path": str(plan.src.resolve()), "format": plan.reader.format, "files": source_hashes,
+                   "architecture": (plan.reader.config().get("architectures") or [None])[0],
+                   "family": plan.spec.family, "dtype": plan.source_dtype},
     }
 
 

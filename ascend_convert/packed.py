@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,7 @@ def convert_packed(plan, work: Path, journal: dict, reporter) -> dict:
         overflowed = {n: s for n, s in stats.items() if s.overflow}
         if overflowed and plan.options.on_overflow == "fail":
             listing = "; ".join(f"{n} ({s.overflow} values)" for n, s in overflowed.items())
+            shutil.rmtree(work, ignore_errors=True)  # as the default layout does: nothing to resume
             raise CheckFailed(f"{len(overflowed)} tensor(s) hold values beyond the {plan.dtype} range, which a cast "
                               f"would turn into Inf: {listing} (use --on-overflow clamp to saturate them)")
         path = work / name

@@ -55,6 +55,20 @@ def parameter_for(name: str) -> tuple[str, int | None]:
     return f"model.layers.{layer}.{target}.{tensor}", part
 
 
+#: runtime module → the canonical module of its first part (what a packed file's names stand for)
+_FIRST_PART = {target: module for module, (target, part) in MODULES.items() if part in (0, None)}
+
+
+def canonical_of(name: str) -> str:
+    """The inverse of `parameter_for` up to the part: a runtime (packed) tensor name → the canonical
+    name of its first part (`...self_attn.qkv.bias` → `...self_attn.q_proj.bias`)."""
+    m = _LAYER.match(name)
+    if m is None or m.group(2) not in _FIRST_PART:
+        return name
+    layer, module, tensor = m.groups()
+    return f"model.layers.{layer}.{_FIRST_PART[module]}.{tensor}"
+
+
 @dataclass(frozen=True)
 class TPLayout:
     """How a model of these sizes splits over `size` ranks; raises UserError if it cannot."""

@@ -26,7 +26,7 @@ from ascend_convert.errors import UserError
 from ascend_convert.quant_layout import DESCRIPTION_NAME, LINEAR_ROLES
 from ascend_convert.quantize import loaded_deq_scale
 from ascend_convert.readers import CheckpointReader, open_checkpoint, read_config
-from ascend_convert.tp_layout import from_nz, parameter_for, rank_tensors
+from ascend_convert.tp_layout import canonical_of, from_nz, parameter_for, rank_tensors
 
 from .model import CausalLM
 from .model_config import ModelConfig, model_config, tp_config
@@ -97,11 +97,6 @@ def _packed_files(path: Path) -> dict[tuple[int, int], Path]:
     return found
 
 
-#: A packed (runtime-named) tensor → the canonical tensor whose presence it shows.
-_PACKED_FEATURES = {"self_attn.qkv.bias": "self_attn.q_proj.bias", "self_attn.o.bias": "self_attn.o_proj.bias",
-                    "mlp.gate_up.bias": "mlp.gate_proj.bias", "self_attn.q_norm.weight": "self_attn.q_norm.weight"}
-
-
 def _open_packed(path: Path, packed: dict[tuple[int, int], Path]) -> Checkpoint:
     from safetensors import safe_open
 
@@ -109,12 +104,7 @@ def _open_packed(path: Path, packed: dict[tuple[int, int], Path]) -> Checkpoint:
     where = str(path / "config.json")
     spec = find_spec(raw, where=where)
     with safe_open(str(packed[min(packed)]), framework="pt") as f:
-        keys = set(f.keys())
-    names = {n for n in keys if not n.startswith("model.layers.")}
-    for key in keys:
-        layer, _, rest = key.removeprefix("model.layers.").partition(".")
-        if key.startswith("model.layers.") and rest in _PACKED_FEATURES:
-            names.add(f"model.layers.{layer}.{_PACKED_FEATURES[rest]}")
+        names = {canonical_of(key) for key in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
     return Checkpoint(path, None, spec, model_config(raw, spec, names, path, where), raw, packed)
 
 
