@@ -27,13 +27,15 @@ def skip_teardown() -> None:
     _skip_teardown = True
 
 
-def _debugging(args: list[str]) -> bool:
+def debugging(args: list[str] | None = None) -> bool:
+    """--debug on the command line (or ASCENDKIT_DEBUG=1): tracebacks instead of one-line errors."""
+    args = sys.argv[1:] if args is None else args
     return "--debug" in args or os.environ.get("ASCENDKIT_DEBUG") == "1"
 
 
 def run_main(command: click.Command, args: list[str] | None = None, prog_name: str | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
-    debug = _debugging(argv)
+    debug = debugging(argv)
     try:
         code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
 from ascend_convert.cli import convert_command, verify_command
-from ascend_convert.cli_support import debug_option, run_main
+from ascend_convert.cli_support import debug_option, debugging, run_main
 from opcheck.cli import check_ops_command, manifest_group
 from runtime.bench import bench_command
 from runtime.server.cli import serve_command
@@ -41,6 +44,49 @@ def doctor_command(as_json: bool) -> int:
     report = diagnose()
     print_report(report, as_json)
     return 1 if report.warnings else 0
+
+
+@cli.command("gate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--policy", "policy_file", required=True, type=click.Path(path_type=Path),
+              help="The policy (TOML): target, ops allow list, smoke prompts, performance floors and ceilings.")
+@click.option("--report-dir", required=True, type=click.Path(path_type=Path),
+              help="Where gate.json, gate.junit.xml, gate.sarif and gate.md go.")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Where MODEL is converted to [default: REPORT_DIR/converted]; unused when MODEL is converted.")
+@click.option("--force", is_flag=True, help="Replace an existing conversion output.")
+@click.option("--progress/--no-progress", default=True, help="Progress bars (on a terminal).")
+@debug_option
+def gate_command(model: Path, policy_file: Path, report_dir: Path, output: Path | None, force: bool,
+                 progress: bool) -> int:
+    """Convert (or verify) MODEL, check its operators and the runtime's, smoke-serve it, and decide
+    against the policy. Exit 0 pass, 1 a rule failed (each named), 2 the gate could not decide."""
+    from ascend_convert.errors import UserError
+
+    from .gate import print_verdict, run_gate
+    from .gate_policy import load_policy
+    from .gate_reports import write_reports
+
+    policy = load_policy(policy_file)
+    if not model.exists():
+        raise UserError(f"{model}: no such file or directory")
+    if report_dir.exists() and not report_dir.is_dir():
+        raise UserError(f"--report-dir {report_dir}: exists and is not a directory")
+    if policy.ops.manifest is None:
+        from opcheck.manifests import SHIPPED
+
+        if policy.target.torch_npu not in SHIPPED:
+            raise UserError(f"{policy_file}: target.torch_npu {policy.target.torch_npu}: no shipped operator "
+                            f"manifest (shipped: {', '.join(v for v in SHIPPED if v != 'onnx')}); build one with "
+                            f"`ascendkit manifest build` and name it in ops.manifest")
+    run = run_gate(model, policy_file, policy, report_dir, output, force, progress and sys.stderr.isatty(),
+                   say=lambda line: click.echo(line, err=True), debug=debugging())
+    written = write_reports(run)
+    print_verdict(run)
+    click.echo("reports: " + ", ".join(str(p) for p in written.values()) + (f", {run.plot}" if run.plot else ""))
+    if run.error:
+        click.echo(f"error: {run.error}", err=True)
+    return run.exit_code
 
 
 cli.add_command(convert_command)

@@ -43,6 +43,8 @@ class PromptResult:
     index: int | None = None  # where a tie or mismatch is
     reference_text: str | None = None
     error: str | None = None
+    agreeing_tokens: int = 0  # transformers' tokens reproduced before the first real difference
+    reference_tokens: int = 0
 
 
 class _Refused(Exception):
@@ -77,7 +79,8 @@ def _prompt_ids(tokenizer, kind: str, prompt: str) -> list[int]:
 
 def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, trust_remote_code: bool,
              tokenizer) -> None:
-    """Fill in each result's status from transformers' greedy tokens on the same weights."""
+    """Fill in each result's status from transformers' greedy tokens on `model`'s weights (the
+    served checkpoint, or the source a quantized one was made from)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -93,11 +96,18 @@ def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, t
         ref_tokens, ref_logits = hf_greedy(hf, r.prompt_token_ids, max_tokens)
         agreement = compare_greedy(r.token_ids, ref_tokens, ref_logits, dtype)
         r.status, r.index = agreement.status, agreement.index
+        r.reference_tokens = len(ref_tokens)
+        r.agreeing_tokens = len(ref_tokens) if agreement.ok else min(agreement.index, len(ref_tokens))
         r.reference_text = tokenizer.decode(ref_tokens, skip_special_tokens=True)
 
 
 def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, prompt_len: int, load_tokens: int,
+              prompts: list[tuple[str, str]] | None = None, reference: Path | None = None, compare: bool = True,
               **engine_kwargs: Any) -> dict[str, Any]:
+    """`prompts`: (kind, text) pairs, kind "plain" or "chat" (default: the fixed ones; chat only where the
+    tokenizer has a template). `reference`: the checkpoint transformers loads to compare with
+    (default: `model` itself, the same weights); `compare` False: no comparison (a quantized model
+    whose source is gone), the verdict is the load's."""
     import httpx
     import torch
 
@@ -111,10 +121,14 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
     tokenizer = load_tokenizer(model, trust)
     if tokenizer is None:
         raise UserError(f"{model}: no tokenizer, so no prompts to smoke-test; convert a checkpoint with its tokenizer")
-    kinds = [("plain", p) for p in PLAIN_PROMPTS]
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    if has_template:
-        kinds += [("chat", p) for p in CHAT_PROMPTS]
+    if prompts is not None:
+        kinds = list(prompts)
+        if not has_template and any(kind == "chat" for kind, _ in kinds):
+            raise UserError(f"{model}: the tokenizer has no chat template, so chat prompts cannot be sent")
+    else:
+        kinds = [("plain", p) for p in PLAIN_PROMPTS]
+        kinds += [("chat", p) for p in CHAT_PROMPTS] if has_template else []
     with ServerProcess(model, serve_args(engine_kwargs)) as server, \
             httpx.Client(base_url=server.url, timeout=600) as client:
         card = served_model(server.url)
@@ -132,11 +146,15 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
         outcomes, wall = asyncio.run(run_load(server.url, card["id"], load_prompts, load_tokens, concurrency))
         load = {**summarize_load(outcomes, wall), **server_memory(server.url)}
     info = card["ascendkit"]
-    _compare(model, getattr(torch, info["dtype"]), results, max_tokens, trust, tokenizer)
+    if compare:
+        _compare(reference or model, getattr(torch, info["dtype"]), results, max_tokens, trust, tokenizer)
     agreed = sum(r.status in ("match", "tie") for r in results)
-    passed = agreed == len(results) and load["failed"] == 0
+    reference_tokens = sum(r.reference_tokens for r in results)
+    passed = (agreed == len(results) or not compare) and load["failed"] == 0
     return {"model": str(model), "device": info["device"], "dtype": info["dtype"],
             "verdict": "PASS" if passed else "FAIL", "prompts_agreeing": agreed, "prompts": len(results),
+            "reference": str(reference or model) if compare else None,
+            "greedy_agreement": sum(r.agreeing_tokens for r in results) / reference_tokens if reference_tokens else None,
             "chat_template": has_template, "results": [asdict(r) for r in results],
             "load": {"requests": requests, "concurrency": concurrency, "prompt_len": prompt_len,
                      "tokens_per_request": load_tokens, **load}}
@@ -152,7 +170,8 @@ def print_smoke(report: dict[str, Any]) -> None:
         table.add_column(column)
     for r in report["results"]:
         status = {"match": "[green]match[/]", "tie": f"[yellow]tie at token {r['index']}[/]",
-                  "error": f"[red]refused: {r['error']}[/]"}.get(r["status"], f"[red]MISMATCH at token {r['index']}[/]")
+                  "error": f"[red]refused: {r['error']}[/]",
+                  "pending": "not compared"}.get(r["status"], f"[red]MISMATCH at token {r['index']}[/]")
         answer = " ".join(r["text"].split())
         table.add_row(r["kind"], r["prompt"].strip(), answer[:70] + ("…" if len(answer) > 70 else ""),
                       str(len(r["token_ids"])), status)

@@ -1,0 +1,337 @@
+"""`ascendkit gate`: the pre-deployment CI step. One run does what a release review does by hand —
+doctor, convert (or verify a converted directory), check_ops on the model and on the runtime, the
+smoke test — and decides each policy rule, so CI gets a verdict and every failed rule by name.
+
+Stages run in order; a failed rule does not stop the run (CI wants every failure at once), an error
+does (later stages need what the failed one makes). Exit codes: 0 every rule passed, 1 a rule
+failed, 2 the gate could not decide (bad input, a stage that raised).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ascend_convert.errors import UserError, first_line
+
+from .gate_policy import Policy
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+#: [performance] key → (the smoke load's figure, how it reads, True for a floor / False for a ceiling)
+PERFORMANCE = {
+    "min_throughput_tok_s": (("output_throughput_tok_s",), "throughput {v:.1f} tok/s", True),
+    "max_ms_per_token": (("latency_ms_per_token",), "average latency {v:.2f} ms/token", False),
+    "max_ttft_p99_ms": (("ttft_ms", "p99"), "TTFT p99 {v:.1f} ms", False),
+    "max_tpot_p50_ms": (("tpot_ms", "p50"), "TPOT p50 {v:.1f} ms", False),
+    "max_tpot_p99_ms": (("tpot_ms", "p99"), "TPOT p99 {v:.1f} ms", False),
+    "max_memory_gb": (("memory_gb",), "memory {v:.2f} GB", False),
+}
+
+
+@dataclass
+class Rule:
+    """One decision. `key` is the policy key that asked for it (SARIF points at its line)."""
+
+    id: str
+    status: str  # pass | fail | skip
+    message: str
+    key: str | None = None
+
+
+@dataclass
+class GateRun:
+    model: Path
+    policy_path: Path
+    policy: Policy
+    report_dir: Path
+    converted: Path | None = None
+    source: Path | None = None
+    quantized: bool = False
+    rules: list[Rule] = field(default_factory=list)
+    stages: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)  # "model"/"runtime" → opcheck.check.CheckResult
+    plot: Path | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> list[Rule]:
+        return [r for r in self.rules if r.status == FAIL]
+
+    @property
+    def verdict(self) -> str:
+        return "ERROR" if self.error else "FAIL" if self.failed else "PASS"
+
+    @property
+    def exit_code(self) -> int:
+        return {"PASS": 0, "FAIL": 1, "ERROR": 2}[self.verdict]
+
+    def add(self, rule_id: str, passed: bool | None, message: str, key: str | None = None) -> None:
+        """`passed` None: the rule does not apply here (skipped, with the reason in `message`)."""
+        status = SKIP if passed is None else PASS if passed else FAIL
+        self.rules.append(Rule(rule_id, status, message, key))
+
+
+# -- stages ------------------------------------------------------------------------------------------
+def stage_doctor(run: GateRun) -> None:
+    from .doctor import diagnose
+
+    report = diagnose()
+    run.stages["doctor"] = report.to_dict()
+    warnings = report.warnings
+    run.add("doctor", not warnings, "; ".join(f"{c.name}: {c.value} ({c.detail})" for c in warnings)
+            if warnings else ("no mismatch" if report.has_npu else "no NPU on this machine: nothing to mismatch"))
+    wanted = run.policy.target.torch_npu
+    installed = next(c.value for c in report.checks if c.name == "torch_npu")
+    if installed == "not installed":
+        run.add("target.torch_npu", True, f"torch_npu not installed here: operators checked against torch_npu "
+                                          f"{wanted}'s kernel list", "target.torch_npu")
+    else:
+        run.add("target.torch_npu", installed == wanted or installed.startswith(wanted + "."),
+                f"torch_npu {installed} installed, the policy targets {wanted}", "target.torch_npu")
+    chip = run.policy.target.soc.removeprefix("ascend").upper()
+    for npu in report.npus:
+        run.add(f"target.soc.npu{npu['npu']}", chip in npu["name"].upper(),
+                f"NPU {npu['npu']} is a {npu['name']}, the policy targets {run.policy.target.soc}", "target.soc")
+
+
+def _manifest(directory: Path) -> dict | None:
+    path = directory / "ascend_manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable manifest ({first_line(exc)})") from None
+
+
+def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> None:
+    """Convert MODEL for the policy's target, or verify it when it is already converted."""
+    from ascend_convert.converter import ConvertOptions, convert
+    from ascend_convert.progress import RichReporter
+    from ascend_convert.verify import verify
+
+    target, options = run.policy.target, run.policy.convert
+    manifest = _manifest(run.model) if run.model.is_dir() else None
+    if manifest is not None:
+        run.converted = run.model
+        recorded = Path(manifest["source"]["path"])
+        run.source = recorded if recorded.exists() else None
+        action = "verified"
+    else:
+        quantize = None if target.quantize == "none" else target.quantize
+        convert(run.model, output, ConvertOptions(soc=target.soc, dtype=target.dtype, on_overflow=options.on_overflow,
+                                                  quantize=quantize, force=force),
+                RichReporter("convert", enabled=progress))
+        run.converted, run.source, action = output, run.model, "converted"
+        manifest = _manifest(output)
+    verify_source = run.source if options.verify_source else None
+    report = verify(run.converted, source=verify_source)
+    got = manifest["target"]
+    run.quantized = bool(got.get("quantize"))
+    run.stages["convert"] = {"action": action, "output": str(run.converted), "source": str(run.source or ""),
+                             "target": got, "summary": manifest.get("summary"),
+                             "verify": {"ok": report.ok, "files": report.files_checked,
+                                        "tensors": report.tensors_checked, "source_tensors": report.source_checked,
+                                        "failures": report.failures[:20]}}
+    run.add("target.soc", got["soc"] == target.soc, f"converted for {got['soc']}, the policy targets {target.soc}",
+            "target.soc")
+    run.add("target.dtype", got["dtype"] == target.dtype, f"weights in {got['dtype']}, the policy wants "
+                                                          f"{target.dtype}", "target.dtype")
+    quant = (got.get("quantize") or "none").lower()
+    run.add("target.quantize", quant == target.quantize, f"quantization {quant}, the policy wants {target.quantize}",
+            "target.quantize")
+    proof = f"{report.files_checked} files and {report.tensors_checked} tensors match the manifest's sha256"
+    if verify_source is not None:
+        proof += f"; {report.source_checked} tensors equal the checked conversion of {verify_source}"
+    elif options.verify_source:
+        proof += f"; source {manifest['source']['path']} not found, so not compared with it"
+    run.add("convert.verify", report.ok, proof if report.ok else "; ".join(report.failures[:3]),
+            "convert.verify_source")
+
+
+def stage_check_ops(run: GateRun, which: str) -> None:
+    """check_ops on the converted model (`hf`) or on the runtime's own model (`runtime`)."""
+    from opcheck.check import run_check
+
+    ops, target = run.policy.ops, run.policy.target
+    manifest = Path(ops.manifest) if ops.manifest else None
+    if manifest is not None and not manifest.is_absolute():
+        manifest = run.policy_path.parent / manifest
+    result = run_check(str(run.converted), "hf" if which == "model" else "runtime", soc=target.soc,
+                       dtype=target.dtype, version=target.torch_npu, manifest_file=manifest, seq_len=ops.seq_len,
+                       allowed=run.policy.allowed_ops())
+    run.checks[which] = result
+    allowed = result.target["allowed"]
+    calls = sum(u.count for u in result.uses.values())
+    said = f"{len(result.uses)} distinct ops, {calls} calls against torch_npu {target.torch_npu} on {target.soc}"
+    if allowed:
+        said += "; allowed by the policy: " + ", ".join(f"{a['op']} ({a['reason']})" for a in allowed)
+    if result.found:
+        said = ", ".join(f"{f.kind} op {f.op} ({f.count} calls)" for f in result.found) + f" — {said}"
+    run.add(f"ops.{which}", not result.found, said, f"ops.{which}")
+
+
+def _engine_kwargs(policy: Policy) -> dict[str, Any]:
+    rt = policy.runtime
+    return {"device": rt.device, "dtype": None, "max_num_seqs": rt.max_num_seqs, "max_model_len": None,
+            "memory_policy": "static", "kv_cache_memory": rt.kv_cache_memory, "block_size": 16,
+            "enable_prefix_caching": True, "tensor_parallel_size": rt.tensor_parallel_size,
+            "trust_remote_code": False}
+
+
+def _figure(load: dict, path: tuple[str, ...]) -> float | None:
+    value: Any = load
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def stage_smoke(run: GateRun) -> None:
+    """Serve the converted model, ask the policy's prompts, run the load; decide prompts, agreement and
+    the performance floors and ceilings."""
+    from runtime.smoke import run_smoke
+
+    smoke, policy = run.policy.smoke, run.policy
+    prompts = [("chat" if p.chat else "plain", p.prompt) for p in smoke.prompts] or None
+    # An unquantized conversion is the source's weights, cast (verify proves it): transformers runs them
+    # as they are. A quantized one is compared with the source it came from.
+    reference = run.source if run.quantized else None
+    compare = not run.quantized or run.source is not None
+    report = run_smoke(run.converted, max_tokens=smoke.max_tokens, requests=smoke.load.requests,
+                       concurrency=smoke.load.concurrency, prompt_len=smoke.load.prompt_len,
+                       load_tokens=smoke.load.tokens, prompts=prompts, reference=reference, compare=compare,
+                       **_engine_kwargs(policy))
+    run.stages["smoke"] = report
+    for i, (p, r) in enumerate(zip(smoke.prompts, report["results"]), 1):
+        if r["status"] == "error":
+            run.add(f"smoke.prompts[{i}]", False, f"{p.prompt!r}: refused ({r['error']})", "smoke.prompts")
+            continue
+        if not p.expect:
+            continue
+        text = r["text"].lower() if p.ignore_case else r["text"]
+        missing = [e for e in p.expect if (e.lower() if p.ignore_case else e) not in text]
+        answer = " ".join(r["text"].split())
+        run.add(f"smoke.prompts[{i}]", not missing,
+                f"{p.prompt!r} → {answer!r}" + (f" lacks {', '.join(map(repr, missing))}" if missing else ""),
+                "smoke.prompts")
+    compared = [r for r in report["results"] if r["status"] in ("match", "tie", "mismatch")]
+    if not smoke.same_weights:
+        pass
+    elif run.quantized:
+        run.add("smoke.same_weights", None, "quantized weights: transformers cannot run msModelSlim's layout, so "
+                                            "the runtime is compared with the source (smoke.min_greedy_agreement)",
+                "smoke.same_weights")
+    else:
+        bad = [r for r in compared if r["status"] == "mismatch"]
+        run.add("smoke.same_weights", not bad and len(compared) == len(report["results"]),
+                f"{report['prompts_agreeing']}/{report['prompts']} prompts give transformers' greedy tokens on the "
+                f"same weights" + (f"; first mismatch: {bad[0]['prompt']!r} at token {bad[0]['index']}" if bad
+                                   else ""), "smoke.same_weights")
+    if smoke.min_greedy_agreement is not None:
+        agreement = report.get("greedy_agreement")
+        against = f"the source {run.source}" if run.quantized else "transformers on the converted weights"
+        if agreement is None:
+            run.add("smoke.min_greedy_agreement", False, "not measured: no source to compare with (the manifest's "
+                                                         "source is gone)", "smoke.min_greedy_agreement")
+        else:
+            run.add("smoke.min_greedy_agreement", agreement >= smoke.min_greedy_agreement,
+                    f"{agreement:.1%} of the greedy tokens of {against} reproduced "
+                    f"(minimum {smoke.min_greedy_agreement:.0%})", "smoke.min_greedy_agreement")
+    load = report["load"]
+    run.add("smoke.load", load["failed"] == 0, f"{load['requests'] - load['failed']}/{load['requests']} load "
+                                               f"requests answered" + (f"; {load['errors'][0]}" if load["errors"]
+                                                                       else ""), "smoke.load")
+    for key, (path, text, floor) in PERFORMANCE.items():
+        limit = getattr(policy.performance, key)
+        if limit is None:
+            continue
+        value = _figure(load, path)
+        if value is None:
+            run.add(f"performance.{key}", False, f"{text.split(' {')[0]} not measured", f"performance.{key}")
+            continue
+        ok = value >= limit if floor else value <= limit
+        run.add(f"performance.{key}", ok, f"{text.format(v=value)}, {'floor' if floor else 'ceiling'} {limit:g}",
+                f"performance.{key}")
+
+
+def stage_sweep(run: GateRun, progress: bool) -> None:
+    """The optional batch-size sweep: its table goes in the reports, its plot beside them."""
+    from runtime.bench import run_bench
+
+    sweep = run.policy.sweep
+    report = run_bench(run.converted, device="cpu" if run.policy.runtime.device == "auto" else run.policy.runtime.device,
+                       workloads=[], baselines=[], prompt_len=sweep.prompt_len, new_tokens=sweep.new_tokens,
+                       repeat=1, sweep_sizes=sweep.sizes, tpot_ms=sweep.tpot_ms, progress=progress)
+    run.stages["sweep"] = report["sweep"]
+    try:
+        import matplotlib  # noqa: F401 - only to know whether the plot can be drawn
+
+        from runtime.sweep_plot import plot_sweep
+    except ImportError:
+        run.stages["sweep"]["plot_note"] = "matplotlib is not installed: pip install 'ascend-deploy-kit[plot]'"
+        return
+    run.plot = run.report_dir / "sweep.png"
+    plot_sweep(report["sweep"], run.plot, f"{run.converted.name} ({report['dtype']}, {report['device']})")
+
+
+# -- the pipeline ------------------------------------------------------------------------------------
+def run_gate(model: Path, policy_path: Path, policy: Policy, report_dir: Path, output: Path | None = None,
+             force: bool = False, progress: bool = False, say: Callable[[str], None] = print,
+             debug: bool = False) -> GateRun:
+    """Every stage in order; the run's rules, stage reports and any error (which stops it)."""
+    run = GateRun(model, policy_path, policy, report_dir)
+    output = output or report_dir / "converted"
+    stages: list[tuple[str, Callable[[], None]]] = [
+        ("doctor", lambda: stage_doctor(run)),
+        ("convert", lambda: stage_convert(run, output, force, progress)),
+    ]
+    stages += [(f"check_ops {w}", lambda w=w: stage_check_ops(run, w))
+               for w in ("model", "runtime") if getattr(policy.ops, w)]
+    stages.append(("smoke", lambda: stage_smoke(run)))
+    if policy.sweep is not None:
+        stages.append(("sweep", lambda: stage_sweep(run, progress)))
+    for i, (name, stage) in enumerate(stages, 1):
+        say(f"[{i}/{len(stages)}] {name}")
+        started = time.perf_counter()
+        before = len(run.rules)
+        try:
+            stage()
+        except Exception as exc:
+            if debug:
+                raise
+            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {first_line(exc)}"
+            run.error = f"{name}: {first_line(Exception(message))}"
+            run.seconds[name] = time.perf_counter() - started
+            break
+        run.seconds[name] = time.perf_counter() - started
+        for rule in run.rules[before:]:
+            if rule.status == FAIL:
+                say(f"      FAIL {rule.id}: {rule.message}")
+    return run
+
+
+def print_verdict(run: GateRun, stream=sys.stdout) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream, width=None if stream.isatty() else 140)
+    table = Table(title=f"ascendkit gate {run.model} — policy {run.policy_path}", title_justify="left")
+    for column in ("rule", "result", "detail"):
+        table.add_column(column)
+    colours = {PASS: "green", FAIL: "red", SKIP: "yellow"}
+    for r in run.rules:
+        table.add_row(r.id, f"[{colours[r.status]}]{r.status}[/]", r.message)
+    console.print(table)
+    if run.error:
+        console.print(f"[bold red]ERROR[/] {run.error}", highlight=False)
+    elif run.failed:
+        console.print(f"[bold red]FAIL[/]: {len(run.failed)} rule(s) failed: "
+                      + ", ".join(r.id for r in run.failed), highlight=False)
+    else:
+        console.print(f"[bold green]PASS[/]: {len(run.rules)} rules", highlight=False)

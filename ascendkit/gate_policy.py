@@ -1,0 +1,186 @@
+"""The gate's policy file (`ascend-gate.toml`): what a model must satisfy before it may ship.
+
+Parsed with `tomllib` and checked with pydantic models that forbid unknown keys and coerce nothing
+(a `"16"` where a number belongs is an error, not a 16), so a typo in CI fails loudly instead of
+silently dropping a rule. Every error is one line naming the file and the key:
+`ascend-gate.toml: performance.min_throughput: unknown key (known: max_memory_gb, ...)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ascend_convert.errors import UserError
+from ascend_convert.soc import SOCS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Target(_Section):
+    """Where the model goes: the chip, the dtype its weights must have, the quantization, and the
+    torch_npu release the NPU runs (operators are checked against that release's kernels)."""
+
+    soc: Literal["ascend910b", "ascend910a", "ascend310p"]
+    dtype: Literal["bfloat16", "float16", "float32"]
+    quantize: Literal["none", "w8a16", "w8a8"] = "none"
+    torch_npu: str = "2.14.0"
+
+
+class Convert(_Section):
+    """How `gate` converts a source checkpoint (an already converted directory is verified instead)."""
+
+    on_overflow: Literal["fail", "clamp"] = "fail"
+    verify_source: bool = True  # re-read the source and require every tensor's checked cast
+
+
+class AllowedOp(_Section):
+    op: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+    kind: Literal["fallback", "unsupported"] | None = None
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_says_something(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("every accepted op needs a reason")
+        return value
+
+
+class Ops(_Section):
+    model: bool = True  # check the transformers model of the converted checkpoint
+    runtime: bool = True  # check the runtime's own model (what smoke-serve runs)
+    seq_len: int = Field(default=16, ge=1)
+    manifest: str | None = None  # a manifest from `ascendkit manifest build` instead of the shipped one
+    allow: list[AllowedOp] = []
+
+
+class Prompt(_Section):
+    prompt: str = Field(min_length=1)
+    chat: bool = False  # send it through the chat template (/v1/chat/completions)
+    expect: list[str] = []  # substrings the greedy answer must contain
+    ignore_case: bool = False
+
+
+class Load(_Section):
+    requests: int = Field(default=16, ge=1)
+    concurrency: int = Field(default=4, ge=1)
+    prompt_len: int = Field(default=64, ge=1)
+    tokens: int = Field(default=32, ge=2)
+
+
+class Smoke(_Section):
+    max_tokens: int = Field(default=24, ge=1)
+    same_weights: bool = True  # runtime tokens = transformers' on the converted weights (unquantized models)
+    min_greedy_agreement: float | None = Field(default=None, ge=0, le=1)  # with the source, token-weighted
+    prompts: list[Prompt] = []
+    load: Load = Load()
+
+
+class Performance(_Section):
+    """Floors and ceilings on the smoke test's concurrent load (the seed article's table)."""
+
+    min_throughput_tok_s: float | None = Field(default=None, gt=0)
+    max_ms_per_token: float | None = Field(default=None, gt=0)
+    max_ttft_p99_ms: float | None = Field(default=None, gt=0)
+    max_tpot_p50_ms: float | None = Field(default=None, gt=0)
+    max_tpot_p99_ms: float | None = Field(default=None, gt=0)
+    max_memory_gb: float | None = Field(default=None, gt=0)
+
+
+class Runtime(_Section):
+    device: Literal["auto", "cpu", "cuda", "npu", "ascend"] = "auto"
+    max_num_seqs: int = Field(default=64, ge=1)
+    kv_cache_memory: str = "1GiB"
+    tensor_parallel_size: int = Field(default=1, ge=1)
+
+
+class Sweep(_Section):
+    """Optional: a batch-size sweep, drawn (with matplotlib) and linked from the summary."""
+
+    sizes: list[int] = Field(min_length=1)
+    tpot_ms: float = Field(default=100.0, gt=0)
+    prompt_len: int = Field(default=64, ge=1)
+    new_tokens: int = Field(default=32, ge=2)
+
+    @field_validator("sizes")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(n < 1 for n in value):
+            raise ValueError("batch sizes must be at least 1")
+        return sorted(set(value))
+
+
+class Policy(_Section):
+    target: Target
+    convert: Convert = Convert()
+    ops: Ops = Ops()
+    smoke: Smoke = Smoke()
+    performance: Performance = Performance()
+    runtime: Runtime = Runtime()
+    sweep: Sweep | None = None
+
+    def allowed_ops(self) -> dict[tuple[str, str | None], str]:
+        """The allow list as `opcheck.allow.split` takes it."""
+        return {(a.op if "::" in a.op else f"aten::{a.op}", a.kind): a.reason for a in self.ops.allow}
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part + 1}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _known(section: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """The keys the section holding `loc` accepts, for an unknown-key message."""
+    model: Any = section
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        model = next((a for a in getattr(annotation, "__args__", (annotation,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return ""
+    return ", ".join(model.model_fields)
+
+
+def describe_error(path: Path, exc: ValidationError) -> str:
+    """The first problem, as one line naming the file and the key."""
+    err = exc.errors()[0]
+    key = _key(err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{path}: {key}: unknown key (known: {_known(Policy, err['loc'])})"
+    if err["type"] == "missing":
+        return f"{path}: {key}: missing (required)"
+    message = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{path}: {key}: {message[0].lower()}{message[1:]}{shown}"
+
+
+def load_policy(path: Path) -> Policy:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such policy file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a policy file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(describe_error(path, exc)) from None
+    soc = SOCS[policy.target.soc]
+    if not soc.supports(policy.target.dtype):
+        raise UserError(f"{path}: target.dtype: {soc.name} ({soc.product}) has no {policy.target.dtype}; "
+                        f"it supports {', '.join(soc.dtypes)}")
+    return policy
