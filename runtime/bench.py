@@ -950,6 +950,9 @@ def print_report(report: dict[str, Any]) -> None:
 @click.option("--sweep-sizes", default=",".join(map(str, SWEEP_SIZES)), show_default=True)
 @click.option("--tpot-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
               help="The sweep's ceiling on TPOT p50.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="FILE.png",
+              help="With --sweep: also draw throughput and TPOT against the batch size, the ceiling and the "
+                   "recommendation, to this PNG (needs matplotlib: the [plot] extra).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompts' token ids.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
@@ -965,12 +968,14 @@ def print_report(report: dict[str, Any]) -> None:
 @debug_option
 def bench_command(model: str | None, dtype: str, device: str, workloads: str, baselines: str, prompt_len: int | None,
                   new_tokens: int | None, repeat: int, threads: int | None, kv_cache_memory: str, gguf: Path | None,
-                  sweep: bool, sweep_sizes: str, tpot_ms: float, seed: int, as_json: bool, output: Path | None,
-                  progress: bool, server_url: str | None, serve: bool, concurrency: str, num_prompts: int | None,
-                  api_key: str | None) -> int:
+                  sweep: bool, sweep_sizes: str, tpot_ms: float, plot: Path | None, seed: int, as_json: bool,
+                  output: Path | None, progress: bool, server_url: str | None, serve: bool, concurrency: str,
+                  num_prompts: int | None, api_key: str | None) -> int:
     """Benchmark the runtime against transformers (and llama.cpp) on MODEL (a directory or a GGUF):
     throughput, latency, memory, TTFT and TPOT, side by side in one process. With --server URL or
     --serve: vLLM's serving metrics (TTFT, TPOT, ITL, E2E, throughput) at each concurrency."""
+    if plot is not None:
+        _check_plot(plot, sweep, server_url is not None or serve)
     if server_url or serve:
         report = _serving(model, server_url, dtype, device, kv_cache_memory, threads, concurrency, num_prompts,
                           prompt_len, new_tokens, seed, api_key)
@@ -985,8 +990,37 @@ def bench_command(model: str | None, dtype: str, device: str, workloads: str, ba
                        baselines=wanted, prompt_len=prompt_len, new_tokens=new_tokens, repeat=repeat,
                        threads=threads, kv_cache_memory=kv_cache_memory, sweep_sizes=sizes, tpot_ms=tpot_ms,
                        gguf=gguf, seed=seed, progress=progress and sys.stderr.isatty())
+    if plot is not None:
+        report["sweep"]["plot"] = str(plot)
     emit_report(report, as_json, output, print_report)
+    if plot is not None:  # after the report: a failed drawing never costs the numbers
+        from .sweep_plot import plot_sweep
+
+        plot_sweep(report["sweep"], plot, _plot_title(report))
+        click.echo(f"wrote plot {plot}", err=True)
     return 0
+
+
+def _check_plot(path: Path, sweep: bool, serving: bool) -> None:
+    """--plot's mistakes, found before the minutes of benchmarking rather than after them."""
+    if serving:
+        raise UserError("--plot draws the batch-size sweep, not the serving benchmark: drop --server/--serve")
+    if not sweep:
+        raise UserError("--plot draws the sweep: add --sweep")
+    try:
+        import matplotlib  # noqa: F401 - only whether it is there; the drawing imports what it uses
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'ascend-deploy-kit[plot]'") from None
+    if not path.parent.is_dir():
+        raise UserError(f"--plot {path}: no such directory {path.parent}")
+    if path.is_dir():
+        raise UserError(f"--plot {path}: is a directory, not a file name")
+
+
+def _plot_title(report: dict[str, Any]) -> str:
+    """What ran, in a line: the plot may travel without its JSON report."""
+    return (f"ascendkit bench --sweep: {Path(report['model']).name} · {report['dtype']} · {report['device']} · "
+            f"{report['threads']} threads · median of {report['repeat']}")
 
 
 def _serving(model: str | None, server_url: str | None, dtype: str, device: str, kv_cache_memory: str,
