@@ -122,6 +122,7 @@ class Classifier:
 
     def __init__(self, manifest: dict) -> None:
         self.aten = frozenset(manifest["aten"])
+        self.npu_custom = frozenset(manifest.get("npu_custom", ()))
         self.bases = frozenset(name.split(".", 1)[0] for name in self.aten)
         self._cache: dict[str, Verdict] = {}
 
@@ -132,6 +133,10 @@ class Classifier:
         return self._cache[key]
 
     def _classify(self, op, key: str, args: tuple, kwargs: dict) -> Verdict:
+        from .npu_stand_ins import NAMESPACE
+
+        if op.namespace == NAMESPACE:  # a torch_npu kernel (its stand-in): the release has it or not
+            return Verdict(NATIVE if key in self.npu_custom else FALLBACK)
         if key in self.aten:
             return Verdict(NATIVE)
         delegate = structured_delegates().get(key)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .classify import COMPOSITE, FALLBACK, Classifier, Verdict, overload_key
+from .npu_stand_ins import NAMESPACE as NPU_NAMESPACE
 
 UNSUPPORTED = "unsupported"
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
@@ -32,18 +33,19 @@ class OpUse:
 
     @property
     def name(self) -> str:
-        return f"aten::{overload_key(self.op)}"
+        """`aten::add.Tensor`, or `npu::npu_quant_matmul` for a torch_npu kernel's stand-in."""
+        return f"{'npu' if self.op.namespace == NPU_NAMESPACE else 'aten'}::{overload_key(self.op)}"
 
     def __getstate__(self) -> dict:
         """Picklable (a phase may be traced in a child process): the overload by name."""
         state = dict(self.__dict__)
         op = state.pop("op")
-        state["op_name"] = (op._schema.name.split("::", 1)[1], op._overloadname)
+        state["op_name"] = (op.namespace, op._schema.name.split("::", 1)[1], op._overloadname)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        name, overload = state.pop("op_name")
-        self.__dict__.update(state, op=getattr(getattr(torch.ops.aten, name), overload))
+        namespace, name, overload = state.pop("op_name")
+        self.__dict__.update(state, op=getattr(getattr(getattr(torch.ops, namespace), name), overload))
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def ops_in(programs: torch.export.ExportedProgram | dict[str, torch.export.Expor
         for node in program.graph.nodes:
             if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
                 continue
-            if node.target.namespace != "aten":
+            if node.target.namespace not in ("aten", NPU_NAMESPACE):
                 continue
             use = uses.setdefault(overload_key(node.target), OpUse(node.target))
             _record(use, node, phase)
@@ -153,6 +155,9 @@ def _record(use: OpUse, node: torch.fx.Node, phase: str) -> None:
 def advice_for(name: str, verdict: Verdict, kind: str, soc_dtypes: tuple[str, ...]) -> str:
     if kind == UNSUPPORTED:
         return f"cast the model to {soc_dtypes[0]} (convert --dtype {soc_dtypes[0]})"
+    if name.startswith("npu::"):
+        return (f"this torch_npu release has no {name.split('::', 1)[1]}: the quantized layers cannot run on it; "
+                f"target a torch_npu release that has the kernel, or convert without this quantization")
     via = f" (it runs {' → '.join('aten::' + v for v in verdict.via)}, which has no NPU kernel)" if verdict.via else ""
     return (f"{name} runs on the CPU with torch_npu{via}: rewrite it with NPU-supported ops, or move it "
             f"out of the hot path; TORCH_NPU_FALLBACK_CPU_DISABLE=1 turns the fallback into an error")

@@ -32,6 +32,10 @@ from ascend_convert.quantize import stored_deq_scale
 QUANT_SUFFIXES = ("weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale", "quant_bias")
 PER_TENSOR = ("input_scale", "input_offset")  # one value for the layer, not one per output row
 _FLOAT32 = ("weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale")
+#: Set (by `opcheck.npu_stand_ins.tracing_npu_kernels`) while check_ops traces the runtime model: an
+#: object with torch_npu's quantized kernels as traceable stand-ins, so the traced graph is the path an
+#: NPU runs (`_npu_prepare` + `_npu_forward`), whatever device the model is built on.
+TRACE_NPU_KERNELS = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,8 @@ class QuantLinear(nn.Module):
     def _npu_prepare(self, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
         """torch_npu's operands (vllm-ascend's process_weights_after_loading), or None where its
         kernels do not apply (not on an NPU; per-group W8A16)."""
-        if self.weight.device.type != "npu" or (self.scheme.kind == "W8A16" and self.weight_scale.shape[1] != 1):
+        on_npu = self.weight.device.type == "npu" or TRACE_NPU_KERNELS is not None
+        if not on_npu or (self.scheme.kind == "W8A16" and self.weight_scale.shape[1] != 1):
             return None
         prepared = {"npu_weight": self.weight.t().contiguous()}
         if self.scheme.kind == "W8A16":
@@ -107,6 +112,8 @@ class QuantLinear(nn.Module):
     def _prepare(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """What forward needs, derived once from the loaded tensors (in the activations' dtype)."""
         key = f"{dtype}"
+        if TRACE_NPU_KERNELS is not None:  # a trace's tensors are fakes: nothing to keep
+            return self._npu_prepare(dtype) or self._host_prepare(dtype)
         if key not in self._prepared:
             self._prepared = {key: self._npu_prepare(dtype) or self._host_prepare(dtype)}
         return self._prepared[key]
@@ -142,7 +149,10 @@ class QuantLinear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
     def _npu_forward(self, x: torch.Tensor, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
-        import torch_npu
+        if TRACE_NPU_KERNELS is not None:
+            torch_npu = TRACE_NPU_KERNELS
+        else:
+            import torch_npu
 
         if self.scheme.kind == "W8A16":
             return torch_npu.npu_weight_quant_batchmatmul(
