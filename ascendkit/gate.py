@@ -276,6 +276,7 @@ def stage_sweep(run: GateRun, progress: bool) -> None:
     except ImportError:
         run.stages["sweep"]["plot_note"] = "matplotlib is not installed: pip install 'ascend-deploy-kit[plot]'"
         return
+    run.report_dir.mkdir(parents=True, exist_ok=True)  # not made yet when --output is elsewhere
     run.plot = run.report_dir / "sweep.png"
     plot_sweep(report["sweep"], run.plot, f"{run.converted.name} ({report['dtype']}, {report['device']})")
 

@@ -31,6 +31,13 @@ class Target(_Section):
     quantize: Literal["none", "w8a16", "w8a8"] = "none"
     torch_npu: str = "2.14.0"
 
+    @field_validator("torch_npu")
+    @classmethod
+    def _a_torch_npu_release(cls, value: str) -> str:
+        if value == "onnx":  # a shipped manifest's name, but check_ops' ATC target, not a torch_npu release
+            raise ValueError("onnx is check_ops' ATC (ONNX) target, not a torch_npu release")
+        return value
+
 
 class Convert(_Section):
     """How `gate` converts a source checkpoint (an already converted directory is verified instead)."""
