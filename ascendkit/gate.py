@@ -210,7 +210,7 @@ def stage_smoke(run: GateRun) -> None:
     run.stages["smoke"] = report
     for i, (p, r) in enumerate(zip(smoke.prompts, report["results"]), 1):
         if r["status"] == "error":
-            run.add(f"smoke.prompts[{i}]", False, f"{p.prompt!r}: refused ({r['error']})", "smoke.prompts")
+            run.add(f"smoke.prompts[{i}]", False, f"{p.prompt!r}: refused ({r['error']})", f"smoke.prompts[{i}]")
             continue
         if not p.expect:
             continue
@@ -219,7 +219,7 @@ def stage_smoke(run: GateRun) -> None:
         answer = " ".join(r["text"].split())
         run.add(f"smoke.prompts[{i}]", not missing,
                 f"{p.prompt!r} → {answer!r}" + (f" lacks {', '.join(map(repr, missing))}" if missing else ""),
-                "smoke.prompts")
+                f"smoke.prompts[{i}]")
     compared = [r for r in report["results"] if r["status"] in ("match", "tie", "mismatch")]
     if not smoke.same_weights:
         pass
@@ -265,7 +265,7 @@ def stage_sweep(run: GateRun, progress: bool) -> None:
     from runtime.bench import run_bench
 
     sweep = run.policy.sweep
-    report = run_bench(run.converted, device="cpu" if run.policy.runtime.device == "auto" else run.policy.runtime.device,
+    report = run_bench(run.converted, device=run.policy.runtime.device,
                        workloads=[], baselines=[], prompt_len=sweep.prompt_len, new_tokens=sweep.new_tokens,
                        repeat=1, sweep_sizes=sweep.sizes, tpot_ms=sweep.tpot_ms, progress=progress)
     run.stages["sweep"] = report["sweep"]

@@ -58,8 +58,17 @@ def junit(run: GateRun) -> str:
 
 # -- SARIF -------------------------------------------------------------------------------------------
 def key_line(policy_text: str, key: str) -> int | None:
-    """The 1-based line of `section.name` in a TOML policy (its section's header when the key is not
-    written, so a default that failed points at the section), None when neither is there."""
+    """The 1-based line of `section.name` in a TOML policy, or of the i-th `[[section.name]]` table for
+    `section.name[i]`; else its section's header (a default that failed points at the section), or
+    None when neither is written."""
+    indexed = re.fullmatch(r"(.+)\[(\d+)\]", key)
+    if indexed:
+        tables = [n for n, line in enumerate(policy_text.splitlines(), 1)
+                  if (m := _HEADER.match(line)) and line.lstrip().startswith("[[") and m.group(1) == indexed[1]]
+        index = int(indexed[2])
+        if index <= len(tables):
+            return tables[index - 1]
+        key = indexed[1]
     section, _, name = key.rpartition(".")
     current, header_line = "", None
     for number, line in enumerate(policy_text.splitlines(), 1):
@@ -70,6 +79,8 @@ def key_line(policy_text: str, key: str) -> int | None:
                 header_line = number
             continue
         if current == section and re.match(rf"^\s*{re.escape(name)}\s*=", line):
+            return number
+        if not current and re.match(rf"^\s*{re.escape(key)}\s*=", line):  # a dotted key at the top
             return number
     return header_line
 

@@ -217,7 +217,8 @@ def test_first_run_sarif_points_at_the_policy_lines(first):
     assert start_line("target.dtype") == line_of(text, "dtype = ")
     assert start_line("performance.min_throughput_tok_s") == line_of(text, "min_throughput_tok_s = ")
     assert start_line("smoke.min_greedy_agreement") == line_of(text, "min_greedy_agreement = ")
-    assert start_line("smoke.prompts[1]") == start_line("smoke.same_weights") == line_of(text, "[smoke]")
+    assert start_line("smoke.prompts[1]") == line_of(text, "[[smoke.prompts]]")  # the prompt's own table
+    assert start_line("smoke.same_weights") == line_of(text, "[smoke]")  # a default: its section
     assert start_line("doctor") is None and start_line("convert.verify") is None  # no key / no [convert] written
     assert {r["kind"] for rule, r in results.items() if rule != "performance.max_memory_gb"} == {"pass"}
     assert "invocations" not in gate_run
