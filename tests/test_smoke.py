@@ -56,6 +56,24 @@ def test_smoke_exits_1_when_the_served_answers_differ(checkpoint):
     assert refused and all("does not fit max_model_len" in r["error"] for r in refused)
 
 
+def test_smoke_on_a_quantized_directory_compares_with_its_source(checkpoint, tmp_path):
+    """transformers cannot load msModelSlim's layout: a W8A16 directory is compared with the source
+    its manifest names (the share of the source's greedy tokens it reproduces, exact here), and its
+    verdict is the load's."""
+    src = checkpoint("llama")
+    out = tmp_path / "w8a16"
+    convert(src, out, ConvertOptions(soc="ascend910b", dtype="bfloat16", quantize="w8a16"))
+    report = json.loads(run_cli("smoke", out, *QUICK, "--max-tokens", "8").stdout)
+    assert (report["verdict"], report["quantized"], report["reference"]) == ("PASS", True, str(src))
+    reproduced = sum(r["agreeing_tokens"] for r in report["results"])
+    assert report["greedy_agreement"] == reproduced / sum(r["reference_tokens"] for r in report["results"])
+    for r in report["results"]:
+        ref = hf_greedy(src, torch.bfloat16, r["prompt_token_ids"], 8).tokens
+        assert r["reference_tokens"] == len(ref)
+        same = next((i for i, (a, b) in enumerate(zip(r["token_ids"], ref)) if a != b), len(ref))
+        assert r["agreeing_tokens"] == (len(ref) if r["status"] in ("match", "tie") else same), r
+
+
 def test_smoke_table_and_verdict_on_a_terminal_less_run(checkpoint):
     result = run_cli("smoke", checkpoint("llama"), *[a for a in QUICK if a != "--json"], "--max-tokens", "4")
     assert result.code == 0, result.stderr
