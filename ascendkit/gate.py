@@ -200,13 +200,10 @@ def stage_smoke(run: GateRun) -> None:
     smoke, policy = run.policy.smoke, run.policy
     prompts = [("chat" if p.chat else "plain", p.prompt) for p in smoke.prompts] or None
     # An unquantized conversion is the source's weights, cast (verify proves it): transformers runs them
-    # as they are. A quantized one is compared with the source it came from.
-    reference = run.source if run.quantized else None
-    compare = not run.quantized or run.source is not None
+    # as they are. A quantized one is compared with the source its manifest names (run_smoke's rule).
     report = run_smoke(run.converted, max_tokens=smoke.max_tokens, requests=smoke.load.requests,
                        concurrency=smoke.load.concurrency, prompt_len=smoke.load.prompt_len,
-                       load_tokens=smoke.load.tokens, prompts=prompts, reference=reference, compare=compare,
-                       **_engine_kwargs(policy))
+                       load_tokens=smoke.load.tokens, prompts=prompts, **_engine_kwargs(policy))
     run.stages["smoke"] = report
     for i, (p, r) in enumerate(zip(smoke.prompts, report["results"]), 1):
         if r["status"] == "error":
@@ -235,7 +232,7 @@ def stage_smoke(run: GateRun) -> None:
                                    else ""), "smoke.same_weights")
     if smoke.min_greedy_agreement is not None:
         agreement = report.get("greedy_agreement")
-        against = f"the source {run.source}" if run.quantized else "transformers on the converted weights"
+        against = f"the source {report['reference']}" if run.quantized else "transformers on the converted weights"
         if agreement is None:
             run.add("smoke.min_greedy_agreement", False, "not measured: no source to compare with (the manifest's "
                                                          "source is gone)", "smoke.min_greedy_agreement")

@@ -433,3 +433,47 @@ def test_missing_model(tmp_path):
     assert_one_line_error(result)
     assert result.stderr.strip() == f"error: {model}: no such file or directory"
     assert not (tmp_path / "reports").exists()
+
+
+# -- a W8A16 conversion: quantized rules, the runtime check on torch_npu's quantized kernel, the source --------
+def test_w8a16_policy_converts_quantizes_and_compares_with_the_source(tmp_path, checkpoint):
+    src = checkpoint("llama")
+    policy = tmp_path / "w8a16.toml"
+    policy.write_text(textwrap.dedent("""\
+        [target]
+        soc = "ascend910b"
+        dtype = "bfloat16"
+        quantize = "w8a16"
+
+        [ops]
+        model = false
+
+        [smoke]
+        max_tokens = 4
+        min_greedy_agreement = 0.0
+
+        [[smoke.prompts]]
+        prompt = "Hello"
+
+        [smoke.load]
+        requests = 2
+        concurrency = 2
+        prompt_len = 4
+        tokens = 2
+
+        [runtime]
+        device = "cpu"
+        kv_cache_memory = "64MiB"
+        """), encoding="utf-8")
+    result = gate(src, policy, tmp_path / "reports", summary=tmp_path / "summary.md")
+    assert result.code == 0, (result.stdout, result.stderr)
+    data = reports(tmp_path / "reports")["json"]
+    status = {r["id"]: (r["status"], r["message"]) for r in data["rules"]}
+    assert status["target.quantize"] == ("pass", "quantization w8a16, the policy wants w8a16")
+    assert status["smoke.same_weights"][0] == "skip"
+    assert status["ops.runtime"][0] == "pass"
+    agreement = data["stages"]["smoke"]["greedy_agreement"]
+    assert status["smoke.min_greedy_agreement"] == (
+        "pass", f"{agreement:.1%} of the greedy tokens of the source {src} reproduced (minimum 0%)")
+    assert data["stages"]["smoke"]["quantized"] and data["stages"]["smoke"]["reference"] == str(src)
+    assert (tmp_path / "reports" / "converted" / "quant_model_description.json").is_file()
