@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ascend_convert.converter import ConvertOptions, convert
 from ascend_convert.verify import verify
-from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -57,11 +56,3 @@ def test_greedy_tokens_equal_transformers_gguf_loader(smol_out, smollm2_gguf):
         got = ours.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
         assert expected.shape[1] == ids.shape[1] + 32
         assert got.tolist() == expected.tolist(), (question, tokenizer.decode(got[0]), tokenizer.decode(expected[0]))
-
-
-def test_demo_command(tmp_path):
-    result = run_cli("demo", "--out", tmp_path / "demo")
-    assert result.code == 0, result.stderr
-    assert "272 tensors: sha256 verified" in result.stdout
-    assert "equal the checked cast of the GGUF" in result.stdout
-    assert (tmp_path / "demo" / "ascend_manifest.json").is_file()
