@@ -243,6 +243,23 @@ def test_first_run_markdown_and_step_summary(first):
 
 
 # -- run 2: the converted directory, verified against a policy that wants another dtype ------------------
+#: one prompt, a two-request load on the CPU: the cheapest smoke stage (appended after a [smoke] table)
+SMALL_SMOKE = textwrap.dedent("""
+    [[smoke.prompts]]
+    prompt = "Hello"
+
+    [smoke.load]
+    requests = 2
+    concurrency = 2
+    prompt_len = 4
+    tokens = 2
+
+    [runtime]
+    device = "cpu"
+    kv_cache_memory = "64MiB"
+    """)
+
+
 @pytest.fixture(scope="module")
 def second(first, tmp_path_factory):
     root = tmp_path_factory.mktemp("gate-second")
@@ -257,20 +274,7 @@ def second(first, tmp_path_factory):
 
         [smoke]
         max_tokens = 4
-
-        [[smoke.prompts]]
-        prompt = "Hello"
-
-        [smoke.load]
-        requests = 2
-        concurrency = 2
-        prompt_len = 4
-        tokens = 2
-
-        [runtime]
-        device = "cpu"
-        kv_cache_memory = "64MiB"
-        """)
+        """) + SMALL_SMOKE
     policy = root / "float16.toml"
     policy.write_text(policy_text, encoding="utf-8")
     manifest = (first["output"] / "ascend_manifest.json").read_bytes()
@@ -451,20 +455,7 @@ def test_w8a16_policy_converts_quantizes_and_compares_with_the_source(tmp_path, 
         [smoke]
         max_tokens = 4
         min_greedy_agreement = 0.0
-
-        [[smoke.prompts]]
-        prompt = "Hello"
-
-        [smoke.load]
-        requests = 2
-        concurrency = 2
-        prompt_len = 4
-        tokens = 2
-
-        [runtime]
-        device = "cpu"
-        kv_cache_memory = "64MiB"
-        """), encoding="utf-8")
+        """) + SMALL_SMOKE, encoding="utf-8")
     result = gate(src, policy, tmp_path / "reports", summary=tmp_path / "summary.md")
     assert result.code == 0, (result.stdout, result.stderr)
     data = reports(tmp_path / "reports")["json"]
