@@ -28,9 +28,6 @@ QUESTIONS = ("What is the capital of France?", "Name three primary colors.", "Ho
 ANSWER_TOKENS = 32
 LOAD = {"requests": 8, "concurrency": 4, "prompt_len": 32, "load_tokens": 16}
 BENCH = {"workloads": ["single", "batch16"], "baselines": ["hf"], "prompt_len": 32, "new_tokens": 32, "repeat": 1}
-ENGINE = {"device": "cpu", "dtype": None, "max_num_seqs": 16, "max_model_len": None, "memory_policy": "static",
-          "kv_cache_memory": "256MiB", "block_size": 16, "enable_prefix_caching": True, "tensor_parallel_size": 1,
-          "trust_remote_code": False}
 
 
 class Steps:
@@ -75,19 +72,17 @@ def _check(model: Path, target: str, soc: str):
 
 
 def _smoke(model: Path, prompts: list[tuple[str, str]], reference: Path | None) -> dict[str, Any]:
+    from runtime.engine_options import engine_kwargs
     from runtime.smoke import run_smoke
 
-    return run_smoke(model, max_tokens=ANSWER_TOKENS, prompts=prompts, reference=reference, **LOAD, **ENGINE)
+    return run_smoke(model, max_tokens=ANSWER_TOKENS, prompts=prompts, reference=reference, **LOAD,
+                     **engine_kwargs(device="cpu", max_num_seqs=16, kv_cache_memory="256MiB"))
 
 
 def _bench(model: Path, live: bool) -> dict[str, Any]:
     from runtime.bench import run_bench
 
     return run_bench(model, device="cpu", progress=live, **BENCH)
-
-
-def _f(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
 
 
 def _status(r: dict[str, Any]) -> str:
@@ -98,6 +93,7 @@ def _status(r: dict[str, Any]) -> str:
 def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dict[str, Any],
                   smoke: dict[str, dict], bench: dict[str, Any], seconds: dict[str, float]) -> None:
     from ascend_convert.report import human_bytes
+    from runtime.report_output import figure as _f
 
     table = Table(title=f"converted: {src.name}", title_justify="left")
     for column in ("output", "SoC", "dtype", "layout", "size", "tensors", "verified"):

@@ -9,7 +9,6 @@ failed, 2 the gate could not decide (bad input, a stage that raised).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -100,25 +99,16 @@ def stage_doctor(run: GateRun) -> None:
                 f"NPU {npu['npu']} is a {npu['name']}, the policy targets {run.policy.target.soc}", "target.soc")
 
 
-def _manifest(directory: Path) -> dict | None:
-    path = directory / "ascend_manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable manifest ({first_line(exc)})") from None
-
-
 def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> None:
     """Convert MODEL for the policy's target, or verify it when it is already converted."""
     from ascend_convert.converter import ConvertOptions, convert
+    from ascend_convert.manifest import MANIFEST_NAME, read_manifest
     from ascend_convert.progress import RichReporter
     from ascend_convert.verify import verify
 
     target, options = run.policy.target, run.policy.convert
-    manifest = _manifest(run.model) if run.model.is_dir() else None
-    if manifest is not None:
+    if (run.model / MANIFEST_NAME).is_file():  # already converted: verified, not converted again
+        manifest = read_manifest(run.model)
         run.converted = run.model
         recorded = Path(manifest["source"]["path"])
         run.source = recorded if recorded.exists() else None
@@ -129,7 +119,7 @@ def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> No
                                                   quantize=quantize, force=force),
                 RichReporter("convert", enabled=progress))
         run.converted, run.source, action = output, run.model, "converted"
-        manifest = _manifest(output)
+        manifest = read_manifest(output)
     verify_source = run.source if options.verify_source else None
     report = verify(run.converted, source=verify_source)
     got = manifest["target"]
@@ -177,14 +167,6 @@ def stage_check_ops(run: GateRun, which: str) -> None:
     run.add(f"ops.{which}", not result.found, said, f"ops.{which}")
 
 
-def _engine_kwargs(policy: Policy) -> dict[str, Any]:
-    rt = policy.runtime
-    return {"device": rt.device, "dtype": None, "max_num_seqs": rt.max_num_seqs, "max_model_len": None,
-            "memory_policy": "static", "kv_cache_memory": rt.kv_cache_memory, "block_size": 16,
-            "enable_prefix_caching": True, "tensor_parallel_size": rt.tensor_parallel_size,
-            "trust_remote_code": False}
-
-
 def _figure(load: dict, path: tuple[str, ...]) -> float | None:
     value: Any = load
     for part in path:
@@ -195,6 +177,7 @@ def _figure(load: dict, path: tuple[str, ...]) -> float | None:
 def stage_smoke(run: GateRun) -> None:
     """Serve the converted model, ask the policy's prompts, run the load; decide prompts, agreement and
     the performance floors and ceilings."""
+    from runtime.engine_options import engine_kwargs
     from runtime.smoke import run_smoke
 
     smoke, policy = run.policy.smoke, run.policy
@@ -203,7 +186,8 @@ def stage_smoke(run: GateRun) -> None:
     # as they are. A quantized one is compared with the source its manifest names (run_smoke's rule).
     report = run_smoke(run.converted, max_tokens=smoke.max_tokens, requests=smoke.load.requests,
                        concurrency=smoke.load.concurrency, prompt_len=smoke.load.prompt_len,
-                       load_tokens=smoke.load.tokens, prompts=prompts, **_engine_kwargs(policy))
+                       load_tokens=smoke.load.tokens, prompts=prompts,
+                       **engine_kwargs(**policy.runtime.model_dump()))
     run.stages["smoke"] = report
     for i, (p, r) in enumerate(zip(smoke.prompts, report["results"]), 1):
         if r["status"] == "error":
@@ -218,13 +202,11 @@ def stage_smoke(run: GateRun) -> None:
                 f"{p.prompt!r} → {answer!r}" + (f" lacks {', '.join(map(repr, missing))}" if missing else ""),
                 f"smoke.prompts[{i}]")
     compared = [r for r in report["results"] if r["status"] in ("match", "tie", "mismatch")]
-    if not smoke.same_weights:
-        pass
-    elif run.quantized:
+    if smoke.same_weights and run.quantized:
         run.add("smoke.same_weights", None, "quantized weights: transformers cannot run msModelSlim's layout, so "
                                             "the runtime is compared with the source (smoke.min_greedy_agreement)",
                 "smoke.same_weights")
-    else:
+    elif smoke.same_weights:
         bad = [r for r in compared if r["status"] == "mismatch"]
         run.add("smoke.same_weights", not bad and len(compared) == len(report["results"]),
                 f"{report['prompts_agreeing']}/{report['prompts']} prompts give transformers' greedy tokens on the "

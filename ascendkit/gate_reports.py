@@ -14,6 +14,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from ascend_convert.manifest import write_text_atomic
+from runtime.report_output import figure as _f
 
 from .gate import FAIL, PASS, SKIP, GateRun
 
@@ -119,10 +120,6 @@ def sarif(run: GateRun) -> dict[str, Any]:
 # -- markdown ----------------------------------------------------------------------------------------
 def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
-
-
-def _f(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
 
 
 def markdown(run: GateRun) -> str:

@@ -43,6 +43,7 @@ from ascend_convert.errors import UserError
 from .engine_options import DEVICE_CHOICES, DTYPE_CHOICES
 from .latency_stats import distribution
 from .report_output import emit_report
+from .report_output import figure as _f
 from .serving_bench import (
     DEFAULT_CONCURRENCY,
     bench_server,
@@ -837,10 +838,6 @@ def _targets(results: dict[str, dict]) -> list[dict[str, Any]]:
 
 
 # -- output ------------------------------------------------------------------------------------------
-def _f(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
-
-
 def _x(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 

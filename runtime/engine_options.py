@@ -11,27 +11,44 @@ import click
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "npu", "ascend")
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
+#: What an engine started by a command gets when a flag is not given (the flags' defaults; dtype None:
+#: the checkpoint's own).
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "device": "auto", "dtype": None, "max_num_seqs": 64, "max_model_len": None, "memory_policy": "static",
+    "kv_cache_memory": "1GiB", "block_size": 16, "enable_prefix_caching": True, "tensor_parallel_size": 1,
+    "trust_remote_code": False,
+}
+
 _OPTIONS = (
-    click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+    click.option("--device", type=click.Choice(DEVICE_CHOICES), default=ENGINE_DEFAULTS["device"], show_default=True,
                  help="auto: an NPU when torch_npu is importable, else CUDA, else the CPU."),
     click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
                  help="auto: the dtype the checkpoint's config names."),
-    click.option("--max-num-seqs", type=click.IntRange(min=1), default=64, show_default=True,
+    click.option("--max-num-seqs", type=click.IntRange(min=1), default=ENGINE_DEFAULTS["max_num_seqs"], show_default=True,
                  help="Requests in the running batch at most."),
     click.option("--max-model-len", type=click.IntRange(min=2), default=None,
                  help="Context length (prompt + output) [default: the model's]."),
-    click.option("--memory-policy", type=click.Choice(("static", "dynamic")), default="static", show_default=True,
-                 help="static: allocate the whole KV pool at start; dynamic: grow it in chunks up to the budget."),
-    click.option("--kv-cache-memory", default="1GiB", show_default=True, help="The KV pool's budget, e.g. 2GiB."),
-    click.option("--block-size", type=click.IntRange(min=1), default=16, show_default=True,
+    click.option("--memory-policy", type=click.Choice(("static", "dynamic")), default=ENGINE_DEFAULTS["memory_policy"],
+                 show_default=True, help="static: allocate the whole KV pool at start; dynamic: grow it in chunks up to the budget."),
+    click.option("--kv-cache-memory", default=ENGINE_DEFAULTS["kv_cache_memory"], show_default=True, help="The KV pool's budget, e.g. 2GiB."),
+    click.option("--block-size", type=click.IntRange(min=1), default=ENGINE_DEFAULTS["block_size"], show_default=True,
                  help="Tokens per KV block."),
-    click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=True, show_default=True),
-    click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=1, show_default=True),
+    click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=ENGINE_DEFAULTS["enable_prefix_caching"], show_default=True),
+    click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=ENGINE_DEFAULTS["tensor_parallel_size"],
+                 show_default=True),
     click.option("--trust-remote-code", is_flag=True, help="Allow a tokenizer that is remote code to run."),
 )
 
-_NAMES = ("device", "dtype", "max_num_seqs", "max_model_len", "memory_policy", "kv_cache_memory", "block_size",
-          "enable_prefix_caching", "tensor_parallel_size", "trust_remote_code")
+_NAMES = tuple(ENGINE_DEFAULTS)
+
+
+def engine_kwargs(**overrides: Any) -> dict[str, Any]:
+    """Every `LLMEngine` keyword argument a command passes (`serve_args` turns them into flags): the
+    defaults with `overrides`."""
+    unknown = set(overrides) - set(ENGINE_DEFAULTS)
+    if unknown:
+        raise TypeError(f"not engine options: {', '.join(sorted(unknown))}")
+    return {**ENGINE_DEFAULTS, **overrides}
 
 
 def engine_options(command: Callable) -> Callable:

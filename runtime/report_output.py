@@ -20,3 +20,8 @@ def emit_report(report: dict[str, Any], as_json: bool, output: Path | None,
         click.echo(text)
     else:
         printer(report)
+
+
+def figure(value: float | None, digits: int = 1) -> str:
+    """A measured figure for a table: thousands separated, a dash where it was not measured."""
+    return "—" if value is None else f"{value:,.{digits}f}"

@@ -106,11 +106,11 @@ def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, t
 
 def _manifest_source(model: Path) -> Path | None:
     """The source a converted directory was made from, if it is still there."""
-    import json
+    from ascend_convert.manifest import read_manifest
 
     try:
-        source = Path(json.loads((model / "ascend_manifest.json").read_text(encoding="utf-8"))["source"]["path"])
-    except (OSError, ValueError, KeyError, TypeError):
+        source = Path(read_manifest(model)["source"]["path"])
+    except (UserError, KeyError, TypeError):
         return None
     return source if source.exists() else None
 
