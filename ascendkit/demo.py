@@ -61,7 +61,7 @@ def _convert(src: Path, out: Path, soc: str, dtype: str, quantize: str | None, f
 
     result = convert(src, out, ConvertOptions(soc=soc, dtype=dtype, quantize=quantize, force=force),
                      RichReporter(f"convert {out.name}", enabled=live))
-    report = verify(out, source=src)
+    report = verify(out, source=src, source_reader=result.plan.reader)
     return {"manifest": result.manifest, "verify": report}
 
 

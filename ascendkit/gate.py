@@ -112,16 +112,16 @@ def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> No
         run.converted = run.model
         recorded = Path(manifest["source"]["path"])
         run.source = recorded if recorded.exists() else None
-        action = "verified"
+        action, source_reader = "verified", None
     else:
         quantize = None if target.quantize == "none" else target.quantize
-        convert(run.model, output, ConvertOptions(soc=target.soc, dtype=target.dtype, on_overflow=options.on_overflow,
-                                                  quantize=quantize, force=force),
-                RichReporter("convert", enabled=progress))
-        run.converted, run.source, action = output, run.model, "converted"
-        manifest = read_manifest(output)
+        result = convert(run.model, output, ConvertOptions(soc=target.soc, dtype=target.dtype, quantize=quantize,
+                                                           on_overflow=options.on_overflow, force=force),
+                         RichReporter("convert", enabled=progress))
+        run.converted, run.source, action, source_reader = output, run.model, "converted", result.plan.reader
+        manifest = result.manifest
     verify_source = run.source if options.verify_source else None
-    report = verify(run.converted, source=verify_source)
+    report = verify(run.converted, source=verify_source, source_reader=source_reader)
     got = manifest["target"]
     run.quantized = bool(got.get("quantize"))
     run.stages["convert"] = {"action": action, "output": str(run.converted), "source": str(run.source or ""),
