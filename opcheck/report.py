@@ -49,8 +49,9 @@ def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: li
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=140)
+    # The lines outside the tables are what CI logs are grepped for: never wrapped, however long the path.
     console.print(f"check_ops {model}: {_summary(uses)}; "
-                  f"target {_against(target)}", highlight=False)
+                  f"target {_against(target)}", highlight=False, soft_wrap=True)
     if found:
         table = Table("op", "kind", "count", "dtypes", "where", "what to do")
         for f in found:
@@ -63,7 +64,7 @@ def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: li
         console.print(table)
     for f in found:
         label = "fallback op" if f.kind == "fallback" else "unsupported op"
-        console.print(f"{label}: {f.op}", highlight=False)
+        console.print(f"{label}: {f.op}", highlight=False, soft_wrap=True)
     clean = "every op converts in ATC" if target.get("atc") else "every op reaches an NPU kernel"
     console.print(f"no findings: {clean}" if not found else f"{len(found)} finding(s)",
                   highlight=False)

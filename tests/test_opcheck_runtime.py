@@ -4,7 +4,6 @@ steps) traced on meta and classified against torch_npu 2.14.0. DESIGN.md: it mus
 from __future__ import annotations
 
 import json
-import time
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -59,16 +58,13 @@ def test_runtime_model_is_clean_for_every_family_and_target(invoke, checkpoint, 
 def test_real_cli_run_names_the_runtime_model(checkpoint, tmp_path):
     """One real process per output form: the table's target line, and JUnit's one case per op."""
     model = checkpoint("qwen2")
-    start = time.perf_counter()
     table = check_ops("--target", "runtime", "--model", model, "--dtype", "float16")
-    elapsed = time.perf_counter() - start
     assert table.code == 0, table.stderr
     assert table.stderr == ""
     first = table.stdout.splitlines()[0]
     assert first.startswith(f"check_ops {model} (runtime model): ") and "target ascend910b float16" in first
     assert "no findings: every op reaches an NPU kernel" in table.stdout
     assert "runtime/model.py" in table.stdout  # the fusion table points into the runtime's own code
-    assert elapsed < 60
 
     out = tmp_path / "ops.xml"
     junit = run_cli("check-ops", "--target", "runtime", "--model", model, "--soc", "ascend310p", "--dtype", "float16",
