@@ -13,9 +13,11 @@ import click
 
 def emit_report(report: dict[str, Any], as_json: bool, output: Path | None,
                 printer: Callable[[dict[str, Any]], None]) -> None:
+    from ascend_convert.manifest import write_text_atomic
+
     text = json.dumps(report, indent=2)
     if output is not None:
-        output.write_text(text + "\n", encoding="utf-8")
+        write_text_atomic(output, text + "\n")  # never a half-written report, even on Ctrl-C
     if as_json:
         click.echo(text)
     else:
