@@ -61,6 +61,17 @@ def smollm2_bf16(tmp_path_factory, smollm2_gguf) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def smollm2_fp16(tmp_path_factory, smollm2_gguf) -> Path:
+    """SmolLM2-135M converted once per session for the 310P (`--dtype auto`: fp16, the chip has no
+    bf16): what the GGUF conversion tests read and the example 310P gate policy verifies."""
+    from ascend_convert.converter import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("smol-310p") / "smollm2-ascend310p"
+    convert(smollm2_gguf, out, ConvertOptions(soc="ascend310p"))
+    return out
+
+
 @pytest.fixture
 def copy_checkpoint(checkpoint, tmp_path):
     """A private, writable copy of a fixture checkpoint, for tests that damage it."""

@@ -1,13 +1,13 @@
 """The shipped gate examples: every policy in examples/policies loads (910A and 310P are the same fp16
 policy apart from the chip, 910B is bf16), the GitHub Actions workflow's matrix is exactly those
-policies, and its "Gate" step — run as the runner would, with bash — passes SmolLM2-135M; so does
-the fp16 ascend310p policy."""
+policies, and its "Gate" step — run as the runner would, with bash — passes SmolLM2-135M converted
+for the 910B, and the fp16 ascend310p policy passes it converted for the 310P (both verified against
+the GGUF they came from)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -78,18 +78,31 @@ def run_workflow_gate(soc: str, cwd: Path, env: dict[str, str]) -> subprocess.Co
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=False)
 
 
+def assert_verified_against(data: dict, gguf: Path, soc: str, dtype: str) -> None:
+    """The gate's convert stage verified the directory (made for `soc` in `dtype`) instead of converting:
+    every file against the manifest, and each of SmolLM2's 272 tensors against its cast from the GGUF."""
+    convert = data["stages"]["convert"]
+    assert (convert["action"], convert["source"]) == ("verified", str(gguf.resolve()))
+    assert (convert["target"]["soc"], convert["target"]["dtype"]) == (soc, dtype)
+    assert convert["verify"]["ok"] and convert["verify"]["source_tensors"] == 272
+
+
 @pytest.mark.slow
-def test_workflow_gate_step_passes_smollm2_on_ascend910b(tmp_path, smollm2_gguf):
+def test_workflow_gate_step_passes_smollm2_on_ascend910b(tmp_path, smollm2_bf16, smollm2_gguf):
+    """MODEL is SmolLM2 already converted for the 910B (the session's bf16 directory): the gate verifies
+    it against its manifest and the GGUF instead of converting it again."""
     (tmp_path / "examples").symlink_to(EXAMPLES, target_is_directory=True)
     summary = tmp_path / "step-summary.md"
-    result = run_workflow_gate("ascend910b", tmp_path, {"MODEL": str(smollm2_gguf), "GITHUB_STEP_SUMMARY": str(summary)})
+    result = run_workflow_gate("ascend910b", tmp_path, {"MODEL": str(smollm2_bf16), "GITHUB_STEP_SUMMARY": str(summary)})
     assert result.returncode == 0, (result.stdout, result.stderr)
     report_dir = tmp_path / "reports" / "ascend910b"
     assert all((report_dir / name).is_file() for name in REPORTS)
     data = json.loads((report_dir / "gate.json").read_text())
     assert (data["verdict"], data["exit_code"], data["failed"], data["error"]) == ("PASS", 0, [], None)
-    assert data["model"] == str(smollm2_gguf) and data["policy"] == "examples/policies/ascend910b.toml"
-    assert data["stages"]["convert"]["target"]["dtype"] == "bfloat16"
+    assert data["model"] == data["converted"] == str(smollm2_bf16)
+    assert data["policy"] == "examples/policies/ascend910b.toml"
+    assert_verified_against(data, smollm2_gguf, "ascend910b", "bfloat16")
+    assert not (report_dir / "converted").exists()
     assert {r["status"] for r in data["rules"]} == {"pass"}
     ids = [r["id"] for r in data["rules"]]
     assert ids[:8] == ["doctor", "target.torch_npu", "target.soc", "target.dtype", "target.quantize", "convert.verify",
@@ -101,23 +114,22 @@ def test_workflow_gate_step_passes_smollm2_on_ascend910b(tmp_path, smollm2_gguf)
         "examples/policies/ascend910b.toml"}
     md = (report_dir / "gate.md").read_text(encoding="utf-8")
     assert md.startswith("## ascendkit gate: ✅ PASS\n") and summary.read_text(encoding="utf-8") == md
-    shutil.rmtree(report_dir / "converted")  # 270 MB
 
 
 @pytest.mark.slow
-def test_ascend310p_policy_passes_smollm2_in_float16(tmp_path, smollm2_gguf):
+def test_ascend310p_policy_passes_smollm2_in_float16(tmp_path, smollm2_fp16, smollm2_gguf):
+    """The fp16 policy on SmolLM2 converted for the 310P: verified against the GGUF, its prompts
+    answered as the policy expects with fp16 weights (served in fp32 on a CPU)."""
     policy_path = EXAMPLES / "policies" / "ascend310p.toml"
     report_dir = tmp_path / "reports"
-    result = run_cli("gate", smollm2_gguf, "--policy", policy_path, "--report-dir", report_dir, timeout=900,
+    result = run_cli("gate", smollm2_fp16, "--policy", policy_path, "--report-dir", report_dir, timeout=900,
                      env={"GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")})
     assert result.code == 0, (result.stdout, result.stderr)
     data = json.loads((report_dir / "gate.json").read_text())
     assert (data["verdict"], data["failed"]) == ("PASS", [])
-    converted = report_dir / "converted"
-    assert data["converted"] == str(converted)
-    assert data["stages"]["convert"]["target"]["soc"] == "ascend310p"
-    assert data["stages"]["convert"]["target"]["dtype"] == "float16"
-    with safe_open(converted / "model.safetensors", "pt") as f:
+    assert data["converted"] == str(smollm2_fp16)
+    assert_verified_against(data, smollm2_gguf, "ascend310p", "float16")
+    with safe_open(smollm2_fp16 / "model.safetensors", "pt") as f:
         names = f.keys()
         assert {f.get_slice(name).get_dtype() for name in names} == {"F16"}
     assert data["stages"]["smoke"]["dtype"] == "float32"  # the runtime serves fp16 weights in fp32 on a CPU
@@ -130,4 +142,3 @@ def test_ascend310p_policy_passes_smollm2_in_float16(tmp_path, smollm2_gguf):
             assert (expected.lower() if prompt.ignore_case else expected) in text, (prompt.prompt, answer["text"])
     status = {r["id"]: r["status"] for r in data["rules"]}
     assert all(status[f"smoke.prompts[{i}]"] == "pass" for i in range(1, len(policy.smoke.prompts) + 1))
-    shutil.rmtree(converted)  # 270 MB

@@ -297,8 +297,10 @@ def spm(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def smollm2(smollm2_gguf):
-    return AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+def smollm2(smollm2_bf16):
+    """SmolLM2's tokenizer, as `convert` saved it from the GGUF (loading it from the GGUF parses the
+    whole file's metadata again)."""
+    return AutoTokenizer.from_pretrained(smollm2_bf16)
 
 
 def _stream(tokenizer, prompt: list[int], generated: list[int], skip: bool = True):
