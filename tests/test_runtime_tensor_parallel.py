@@ -108,8 +108,11 @@ def test_a_worker_that_cannot_load_stops_every_rank(checkpoint, monkeypatch):
 
 
 def test_ctrl_c_leaves_no_worker_behind(checkpoint):
+    # Python keeps SIGINT ignored when its parent ignored it (pytest started as `cmd &` by a
+    # non-interactive shell): restore Ctrl-C's KeyboardInterrupt, as an interactive terminal has it.
     script = textwrap.dedent(f"""
-        import sys
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from runtime import LLM, SamplingParams
         llm = LLM({str(checkpoint("llama"))!r}, device="cpu", dtype="float32", kv_cache_memory="2MiB",
                   tensor_parallel_size=2)
@@ -120,11 +123,16 @@ def test_ctrl_c_leaves_no_worker_behind(checkpoint):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-    workers = [int(p) for p in proc.stdout.readline().split()]
-    assert len(alive(workers)) == 1
-    time.sleep(1.0)  # in the middle of generating
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    proc.wait(timeout=60)
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert len(alive(workers)) == 1
+        time.sleep(1.0)  # in the middle of generating
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        proc.wait(timeout=60)
+    finally:  # a failed run must not leave a generating group behind for the rest of the suite
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
     deadline = time.time() + 10
     while alive(workers) and time.time() < deadline:
