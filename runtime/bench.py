@@ -747,15 +747,15 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF de-quantizing bar (read when tqdm loads)
     import torch
 
-    from .llm_engine import parse_memory
+    from .llm_engine import compute_dtype, parse_memory
     from .loader import open_model
     from .platform import resolve
 
     threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(threads)
     ckpt_cfg = open_model(model).config
-    dtype = dtype or ckpt_cfg.dtype
     plat = resolve(device)
+    dtype = compute_dtype(dtype, ckpt_cfg.dtype, plat.name)  # what the runtime computes in; transformers too
     max_len = max(max(w.prompt_lens) + w.new_tokens for w in plan)
     if max_len > ckpt_cfg.max_position_embeddings:
         raise UserError(f"the longest request ({max_len} tokens) does not fit the model's context of "

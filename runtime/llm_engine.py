@@ -84,6 +84,16 @@ def parse_memory(value: int | str | None, default: int) -> int:
     raise UserError(f"kv_cache_memory {value!r}: expected bytes or a size such as 2GiB or 512MiB")
 
 
+def compute_dtype(requested: str | None, weights: str, platform: str) -> str:
+    """The dtype a model runs in: the one asked for, else its weights' — except fp16 weights on a CPU,
+    computed in fp32 (torch has no fast fp16 matmul on CPUs: SmolLM2 decodes ~60x slower in fp16 than
+    in bf16 here; vLLM's CPU backend swaps fp16 for bf16). fp32 holds every fp16 value exactly, so the
+    answers stay those of the weights. An explicit "float16" is obeyed."""
+    if requested is None and weights == "float16" and platform == "cpu":
+        return "float32"
+    return requested or weights
+
+
 class LLMEngine:
     def __init__(self, model: str | Path, device: str = "auto", dtype: str | None = None,
                  memory_policy: str = "static", tensor_parallel_size: int = 1, block_size: int = 16,
@@ -98,12 +108,8 @@ class LLMEngine:
         self.platform = resolve(device)
         ckpt = open_model(model)
         self.config = cfg = ckpt.config
-        name = dtype or cfg.dtype
-        if dtype is None and name == "float16" and self.platform.name == "cpu":
-            # torch has no fast fp16 matmul on CPUs (SmolLM2 decodes ~60x slower in fp16 than in bf16
-            # here); vLLM's CPU backend swaps fp16 for bf16, this runtime computes fp16 weights in fp32,
-            # which holds every fp16 value exactly. An explicit dtype="float16" is obeyed.
-            name = "float32"
+        name = compute_dtype(dtype, cfg.dtype, self.platform.name)
+        if name != (dtype or cfg.dtype):
             log.info("float16 weights computed in float32 on the CPU (torch has no fast float16 matmul there)")
         if name not in ("float32", "float16", "bfloat16"):
             raise UserError(f"dtype {name!r}: expected float32, float16 or bfloat16")

@@ -189,6 +189,20 @@ def test_converted_layouts_and_checkpoint_formats_give_the_same_tokens(checkpoin
     assert plain == sharded_bin
 
 
+@pytest.mark.parametrize(("requested", "weights", "platform", "runs_in"), [
+    (None, "float16", "cpu", "float32"),  # no fast fp16 matmul on a CPU; fp32 holds fp16 exactly
+    ("float16", "float16", "cpu", "float16"),  # asked for: obeyed
+    (None, "float16", "cuda", "float16"),
+    (None, "bfloat16", "cpu", "bfloat16"),
+    ("bfloat16", "float32", "cpu", "bfloat16"),
+])
+def test_compute_dtype(requested, weights, platform, runs_in):
+    """The engine's rule, which the benchmark follows too (so its transformers baseline runs alike)."""
+    from runtime.llm_engine import compute_dtype
+
+    assert compute_dtype(requested, weights, platform) == runs_in
+
+
 def test_llama3_rope_scaling(checkpoint, tmp_path):
     path = tmp_path / "llama3"
     shutil.copytree(checkpoint("llama"), path)
