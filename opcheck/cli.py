@@ -85,6 +85,8 @@ def check_ops_command(model: str | None, target: str, soc: str, dtype: str, vers
                       summary_file: Path | None, allow_file: Path | None, trust_remote_code: bool) -> int:
     """Name every operator of a model with no NPU kernel in the target torch_npu (exit 1 if any)."""
     from .allow import load_allow
+    from ascend_convert.manifest import write_text_atomic
+
     from .check import run_check
     from .report import markdown, render
 
@@ -96,9 +98,9 @@ def check_ops_command(model: str | None, target: str, soc: str, dtype: str, vers
     # target's "model" field)
     text = render(fmt, label if fmt in ("table", "markdown") else r.model, target_info, uses, found, fusions)
     if summary_file is not None:
-        summary_file.write_text(markdown(label, target_info, uses, found, fusions), encoding="utf-8")
+        write_text_atomic(summary_file, markdown(label, target_info, uses, found, fusions))
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        write_text_atomic(output, text)
     else:
         click.echo(text, nl=False)
     skip_teardown()

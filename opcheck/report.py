@@ -45,6 +45,7 @@ def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: li
     if fmt == "markdown":
         return markdown(model, target, uses, found, fusions)
     from rich.console import Console
+    from rich.markup import escape  # source lines hold brackets: `self.layers[idx]` must not lose `[idx]`
     from rich.table import Table
 
     buffer = io.StringIO()
@@ -55,12 +56,13 @@ def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: li
     if found:
         table = Table("op", "kind", "count", "dtypes", "where", "what to do")
         for f in found:
-            table.add_row(f.op, f.kind, str(f.count), ", ".join(f.dtypes), "\n".join(f.locations[:3]) or "-", f.advice)
+            table.add_row(f.op, f.kind, str(f.count), ", ".join(f.dtypes), escape("\n".join(f.locations[:3])) or "-",
+                          f.advice)
         console.print(table)
     if fusions:
         table = Table("fusion (not a finding)", "count", "torch_npu fused op", "first seen at")
         for u in fusions:  # the notes on how to use each are in the JSON and markdown reports
-            table.add_row(u.pattern, str(u.count), u.fused_op, u.locations[0] if u.locations else "-")
+            table.add_row(u.pattern, str(u.count), u.fused_op, escape(u.locations[0]) if u.locations else "-")
         console.print(table)
     for f in found:
         label = "fallback op" if f.kind == "fallback" else "unsupported op"

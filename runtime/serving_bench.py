@@ -74,6 +74,7 @@ def print_serving_report(report: dict[str, Any]) -> None:
     import sys
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 170)
@@ -98,4 +99,4 @@ def print_serving_report(report: dict[str, Any]) -> None:
     console.print(table)
     for level in report["levels"]:
         for error in level["errors"]:
-            console.print(f"[red]concurrency {level['concurrency']}: {error}[/]")
+            console.print(f"[red]concurrency {level['concurrency']}: {escape(error)}[/]")
