@@ -75,3 +75,10 @@ def read_manifest(out_dir: Path) -> dict:
         raise UserError(f"{path}: manifest format_version {manifest.get('format_version')!r} is not supported "
                         f"(this version reads {MANIFEST_VERSION})")
     return manifest
+
+
+def recorded_source(manifest: dict) -> Path | None:
+    """The source checkpoint a manifest names, if it is still there (what verify and smoke compare with)."""
+    source = manifest.get("source")
+    path = source.get("path") if isinstance(source, dict) else None
+    return Path(path) if isinstance(path, str) and Path(path).exists() else None

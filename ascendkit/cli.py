@@ -81,7 +81,7 @@ def gate_command(model: Path, policy_file: Path, report_dir: Path, output: Path 
         raise UserError(f"{model}: no such file or directory")
     if report_dir.exists() and not report_dir.is_dir():
         raise UserError(f"--report-dir {report_dir}: exists and is not a directory")
-    if policy.ops.manifest is None:
+    if policy.ops.manifest is None and (policy.ops.model or policy.ops.runtime):  # before minutes of converting
         from opcheck.manifests import SHIPPED
 
         if policy.target.torch_npu not in SHIPPED:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 QUESTIONS = ("What is the capital of France?", "Name three primary colors.", "How many days are in a week?",
@@ -61,7 +62,7 @@ def _convert(src: Path, out: Path, soc: str, dtype: str, quantize: str | None, f
 
     result = convert(src, out, ConvertOptions(soc=soc, dtype=dtype, quantize=quantize, force=force),
                      RichReporter(f"convert {out.name}", enabled=live))
-    report = verify(out, source=src, source_reader=result.plan.reader)
+    report = verify(out, source=src, source_reader=result.plan.reader, stop_at_first=False)
     return {"manifest": result.manifest, "verify": report}
 
 
@@ -71,11 +72,12 @@ def _check(model: Path, target: str, soc: str):
     return run_check(str(model), target, soc=soc)
 
 
-def _smoke(model: Path, prompts: list[tuple[str, str]], reference: Path | None) -> dict[str, Any]:
+def _smoke(model: Path, prompts: list[tuple[str, str]]) -> dict[str, Any]:
+    """A W8A16 directory is compared with the source its manifest names: the bf16/fp16 model."""
     from runtime.engine_options import engine_kwargs
     from runtime.smoke import run_smoke
 
-    return run_smoke(model, max_tokens=ANSWER_TOKENS, prompts=prompts, reference=reference, **LOAD,
+    return run_smoke(model, max_tokens=ANSWER_TOKENS, prompts=prompts, **LOAD,
                      **engine_kwargs(device="cpu", max_num_seqs=16, kv_cache_memory="256MiB"))
 
 
@@ -87,7 +89,7 @@ def _bench(model: Path, live: bool) -> dict[str, Any]:
 
 def _status(r: dict[str, Any]) -> str:
     return {"match": "[green]match[/]", "tie": f"[yellow]tie at token {r['index']}[/]",
-            "error": f"[red]refused: {r['error']}[/]"}.get(r["status"], f"[red]differs at token {r['index']}[/]")
+            "error": f"[red]refused: {escape(r['error'] or '')}[/]"}.get(r["status"], f"[red]differs at token {r['index']}[/]")
 
 
 def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dict[str, Any],
@@ -103,10 +105,11 @@ def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dic
         table.add_row(name, m["target"]["soc"], m["target"]["dtype"], m["target"].get("quantize") or "—",
                       human_bytes(m["summary"]["bytes"]), str(m["summary"]["tensors"]),
                       f"{v.files_checked} files sha256, {v.source_checked} tensors = source" if v.ok
-                      else f"[red]{v.failures[0]}[/]")
+                      else f"[red]{escape(v.failures[0])}[/]")
     console.print(table)
 
-    table = Table(title="check_ops against torch_npu 2.14.0", title_justify="left")
+    releases = sorted({r.target["torch_npu"] for r in checks.values()})
+    table = Table(title=f"check_ops against torch_npu {', '.join(releases)}", title_justify="left")
     for column in ("model", "distinct ops", "calls", "no NPU kernel", "fused-kernel patterns"):
         table.add_column(column)
     for name, r in checks.items():
@@ -120,7 +123,8 @@ def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dic
     for column in ("prompt", f"{base['dtype']} answer", "vs transformers", "W8A16 answer", f"vs {base['dtype']}"):
         table.add_column(column)
     for a, b in zip(base["results"], w8["results"]):
-        table.add_row(a["prompt"], " ".join(a["text"].split()), _status(a), " ".join(b["text"].split()), _status(b))
+        table.add_row(escape(a["prompt"]), escape(" ".join(a["text"].split())), _status(a),
+                      escape(" ".join(b["text"].split())), _status(b))
     console.print(table)
     agreement = w8.get("greedy_agreement")
     if agreement is not None:
@@ -166,7 +170,8 @@ def to_dict(conversions: dict[str, dict], checks: dict[str, Any], smoke: dict[st
 
 def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b", force: bool = False,
              report: Path | None = None) -> int:
-    """Every step in order; exit 1 if a verification or the smoke test's comparison fails."""
+    """Every step in order; exit 1 if a verification fails, or a smoke test does (a bf16/fp16 answer that
+    differs from transformers, a load request that fails)."""
     from ascend_convert.errors import UserError
     from ascend_convert.smollm2 import smollm2_gguf
     from ascend_convert.soc import get_soc
@@ -210,9 +215,9 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
 
             prompts = [("plain", p) for p in PLAIN_PROMPTS]
         smoke = {dtype: steps.run(f"smoke-serve {dtype}: answers vs transformers, concurrent load",
-                                  lambda: _smoke(dirs[dtype], prompts, None)),
+                                  lambda: _smoke(dirs[dtype], prompts)),
                  "w8a16": steps.run(f"smoke-serve W8A16: answers vs the {dtype} model, concurrent load",
-                                    lambda: _smoke(dirs["w8a16"], prompts, dirs[dtype]))}
+                                    lambda: _smoke(dirs["w8a16"], prompts))}
         bench = steps.run("benchmark: runtime vs transformers generate", lambda: _bench(dirs[dtype], live),
                           spinner=False)
         print_summary(console, src, conversions, checks, smoke, bench, steps.seconds)
@@ -228,5 +233,5 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
         console.print("(outputs removed; pass --out DIR to keep them)")
     else:
         console.print(f"outputs kept in {root}", highlight=False)
-    ok = all(c["verify"].ok for c in conversions.values()) and smoke[dtype]["verdict"] == "PASS"
+    ok = all(c["verify"].ok for c in conversions.values()) and all(s["verdict"] == "PASS" for s in smoke.values())
     return 0 if ok else 1

@@ -102,16 +102,14 @@ def stage_doctor(run: GateRun) -> None:
 def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> None:
     """Convert MODEL for the policy's target, or verify it when it is already converted."""
     from ascend_convert.converter import ConvertOptions, convert
-    from ascend_convert.manifest import MANIFEST_NAME, read_manifest
+    from ascend_convert.manifest import MANIFEST_NAME, read_manifest, recorded_source
     from ascend_convert.progress import RichReporter
     from ascend_convert.verify import verify
 
     target, options = run.policy.target, run.policy.convert
     if (run.model / MANIFEST_NAME).is_file():  # already converted: verified, not converted again
         manifest = read_manifest(run.model)
-        run.converted = run.model
-        recorded = Path(manifest["source"]["path"])
-        run.source = recorded if recorded.exists() else None
+        run.converted, run.source = run.model, recorded_source(manifest)
         action, source_reader = "verified", None
     else:
         quantize = None if target.quantize == "none" else target.quantize
@@ -121,7 +119,8 @@ def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> No
         run.converted, run.source, action, source_reader = output, run.model, "converted", result.plan.reader
         manifest = result.manifest
     verify_source = run.source if options.verify_source else None
-    report = verify(run.converted, source=verify_source, source_reader=source_reader)
+    # every mismatch collected: a tampered file is the `convert.verify` rule failing (exit 1), not an error
+    report = verify(run.converted, source=verify_source, source_reader=source_reader, stop_at_first=False)
     got = manifest["target"]
     run.quantized = bool(got.get("quantize"))
     run.stages["convert"] = {"action": action, "output": str(run.converted), "source": str(run.source or ""),
@@ -216,8 +215,9 @@ def stage_smoke(run: GateRun) -> None:
         agreement = report.get("greedy_agreement")
         against = f"the source {report['reference']}" if run.quantized else "transformers on the converted weights"
         if agreement is None:
-            run.add("smoke.min_greedy_agreement", False, "not measured: no source to compare with (the manifest's "
-                                                         "source is gone)", "smoke.min_greedy_agreement")
+            why = ("no source to compare with (the manifest's source is gone)" if run.quantized
+                   else "the server refused every prompt")
+            run.add("smoke.min_greedy_agreement", False, f"not measured: {why}", "smoke.min_greedy_agreement")
         else:
             run.add("smoke.min_greedy_agreement", agreement >= smoke.min_greedy_agreement,
                     f"{agreement:.1%} of the greedy tokens of {against} reproduced "
@@ -256,8 +256,13 @@ def stage_sweep(run: GateRun, progress: bool) -> None:
         run.stages["sweep"]["plot_note"] = "matplotlib is not installed: pip install 'ascend-deploy-kit[plot]'"
         return
     run.report_dir.mkdir(parents=True, exist_ok=True)  # not made yet when --output is elsewhere
-    run.plot = run.report_dir / "sweep.png"
-    plot_sweep(report["sweep"], run.plot, f"{run.converted.name} ({report['dtype']}, {report['device']})")
+    plot = run.report_dir / "sweep.png"
+    try:  # a drawing is a picture of the figures, not a rule: it never turns the verdict into ERROR
+        plot_sweep(report["sweep"], plot, f"{run.converted.name} ({report['dtype']}, {report['device']})")
+    except Exception as exc:  # noqa: BLE001 - said in the reports instead
+        run.stages["sweep"]["plot_note"] = f"the plot could not be drawn ({type(exc).__name__}: {first_line(exc)})"
+        return
+    run.plot = plot
 
 
 # -- the pipeline ------------------------------------------------------------------------------------
@@ -298,6 +303,7 @@ def run_gate(model: Path, policy_path: Path, policy: Policy, report_dir: Path, o
 
 def print_verdict(run: GateRun, stream=sys.stdout) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(file=stream, width=None if stream.isatty() else 140)
@@ -306,10 +312,10 @@ def print_verdict(run: GateRun, stream=sys.stdout) -> None:
         table.add_column(column)
     colours = {PASS: "green", FAIL: "red", SKIP: "yellow"}
     for r in run.rules:
-        table.add_row(r.id, f"[{colours[r.status]}]{r.status}[/]", r.message)
+        table.add_row(r.id, f"[{colours[r.status]}]{r.status}[/]", escape(r.message))  # answers hold brackets
     console.print(table)
     if run.error:
-        console.print(f"[bold red]ERROR[/] {run.error}", highlight=False)
+        console.print(f"[bold red]ERROR[/] {escape(run.error)}", highlight=False)
     elif run.failed:
         console.print(f"[bold red]FAIL[/]: {len(run.failed)} rule(s) failed: "
                       + ", ".join(r.id for r in run.failed), highlight=False)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ascend_convert.errors import UserError
 from ascend_convert.soc import SOCS
+from opcheck.manifests import DEFAULT_TORCH_NPU
 
 
 class _Section(BaseModel):
@@ -29,7 +30,7 @@ class Target(_Section):
     soc: Literal["ascend910b", "ascend910a", "ascend310p"]
     dtype: Literal["bfloat16", "float16", "float32"]
     quantize: Literal["none", "w8a16", "w8a8"] = "none"
-    torch_npu: str = "2.14.0"
+    torch_npu: str = DEFAULT_TORCH_NPU
 
     @field_validator("torch_npu")
     @classmethod
@@ -134,7 +135,9 @@ class Policy(_Section):
 
     def allowed_ops(self) -> dict[tuple[str, str | None], str]:
         """The allow list as `opcheck.allow.split` takes it."""
-        return {(a.op if "::" in a.op else f"aten::{a.op}", a.kind): a.reason for a in self.ops.allow}
+        from opcheck.allow import qualified_op
+
+        return {(qualified_op(a.op), a.kind): a.reason for a in self.ops.allow}
 
 
 def _key(loc: tuple[Any, ...]) -> str:

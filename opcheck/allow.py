@@ -10,6 +10,11 @@ from ascend_convert.errors import UserError, first_line
 from .trace import Finding
 
 
+def qualified_op(name: str) -> str:
+    """An allow-list op as findings name it: a bare aten name gets `aten::`; ONNX ops keep `domain::type`."""
+    return name if "::" in name else f"aten::{name}"
+
+
 def load_allow(path: Path) -> dict[tuple[str, str | None], str]:
     """(op, kind or None for any kind) → reason."""
     import yaml
@@ -33,8 +38,7 @@ def load_allow(path: Path) -> dict[tuple[str, str | None], str]:
         unknown = set(entry) - {"op", "reason", "kind"}
         if unknown:
             raise UserError(f"{path}: allow entry {i}: unknown key(s) {', '.join(sorted(unknown))}")
-        op = entry["op"] if "::" in entry["op"] else f"aten::{entry['op']}"  # ONNX ops: domain::type
-        allowed[(op, entry.get("kind"))] = entry["reason"]
+        allowed[(qualified_op(entry["op"]), entry.get("kind"))] = entry["reason"]
     return allowed
 
 

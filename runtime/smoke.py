@@ -104,27 +104,16 @@ def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, t
         r.reference_text = tokenizer.decode(ref_tokens, skip_special_tokens=True)
 
 
-def _manifest_source(model: Path) -> Path | None:
-    """The source a converted directory was made from, if it is still there."""
-    from ascend_convert.manifest import read_manifest
-
-    try:
-        source = Path(read_manifest(model)["source"]["path"])
-    except (UserError, KeyError, TypeError):
-        return None
-    return source if source.exists() else None
-
-
 def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, prompt_len: int, load_tokens: int,
-              prompts: list[tuple[str, str]] | None = None, reference: Path | None = None, compare: bool = True,
-              **engine_kwargs: Any) -> dict[str, Any]:
+              prompts: list[tuple[str, str]] | None = None, **engine_kwargs: Any) -> dict[str, Any]:
     """`prompts`: (kind, text) pairs, kind "plain" or "chat" (default: the fixed ones; chat only where the
-    tokenizer has a template). `reference`: the checkpoint transformers loads to compare with
-    (default: `model` itself, the same weights); `compare` False: no comparison (a quantized model
-    whose source is gone), the verdict is the load's."""
+    tokenizer has a template). transformers loads `model` itself to compare with (the same weights),
+    or, for a quantized directory, the source its manifest names; when that source is gone nothing is
+    compared and the verdict is the load's."""
     import httpx
     import torch
 
+    from ascend_convert.manifest import MANIFEST_NAME, read_manifest, recorded_source
     from ascend_convert.quant_layout import DESCRIPTION_NAME
 
     from .engine_options import serve_args
@@ -134,9 +123,10 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
     from .serving_load import run_load, server_memory, summarize_load
 
     quantized = model.is_dir() and (model / DESCRIPTION_NAME).is_file()
-    if quantized and reference is None and compare:  # transformers cannot load msModelSlim's layout
-        reference = _manifest_source(model)
-        compare = reference is not None
+    reference = model
+    if quantized:  # transformers cannot load msModelSlim's layout (one from msModelSlim itself has no manifest)
+        reference = recorded_source(read_manifest(model)) if (model / MANIFEST_NAME).is_file() else None
+    compare = reference is not None
     trust = engine_kwargs.get("trust_remote_code", False)
     tokenizer = load_tokenizer(model, trust)
     if tokenizer is None:
@@ -167,14 +157,14 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
         load = {**summarize_load(outcomes, wall), **server_memory(server.url)}
     info = card["ascendkit"]
     if compare:
-        _compare(reference or model, getattr(torch, info["dtype"]), results, max_tokens, trust, tokenizer)
+        _compare(reference, getattr(torch, info["dtype"]), results, max_tokens, trust, tokenizer)
     agreed = sum(r.status in ("match", "tie") for r in results)
     reference_tokens = sum(r.reference_tokens for r in results)
     passed = (agreed == len(results) or not compare or quantized) and load["failed"] == 0
     return {"model": str(model), "device": info["device"], "dtype": info["dtype"],
             "verdict": "PASS" if passed else "FAIL", "prompts_agreeing": agreed, "prompts": len(results),
             "quantized": quantized,
-            "reference": str(reference or model) if compare else None,
+            "reference": str(reference) if compare else None,
             "greedy_agreement": sum(r.agreeing_tokens for r in results) / reference_tokens if reference_tokens else None,
             "chat_template": has_template, "results": [asdict(r) for r in results],
             "load": {"requests": requests, "concurrency": concurrency, "prompt_len": prompt_len,
@@ -183,18 +173,21 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
 
 def print_smoke(report: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console() if sys.stdout.isatty() else Console(width=140)
-    table = Table(title=f"greedy answers vs transformers — {report['model']} ({report['device']}, {report['dtype']})")
+    table = Table(title=f"greedy answers vs transformers — {escape(report['model'])} ({report['device']}, "
+                        f"{report['dtype']})")
     for column in ("kind", "prompt", "answer", "tokens", "vs transformers"):
         table.add_column(column)
     for r in report["results"]:
         status = {"match": "[green]match[/]", "tie": f"[yellow]tie at token {r['index']}[/]",
-                  "error": f"[red]refused: {r['error']}[/]",
+                  "error": f"[red]refused: {escape(r['error'] or '')}[/]",
                   "pending": "not compared"}.get(r["status"], f"[red]MISMATCH at token {r['index']}[/]")
         answer = " ".join(r["text"].split())
-        table.add_row(r["kind"], r["prompt"].strip(), answer[:70] + ("…" if len(answer) > 70 else ""),
+        # prompts and answers are text, not markup: a chat model's "[/INST]" would stop the report
+        table.add_row(r["kind"], escape(r["prompt"].strip()), escape(answer[:70]) + ("…" if len(answer) > 70 else ""),
                       str(len(r["token_ids"])), status)
     console.print(table)
     load = report["load"]
@@ -213,7 +206,7 @@ def print_smoke(report: dict[str, Any]) -> None:
                  str(load["failed"]))
     console.print(seed)
     for error in load["errors"]:
-        console.print(f"[red]load error:[/] {error}")
+        console.print(f"[red]load error:[/] {escape(error)}")
     if not report["chat_template"]:
         console.print("no chat template in the tokenizer: chat prompts skipped")
     colour = "green" if report["verdict"] == "PASS" else "red"

@@ -36,7 +36,10 @@ def test_demo_on_smollm2_converts_checks_serves_and_compares(tmp_path):
     assert base["verdict"] == "PASS" and all(x["status"] in ("match", "tie") for x in base["results"])
     assert "Paris" in base["results"][0]["text"]
     quant = data["smoke"]["w8a16"]
-    assert quant["quantized"] and quant["reference"] == str(base_dir) and 0 <= quant["greedy_agreement"] <= 1
+    assert quant["quantized"] and quant["reference"] == str(base_dir)
+    # W8A16 keeps SmolLM2's answers (100% here: where they part, bf16's top two logits were a tie); a
+    # broken quantization or comparison reproduces next to nothing
+    assert quant["greedy_agreement"] >= 0.5 and quant["verdict"] == "PASS"
     for workload in ("single", "batch16"):
         entry = data["bench"]["workloads"][workload]
         assert set(entry["systems"]) == {"runtime", "hf"} and entry["tokens_equal"]

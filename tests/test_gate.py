@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import textwrap
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -18,7 +19,7 @@ from conftest import assert_one_line_error, run_cli
 
 SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sarif" / "sarif-schema-2.1.0.json"
 REPORTS = ("gate.json", "gate.junit.xml", "gate.sarif", "gate.md")
-PROMPT = "Hello world"
+PROMPT = "Hello [/INST] [b]world"  # brackets: text, never markup, in the terminal table
 MAX_TOKENS = 8
 
 FIRST_RULES = ["doctor", "target.torch_npu", "target.soc", "target.dtype", "target.quantize", "convert.verify",
@@ -122,6 +123,7 @@ def test_first_run_fails_exactly_the_impossible_ceiling(first):
     assert len(fails) == 1 and re.fullmatch(r"FAIL performance\.max_memory_gb: memory \d+\.\d\d GB, ceiling 0\.001",
                                             fails[0]), result.stderr
     assert "FAIL: 1 rule(s) failed: performance.max_memory_gb" in result.stdout
+    assert re.search(rf"│ smoke\.prompts\[1\] +│ pass +│ {re.escape(repr(PROMPT))} → ", result.stdout), result.stdout
     assert result.stdout.rstrip().splitlines()[-1] == "reports: " + ", ".join(
         [str(report_dir / name) for name in REPORTS] + [str(report_dir / "sweep.png")])
 
@@ -242,7 +244,7 @@ def test_first_run_markdown_and_step_summary(first):
     assert first["summary"].read_text(encoding="utf-8") == "earlier step\n" + md
 
 
-# -- run 2: the converted directory, verified against a policy that wants another dtype ------------------
+# -- run 2: a copy of the converted directory with one bit changed, against a policy that wants fp16 ------
 #: one prompt, a two-request load on the CPU: the cheapest smoke stage (appended after a [smoke] table)
 SMALL_SMOKE = textwrap.dedent("""
     [[smoke.prompts]]
@@ -277,23 +279,33 @@ def second(first, tmp_path_factory):
         """) + SMALL_SMOKE
     policy = root / "float16.toml"
     policy.write_text(policy_text, encoding="utf-8")
-    manifest = (first["output"] / "ascend_manifest.json").read_bytes()
+    model = root / "converted"
+    shutil.copytree(first["output"], model)
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-2] ^= 1  # the last bf16 value's lowest mantissa bit: the same model to a smoke test, not to verify
+    weights.write_bytes(bytes(data))
+    manifest = (model / "ascend_manifest.json").read_bytes()
     report_dir = root / "reports"
-    result = gate(first["output"], policy, report_dir, summary=root / "summary.md")
+    result = gate(model, policy, report_dir, summary=root / "summary.md")
     return {"result": result, "policy": policy, "policy_text": policy_text, "report_dir": report_dir,
-            "manifest": manifest, "model": first["output"], "source": first["model"]}
+            "manifest": manifest, "model": model, "source": first["model"]}
 
 
-def test_second_run_verifies_the_converted_directory_and_fails_its_dtype(second):
+def test_second_run_verifies_the_converted_directory_and_fails_its_dtype_and_the_changed_bit(second):
+    """A converted directory is verified, not converted again; a changed bit in it is a failed rule
+    (exit 1, every rule still decided), not an error."""
     result, report_dir, model = second["result"], second["report_dir"], second["model"]
     assert result.code == 1, (result.stdout, result.stderr)
     progress = [line for line in result.stderr.splitlines() if line.startswith("[")]
     assert progress == ["[1/3] doctor", "[2/3] convert", "[3/3] smoke"]
-    assert [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("FAIL")] == [
-        "FAIL target.dtype: weights in bfloat16, the policy wants float16"]
-    assert "FAIL: 1 rule(s) failed: target.dtype" in result.stdout
+    weights = model / "model.safetensors"
+    fails = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("FAIL")]
+    assert fails[0] == "FAIL target.dtype: weights in bfloat16, the policy wants float16"
+    assert fails[1].startswith(f"FAIL convert.verify: {weights}: sha256 ") and len(fails) == 2
+    assert "FAIL: 2 rule(s) failed: target.dtype, convert.verify" in result.stdout
     data = reports(report_dir)["json"]
-    assert (data["verdict"], data["exit_code"], data["failed"]) == ("FAIL", 1, ["target.dtype"])
+    assert (data["verdict"], data["exit_code"], data["failed"]) == ("FAIL", 1, ["target.dtype", "convert.verify"])
     assert [r["id"] for r in data["rules"]] == SECOND_RULES
     messages = {r["id"]: r["message"] for r in data["rules"]}
     assert messages["target.dtype"] == "weights in bfloat16, the policy wants float16"
@@ -301,8 +313,12 @@ def test_second_run_verifies_the_converted_directory_and_fails_its_dtype(second)
     assert messages["smoke.load"] == "2/2 load requests answered"
     convert = data["stages"]["convert"]
     assert (convert["action"], convert["output"], convert["source"]) == ("verified", str(model), str(second["source"]))
-    assert convert["target"]["dtype"] == "bfloat16" and convert["verify"]["ok"]
-    assert messages["convert.verify"].endswith(f"tensors equal the checked conversion of {second['source']}")
+    assert convert["target"]["dtype"] == "bfloat16" and not convert["verify"]["ok"]
+    # the file's sha256, the tensor's, and the tensor against its source: every mismatch, not just the first
+    failures = convert["verify"]["failures"]
+    assert len(failures) == 3 and failures[0] == messages["convert.verify"].split("; ")[0]
+    assert failures[1].startswith(f"{weights}: tensor ") and failures[1].endswith(" sha256 differs from the manifest")
+    assert failures[2].startswith("tensor ") and "differs from the source beyond the cast" in failures[2]
     assert data["converted"] == str(model) and data["check_ops"] == {} and data["plot"] is None
     assert data["stages"]["smoke"]["dtype"] == "bfloat16"
     # verified in place: nothing converted, the directory untouched
@@ -310,11 +326,12 @@ def test_second_run_verifies_the_converted_directory_and_fails_its_dtype(second)
     assert (model / "ascend_manifest.json").read_bytes() == second["manifest"]
     sarif = reports(report_dir)["sarif"]
     failed = [r for r in sarif["runs"][0]["results"] if r["level"] == "error"]
-    assert [r["ruleId"] for r in failed] == ["target.dtype"]
+    assert [r["ruleId"] for r in failed] == ["target.dtype", "convert.verify"]
     assert failed[0]["locations"][0]["physicalLocation"]["region"]["startLine"] == 3
+    assert "region" not in failed[1]["locations"][0]["physicalLocation"]  # a default: no line to point at
     assert len(sarif["runs"]) == 1
     md = reports(report_dir)["md"]
-    assert md.startswith("## ascendkit gate: ❌ FAIL\n") and "**Failed rules:** `target.dtype`" in md
+    assert md.startswith("## ascendkit gate: ❌ FAIL\n") and "**Failed rules:** `target.dtype`, `convert.verify`" in md
     assert f"Model `{model}`, target ascend910b float16" in md  # verified: no arrow to a conversion
 
 
@@ -454,7 +471,7 @@ def test_w8a16_policy_converts_quantizes_and_compares_with_the_source(tmp_path, 
 
         [smoke]
         max_tokens = 4
-        min_greedy_agreement = 0.0
+        min_greedy_agreement = 1.0  # on this fixture W8A16 keeps every greedy token of the source
         """) + SMALL_SMOKE, encoding="utf-8")
     result = gate(src, policy, tmp_path / "reports", summary=tmp_path / "summary.md")
     assert result.code == 0, (result.stdout, result.stderr)
@@ -463,8 +480,8 @@ def test_w8a16_policy_converts_quantizes_and_compares_with_the_source(tmp_path, 
     assert status["target.quantize"] == ("pass", "quantization w8a16, the policy wants w8a16")
     assert status["smoke.same_weights"][0] == "skip"
     assert status["ops.runtime"][0] == "pass"
-    agreement = data["stages"]["smoke"]["greedy_agreement"]
+    assert data["stages"]["smoke"]["greedy_agreement"] == 1.0
     assert status["smoke.min_greedy_agreement"] == (
-        "pass", f"{agreement:.1%} of the greedy tokens of the source {src} reproduced (minimum 0%)")
+        "pass", f"100.0% of the greedy tokens of the source {src} reproduced (minimum 100%)")
     assert data["stages"]["smoke"]["quantized"] and data["stages"]["smoke"]["reference"] == str(src)
     assert (tmp_path / "reports" / "converted" / "quant_model_description.json").is_file()
