@@ -1,6 +1,7 @@
-"""GGUF files (llama.cpp): dequantized with the `gguf` package one tensor at a time, renamed to HF
-names, llama's q/k row permutation undone; config, tokenizer and chat template come from the GGUF's
-metadata through transformers' own GGUF support, written out as ordinary HF files."""
+"""GGUF files (llama.cpp): the header read by `gguf_header` (milliseconds, where `gguf.GGUFReader`
+takes seconds on a large vocabulary), tensors dequantized with the `gguf` package one at a time,
+renamed to HF names, llama's q/k row permutation undone; config, tokenizer and chat template come
+from the GGUF's metadata through transformers' own GGUF support, written out as ordinary HF files."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from ..arch import ArchSpec, find_spec_for_gguf
 from ..errors import UserError
 from .base import CheckpointReader, TensorInfo
+from .gguf_header import GGUFFormatError, GGUFHeader
 
 # GGUF tensors that carry nothing HF checkpoints store (llama3 GGUFs precompute RoPE frequencies).
 GGUF_DERIVED_TENSORS = frozenset({"rope_freqs.weight"})
@@ -31,15 +33,13 @@ class GGUFReader(CheckpointReader):
 
     def __init__(self, path: Path, extra_specs: list[ArchSpec] | None = None) -> None:
         super().__init__(path.parent)
-        import gguf
-
         self.path = path
         try:
-            self._reader = gguf.GGUFReader(str(path))
-        except (ValueError, OSError, IndexError, KeyError) as exc:
+            self._header = GGUFHeader(path)
+        except (GGUFFormatError, ValueError, OSError) as exc:  # ValueError: numpy cannot map an empty file
             raise UserError(f"{path}: not a valid GGUF file ({exc})") from None
-        arch = self._field("general.architecture") or ""
-        name = self._field("general.name") or ""
+        arch = self._field("general.architecture")
+        name = self._field("general.name")
         self.spec = find_spec_for_gguf(arch, name, extra_specs)
         self._config_obj = self._load_hf_config()
         self._config = self._config_obj.to_dict()
@@ -49,22 +49,22 @@ class GGUFReader(CheckpointReader):
         name_map = self._gguf_to_hf_names(arch, cfg["num_hidden_layers"])
         self._by_name: dict[str, object] = {}
         self._infos: list[TensorInfo] = []
-        for tensor in sorted(self._reader.tensors, key=lambda t: int(t.data_offset)):
+        for tensor in sorted(self._header.tensors, key=lambda t: t.data_offset):
             if tensor.name in GGUF_DERIVED_TENSORS:
                 continue
             hf_name = name_map.get(tensor.name)
             if hf_name is None:
                 raise UserError(f"{path}: tensor {tensor.name} has no Hugging Face name for a {self.spec.family} model")
             qtype = tensor.tensor_type.name
-            shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+            shape = tuple(int(d) for d in reversed(tensor.shape))
             dtype = STORED_FLOAT_TYPES.get(qtype, "float32")
             stored_as = STORED_FLOAT_TYPES.get(qtype, qtype)  # float types by torch's name, quant types by GGML's
             self._infos.append(TensorInfo(hf_name, dtype, shape, path.name, stored_as))
             self._by_name[hf_name] = tensor
 
-    def _field(self, key: str) -> str | None:
-        field = self._reader.fields.get(key)
-        return None if field is None else field.contents()
+    def _field(self, key: str) -> str:
+        value = self._header.fields.get(key, "")
+        return value if isinstance(value, str) else ""
 
     def _load_hf_config(self):
         from transformers import AutoConfig
