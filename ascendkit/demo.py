@@ -118,9 +118,11 @@ def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dic
                       ", ".join(f"{f.pattern} ×{f.count}" for f in r.fusions) or "—")
     console.print(table)
 
-    base, w8 = smoke[bench["dtype"]], smoke["w8a16"]
+    # keyed by the converted weights' dtype (a CPU computes fp16 weights in fp32: smoke's and bench's "dtype")
+    weights = next(name for name in smoke if name != "w8a16")
+    base, w8 = smoke[weights], smoke["w8a16"]
     table = Table(title=f"answers served over HTTP (greedy, up to {ANSWER_TOKENS} tokens)", title_justify="left")
-    for column in ("prompt", f"{base['dtype']} answer", "vs transformers", "W8A16 answer", f"vs {base['dtype']}"):
+    for column in ("prompt", f"{weights} answer", "vs transformers", "W8A16 answer", f"vs {weights}"):
         table.add_column(column)
     for a, b in zip(base["results"], w8["results"]):
         table.add_row(escape(a["prompt"]), escape(" ".join(a["text"].split())), _status(a),
@@ -128,7 +130,7 @@ def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dic
     console.print(table)
     agreement = w8.get("greedy_agreement")
     if agreement is not None:
-        console.print(f"W8A16 reproduces {agreement:.0%} of the {base['dtype']} model's greedy tokens (a greedy "
+        console.print(f"W8A16 reproduces {agreement:.0%} of the {weights} model's greedy tokens (a greedy "
                       f"continuation turns at any near-tie; perplexity measures quantization: "
                       f"benchmarks/bench_quant.py)")
 
@@ -151,7 +153,8 @@ def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dic
                       _f(load["latency_ms_per_token"], 2), _f(load["memory_gb"], 2), _f(load["ttft_ms"]["p50"]),
                       _f(load["tpot_ms"]["p50"]), "—")
     console.print(table)
-    console.print(f"{bench['dtype']} on {bench['device']}, {bench['threads']} threads, one run each (for medians "
+    computed = bench["dtype"] if bench["dtype"] == weights else f"{weights} weights computed in {bench['dtype']}"
+    console.print(f"{computed} on {bench['device']}, {bench['threads']} threads, one run each (for medians "
                   f"of several: ascendkit bench). Total {sum(seconds.values()):.0f} s.", highlight=False)
 
 

@@ -46,6 +46,22 @@ def test_demo_on_smollm2_converts_checks_serves_and_compares(tmp_path):
     assert f"outputs kept in {out}" in r.stdout
 
 
+def test_demo_on_any_checkpoint_for_the_310p(checkpoint, tmp_path):
+    """--model and --soc: a fixture converted to fp16 (the 310P has no bf16) and to W8A16, served and
+    benchmarked in fp32 as a CPU computes fp16 weights, its (random) answers printed as text."""
+    report = tmp_path / "demo.json"
+    r = run_cli("demo", "--model", checkpoint("llama"), "--soc", "ascend310p", "--out", tmp_path / "demo",
+                "--report", report)
+    assert r.code == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "[1/8] convert to float16 for ascend310p" in r.stdout and "float16 answer" in r.stdout
+    assert "float16 weights computed in float32 on cpu" in r.stdout
+    data = json.loads(report.read_text())
+    assert data["conversions"]["float16"]["target"]["dtype"] == "float16" and data["conversions"]["float16"]["verified"]
+    assert {name: s["dtype"] for name, s in data["smoke"].items()} == {"float16": "float32", "w8a16": "float32"}
+    assert data["bench"]["dtype"] == "float32" and data["smoke"]["float16"]["verdict"] == "PASS"
+    assert all(x["status"] in ("match", "tie") for x in data["smoke"]["float16"]["results"])
+
+
 def test_demo_refuses_an_existing_output_and_a_missing_model(tmp_path):
     existing = tmp_path / "demo" / "SmolLM2-135M-Instruct.Q4_1-ascend910b-bfloat16"
     existing.mkdir(parents=True)

@@ -129,8 +129,8 @@ def test_runtime_target_refuses_what_is_not_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_runtime_target_defaults_to_smollm2(smollm2_gguf, tmp_path):
-    """No --model: the SmolLM2-135M GGUF (30 layers) gives the shapes; ~25 s, most of it reading
-    the GGUF's metadata."""
+    """No --model: the SmolLM2-135M GGUF (30 layers) gives the shapes (its config read by transformers
+    from the GGUF's metadata)."""
     out = tmp_path / "report.json"
     result = check_ops("--target", "runtime", "--dtype", "float16", "--format", "json", "--output", out)
     assert result.code == 0, result.stderr
