@@ -55,9 +55,9 @@ class VerifyReport:
 def verify(out: Path, source: Path | None = None, logits: bool = False, stop_at_first: bool = True,
            source_reader: CheckpointReader | None = None) -> VerifyReport:
     """`source_reader`: the source already opened (a conversion's `plan.reader`), so a caller that
-    converts and then verifies in one process does not parse the source twice — a GGUF's metadata
-    costs seconds to parse (SmolLM2's 49k-token vocabulary: ~8 s of a 13 s verify). Its tensors
-    are still read again from the file."""
+    converts and then verifies in one process does not open it twice — opening a GGUF costs seconds
+    (transformers reads its config through the whole metadata, SmolLM2's 49k-token vocabulary
+    included). Its tensors are still read again from the file."""
     out = Path(out)
     if not out.is_dir():
         raise UserError(f"{out}: no such directory")

@@ -89,7 +89,8 @@ def _bench(model: Path, live: bool) -> dict[str, Any]:
 
 def _status(r: dict[str, Any]) -> str:
     return {"match": "[green]match[/]", "tie": f"[yellow]tie at token {r['index']}[/]",
-            "error": f"[red]refused: {escape(r['error'] or '')}[/]"}.get(r["status"], f"[red]differs at token {r['index']}[/]")
+            "error": f"[red]refused: {escape(r['error'] or '')}[/]"}.get(r["status"],
+                                                                         f"[red]differs at token {r['index']}[/]")
 
 
 def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dict[str, Any],

@@ -123,7 +123,8 @@ def test_first_run_fails_exactly_the_impossible_ceiling(first):
     assert len(fails) == 1 and re.fullmatch(r"FAIL performance\.max_memory_gb: memory \d+\.\d\d GB, ceiling 0\.001",
                                             fails[0]), result.stderr
     assert "FAIL: 1 rule(s) failed: performance.max_memory_gb" in result.stdout
-    assert re.search(rf"│ smoke\.prompts\[1\] +│ pass +│ {re.escape(repr(PROMPT))} → ", result.stdout), result.stdout
+    row = rf"│ smoke\.prompts\[1\] +│ pass +│ {re.escape(repr(PROMPT))} → "
+    assert re.search(row, result.stdout), result.stdout
     assert result.stdout.rstrip().splitlines()[-1] == "reports: " + ", ".join(
         [str(report_dir / name) for name in REPORTS] + [str(report_dir / "sweep.png")])
 

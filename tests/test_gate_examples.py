@@ -84,7 +84,8 @@ def test_workflow_gate_step_passes_smollm2_on_ascend310p(tmp_path, smollm2_fp16,
     instead of converting it again, serves the fp16 weights (in fp32 on a CPU) and passes every rule."""
     (tmp_path / "examples").symlink_to(EXAMPLES, target_is_directory=True)
     summary = tmp_path / "step-summary.md"
-    result = run_workflow_gate("ascend310p", tmp_path, {"MODEL": str(smollm2_fp16), "GITHUB_STEP_SUMMARY": str(summary)})
+    result = run_workflow_gate("ascend310p", tmp_path,
+                               {"MODEL": str(smollm2_fp16), "GITHUB_STEP_SUMMARY": str(summary)})
     assert result.returncode == 0, (result.stdout, result.stderr)
     report_dir = tmp_path / "reports" / "ascend310p"
     assert all((report_dir / name).is_file() for name in REPORTS)
