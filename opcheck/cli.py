@@ -84,9 +84,9 @@ def check_ops_command(model: str | None, target: str, soc: str, dtype: str, vers
                       manifest_file: Path | None, batch: int, seq_len: int, fmt: str, output: Path | None,
                       summary_file: Path | None, allow_file: Path | None, trust_remote_code: bool) -> int:
     """Name every operator of a model with no NPU kernel in the target torch_npu (exit 1 if any)."""
-    from .allow import load_allow
     from ascend_convert.manifest import write_text_atomic
 
+    from .allow import load_allow
     from .check import run_check
     from .report import markdown, render
 
