@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import assert_one_line_error, run_cli
+from greedy_reference import hf_greedy
 
-from ascendkit.demo import QUESTIONS
+from ascendkit.demo import ANSWER_TOKENS, QUESTIONS
+from runtime.smoke import print_smoke
 
 STEPS = ("[1/8] convert to bfloat16 for ascend910b", "[2/8] convert to W8A16", "[3/8] check_ops: transformers",
          "[4/8] check_ops: runtime model", "[5/8] check_ops: runtime model, W8A16", "[6/8] smoke-serve bfloat16",
@@ -46,7 +49,7 @@ def test_demo_on_smollm2_converts_checks_serves_and_compares(tmp_path):
     assert f"outputs kept in {out}" in r.stdout
 
 
-def test_demo_on_any_checkpoint_for_the_310p(checkpoint, tmp_path):
+def test_demo_on_any_checkpoint_for_the_310p(checkpoint, tmp_path, capsys):
     """--model and --soc: a fixture converted to fp16 (the 310P has no bf16) and to W8A16, served and
     benchmarked in fp32 as a CPU computes fp16 weights, its (random) answers printed as text."""
     report = tmp_path / "demo.json"
@@ -60,6 +63,22 @@ def test_demo_on_any_checkpoint_for_the_310p(checkpoint, tmp_path):
     assert {name: s["dtype"] for name, s in data["smoke"].items()} == {"float16": "float32", "w8a16": "float32"}
     assert data["bench"]["dtype"] == "float32" and data["smoke"]["float16"]["verdict"] == "PASS"
     assert all(x["status"] in ("match", "tie") for x in data["smoke"]["float16"]["results"])
+    # W8A16 against its source (the fp16 directory, computed in fp32): each answer's share of the source's
+    # greedy tokens, up to the first real difference — the random fixture's answers part early and often
+    quant = data["smoke"]["w8a16"]
+    assert quant["quantized"] and quant["reference"] == data["conversions"]["float16"]["output"]
+    for r in quant["results"]:
+        ref = hf_greedy(quant["reference"], torch.float32, r["prompt_token_ids"], ANSWER_TOKENS).tokens
+        assert r["reference_tokens"] == len(ref)
+        same = next((i for i, (a, b) in enumerate(zip(r["token_ids"], ref)) if a != b), len(ref))
+        assert r["agreeing_tokens"] == (len(ref) if r["status"] in ("match", "tie") else same), r
+    reproduced = sum(r["agreeing_tokens"] for r in quant["results"])
+    assert 0 < reproduced < sum(r["reference_tokens"] for r in quant["results"])
+    assert quant["greedy_agreement"] == reproduced / sum(r["reference_tokens"] for r in quant["results"])
+    # `ascendkit smoke`'s table for a quantized directory, on this real report
+    print_smoke(quant)
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"PASS: quantized weights reproduce {quant['greedy_agreement']:.0%} of the greedy tokens of their source" in said
 
 
 def test_demo_refuses_an_existing_output_and_a_missing_model(tmp_path):
