@@ -8,12 +8,28 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
 import click
 
 from .errors import UserError, first_line
 
 debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
                              help="Show full tracebacks on errors.")
+
+
+def output_file(ctx: click.Context, param: click.Parameter, path: Path | None) -> Path | None:
+    """Click callback of an option naming a file to write: a directory that is not there, or a
+    directory given as the file, is a one-line error before the work starts rather than after
+    minutes of it (the write itself is atomic and would only fail at the end)."""
+    if path is None:
+        return None
+    option = max(param.opts, key=len)
+    if not path.parent.is_dir():
+        raise UserError(f"{option} {path}: no such directory {path.parent}")
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a directory, not a file name")
+    return path
 
 
 _skip_teardown = False

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ascend_convert.cli import SOC_CHOICES
-from ascend_convert.cli_support import debug_option, skip_teardown
+from ascend_convert.cli_support import debug_option, output_file, skip_teardown
 
 
 @click.group("manifest")
@@ -23,7 +23,8 @@ def manifest_group() -> None:
               help="op-plugin's op_plugin_functions.yaml (any torch_npu v2.1 … v2.15).")
 @click.option("--onnx", "onnx_yaml", type=click.Path(path_type=Path), help="msit's onnx.yaml (ATC's ONNX operators).")
 @click.option("--torch-npu", "version", default="2.14.0", show_default=True, help="The torch_npu release described.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the JSON manifest.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), callback=output_file,
+              help="Where to write the JSON manifest.")
 @debug_option
 def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None, onnx_yaml: Path | None,
                   version: str, out: Path) -> int:
@@ -73,8 +74,10 @@ def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None,
               help="Prefill length, and the cached length the decode step attends to.")
 @click.option("--format", "fmt", type=click.Choice(("table", "json", "sarif", "junit", "markdown")), default="table",
               show_default=True)
-@click.option("--output", type=click.Path(path_type=Path), help="Write the report here instead of stdout.")
-@click.option("--summary-file", type=click.Path(path_type=Path), help="Also write a markdown summary (for CI).")
+@click.option("--output", type=click.Path(path_type=Path), callback=output_file,
+              help="Write the report here instead of stdout.")
+@click.option("--summary-file", type=click.Path(path_type=Path), callback=output_file,
+              help="Also write a markdown summary (for CI).")
 @click.option("--allow", "allow_file", type=click.Path(path_type=Path),
               help="Accepted findings, each with a reason (YAML/JSON: allow: [{op, reason, kind}]).")
 @click.option("--trust-remote-code", is_flag=True,

@@ -37,7 +37,7 @@ from typing import Any
 
 import click
 
-from ascend_convert.cli_support import debug_option
+from ascend_convert.cli_support import debug_option, output_file
 from ascend_convert.errors import UserError
 
 from .engine_options import DEVICE_CHOICES, DTYPE_CHOICES
@@ -947,12 +947,13 @@ def print_report(report: dict[str, Any]) -> None:
 @click.option("--sweep-sizes", default=",".join(map(str, SWEEP_SIZES)), show_default=True)
 @click.option("--tpot-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
               help="The sweep's ceiling on TPOT p50.")
-@click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="FILE.png",
+@click.option("--plot", type=click.Path(path_type=Path), default=None, callback=output_file, metavar="FILE.png",
               help="With --sweep: also draw throughput and TPOT against the batch size, the ceiling and the "
                    "recommendation, to this PNG (needs matplotlib: the [plot] extra).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompts' token ids.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--output", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
+@click.option("--output", type=click.Path(path_type=Path), default=None, callback=output_file,
+              help="Also write the JSON report here.")
 @click.option("--progress/--no-progress", default=True, help="Show progress (on a terminal).")
 @click.option("--server", "server_url", default=None, metavar="URL",
               help="Instead: vLLM's serving benchmark against the `ascendkit serve` at URL (no MODEL).")
@@ -1008,10 +1009,6 @@ def _check_plot(path: Path, sweep: bool, serving: bool) -> None:
         import matplotlib  # noqa: F401 - only whether it is there; the drawing imports what it uses
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install 'ascend-deploy-kit[plot]'") from None
-    if not path.parent.is_dir():
-        raise UserError(f"--plot {path}: no such directory {path.parent}")
-    if path.is_dir():
-        raise UserError(f"--plot {path}: is a directory, not a file name")
 
 
 def _plot_title(report: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from ascend_convert.cli_support import debug_option
+from ascend_convert.cli_support import debug_option, output_file
 from ascend_convert.errors import UserError
 
 from .engine_options import engine_args, engine_options
@@ -233,7 +233,8 @@ def print_smoke(report: dict[str, Any]) -> None:
 @click.option("--load-tokens", type=click.IntRange(min=2), default=64, show_default=True,
               help="Tokens each load request generates.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--output", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
+@click.option("--output", type=click.Path(path_type=Path), default=None, callback=output_file,
+              help="Also write the JSON report here.")
 @engine_options
 @debug_option
 def smoke_command(model: Path, max_tokens: int, requests: int, concurrency: int, prompt_len: int, load_tokens: int,
