@@ -41,10 +41,13 @@ def test_greedy_tokens_equal_transformers_gguf_loader(smol_out, smollm2_gguf):
     ours = AutoModelForCausalLM.from_pretrained(smol_out, dtype=torch.float32).eval()
     ref = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
                                                dtype=torch.float32).eval()
-    for question in QUESTIONS:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"]
-        expected = ref.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
-        got = ours.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
-        assert expected.shape[1] == ids.shape[1] + 32
-        assert got.tolist() == expected.tolist(), (question, tokenizer.decode(got[0]), tokenizer.decode(expected[0]))
+    # the three questions as one left-padded batch: both models see the same padding and mask
+    tokenizer.padding_side = "left"
+    batch = tokenizer.apply_chat_template([[{"role": "user", "content": q}] for q in QUESTIONS],
+                                          add_generation_prompt=True, padding=True, return_tensors="pt",
+                                          return_dict=True)
+    expected = ref.generate(**batch, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+    got = ours.generate(**batch, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+    assert expected.shape == (len(QUESTIONS), batch["input_ids"].shape[1] + 32)
+    for question, g, e in zip(QUESTIONS, got, expected):
+        assert g.tolist() == e.tolist(), (question, tokenizer.decode(g), tokenizer.decode(e))
