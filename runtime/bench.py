@@ -973,7 +973,7 @@ def bench_command(model: str | None, dtype: str, device: str, workloads: str, ba
     throughput, latency, memory, TTFT and TPOT, side by side in one process. With --server URL or
     --serve: vLLM's serving metrics (TTFT, TPOT, ITL, E2E, throughput) at each concurrency."""
     if plot is not None:
-        _check_plot(plot, sweep, server_url is not None or serve)
+        _check_plot(sweep, server_url is not None or serve)  # its path: checked by output_file
     if server_url or serve:
         report = _serving(model, server_url, dtype, device, kv_cache_memory, threads, concurrency, num_prompts,
                           prompt_len, new_tokens, seed, api_key)
@@ -999,8 +999,8 @@ def bench_command(model: str | None, dtype: str, device: str, workloads: str, ba
     return 0
 
 
-def _check_plot(path: Path, sweep: bool, serving: bool) -> None:
-    """--plot's mistakes, found before the minutes of benchmarking rather than after them."""
+def _check_plot(sweep: bool, serving: bool) -> None:
+    """--plot's other mistakes, found before the minutes of benchmarking rather than after them."""
     if serving:
         raise UserError("--plot draws the batch-size sweep, not the serving benchmark: drop --server/--serve")
     if not sweep:
