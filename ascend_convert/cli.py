@@ -64,9 +64,7 @@ def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str,
                 as_json: bool, quantize: str | None = None, group_size: int = 0, asymmetric: bool = False,
                 calib: Path | None = None, trust_remote_code: bool = False, keep_float: str | None = None,
                 smooth_alpha: float | None = None, layout: str = "default", tp: int = 1, nz: bool = False) -> int:
-    from .converter import ConvertOptions, convert, make_plan, refuse_existing
-    from .progress import RichReporter
-    from .report import print_convert_summary, print_plan
+    from .convert_options import ConvertOptions
 
     options = ConvertOptions(soc=soc, dtype=dtype, max_shard_size=max_shard_size, on_overflow=on_overflow,
                              arch_specs=list(arch_specs), force=force, resume=resume, dry_run=dry_run,
@@ -74,6 +72,12 @@ def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str,
                              trust_remote_code=trust_remote_code, smooth_alpha=smooth_alpha, layout=layout, tp=tp, nz=nz,
                              keep_float=None if keep_float is None else tuple(
                                  r.strip() for r in keep_float.split(",") if r.strip() and r.strip() != "none"))
+    options.validate()  # before torch is imported: a wrong option costs a fraction of a second
+
+    from .converter import convert, make_plan, refuse_existing
+    from .progress import RichReporter
+    from .report import print_convert_summary, print_plan
+
     if not dry_run:
         refuse_existing(out, force)  # before the source is parsed (seconds for a large GGUF)
     plan = make_plan(src, out, options)

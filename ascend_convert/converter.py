@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,8 @@ import torch
 
 from . import __version__
 from .arch import ArchSpec, find_spec, load_spec_file
-from .cast import OVERFLOW_POLICIES, CastStats, checked_cast
+from .cast import CastStats, checked_cast
+from .convert_options import ConvertOptions
 from .dtypes import FLOAT_NAMES, TORCH_DTYPES
 from .errors import CheckFailed, UserError
 from .manifest import (
@@ -36,11 +36,9 @@ from .manifest import (
 )
 from .packed import convert_packed, failpoint, layout_of, packed_target
 from .quant_layout import (
-    DEFAULT_KEEP_FLOAT,
     DESCRIPTION_NAME,
     LINEAR_BIAS_ROLES,
     LINEAR_ROLES,
-    QUANT_TYPES,
     QuantOptions,
     quantized_parts,
 )
@@ -57,103 +55,15 @@ from .quantize import (
 from .readers import CheckpointReader, TensorInfo, open_checkpoint
 from .safetensors_writer import PlannedTensor, SafetensorsStreamWriter
 from .smoothing import (
-    DEFAULT_ALPHA,
     SIDE_FILE,
     SMOOTH_GROUPS,
     Smoothing,
     smoothed_range,
     smoothing_scales,
 )
-from .soc import get_soc, resolve_dtype
+from .soc import resolve_dtype
 
 JOURNAL_NAME = ".ascendkit-journal.json"
-DEFAULT_MAX_SHARD_SIZE = "5GB"
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(text: str | int) -> int:
-    """`5GB`, `500MB`, `2GiB` or a byte count (transformers' `max_shard_size` spelling)."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
-    if not m or m.group(2).upper() not in _SIZE_UNITS or float(m.group(1)) <= 0:
-        raise UserError(f"--max-shard-size {text}: not a size (e.g. 5GB, 500MB, 2GiB)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
-
-
-@dataclass
-class ConvertOptions:
-    soc: str = "ascend910b"
-    dtype: str = "auto"
-    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE
-    on_overflow: str = "fail"
-    arch_specs: list[Path] = field(default_factory=list)
-    force: bool = False
-    resume: bool = False
-    dry_run: bool = False
-    quantize: str | None = None  # "w8a16" or "w8a8": msModelSlim's layout (quant_layout.py)
-    group_size: int = 0
-    symmetric: bool = True
-    calib: Path | None = None  # w8a8: calibration texts, one per line (None: built-in)
-    trust_remote_code: bool = False  # w8a8 calibration runs the model, remote code included only if allowed
-    keep_float: tuple[str, ...] | None = None  # linear roles left float (None: DEFAULT_KEEP_FLOAT)
-    smooth_alpha: float | None = None  # w8a8: SmoothQuant alpha (None: smoothing.DEFAULT_ALPHA; 0: off)
-    layout: str = "default"  # "default" (HF names, shards) or "packed" (tp{N}/rank{r}.safetensors)
-    tp: int = 1  # packed: the tensor-parallel size
-    nz: bool = False  # packed: matmul weights tiled to FRACTAL_NZ
-
-    def quant(self) -> QuantOptions | None:
-        if self.quantize is None:
-            if self.calib is not None:
-                raise UserError("--calib is for --quantize w8a8")
-            return None
-        if self.quantize not in QUANT_TYPES:
-            raise UserError(f"--quantize {self.quantize}: choose one of {', '.join(QUANT_TYPES)}")
-        if self.group_size < 0:
-            raise UserError(f"--group-size {self.group_size}: must be 0 (per channel) or a positive group size")
-        if self.quantize == "w8a8" and (self.group_size or not self.symmetric):
-            raise UserError("--quantize w8a8 quantizes weights symmetrically per channel: drop --group-size and "
-                            "--asymmetric (they are for w8a16)")
-        if self.quantize == "w8a16" and self.calib is not None:
-            raise UserError("--calib is for --quantize w8a8 (w8a16 needs no calibration)")
-        if self.quantize == "w8a16" and self.smooth_alpha:
-            raise UserError("--smooth-alpha is for --quantize w8a8 (w8a16 keeps activations in float)")
-        alpha = DEFAULT_ALPHA if self.smooth_alpha is None else self.smooth_alpha
-        if not 0 <= alpha < 1:
-            raise UserError(f"--smooth-alpha {alpha}: must be in [0, 1) (0 turns smoothing off)")
-        keep = DEFAULT_KEEP_FLOAT[self.quantize] if self.keep_float is None else tuple(self.keep_float)
-        unknown = sorted(set(keep) - LINEAR_ROLES)
-        if unknown:
-            raise UserError(f"--keep-float {','.join(unknown)}: not a linear layer role (choose from "
-                            f"{', '.join(sorted(LINEAR_ROLES))})")
-        return QuantOptions(self.quantize, self.group_size, self.symmetric,
-                            str(Path(self.calib).resolve()) if self.calib is not None else None,
-                            tuple(sorted(set(keep))), alpha if self.quantize == "w8a8" else 0.0)
-
-    def check_layout(self) -> None:
-        if self.layout not in ("default", "packed"):
-            raise UserError(f"--layout {self.layout}: choose default or packed")
-        if self.layout == "packed":
-            if self.quantize is not None:
-                raise UserError("--layout packed writes float weights; --quantize writes msModelSlim's layout, "
-                                "which vllm-ascend splits itself: use one or the other")
-            if not isinstance(self.tp, int) or self.tp < 1:
-                raise UserError(f"--tp {self.tp}: must be an integer >= 1")
-        elif self.tp != 1 or self.nz:
-            raise UserError("--tp and --nz are for --layout packed")
-
-    def recorded(self) -> dict:
-        """The options that shape the output (and so belong in the manifest and the resume key)."""
-        quant = self.quant()
-        layout = "quantized" if quant is not None else self.layout
-        return {"soc": self.soc, "dtype": self.dtype, "max_shard_size": parse_size(self.max_shard_size),
-                "on_overflow": self.on_overflow, "layout": layout,
-                "arch_specs": [str(Path(p).resolve()) for p in self.arch_specs],
-                **({"tp": self.tp, "nz": self.nz} if layout == "packed" else {}),
-                **(quant.recorded() if quant is not None else {})}
-
-
 @dataclass
 class TensorJob:
     info: TensorInfo
@@ -247,12 +157,7 @@ def shard_names(count: int) -> list[str]:
 
 
 def make_plan(src: Path, out: Path, options: ConvertOptions) -> ConversionPlan:
-    if options.on_overflow not in OVERFLOW_POLICIES:
-        raise UserError(f"--on-overflow {options.on_overflow}: choose one of {', '.join(OVERFLOW_POLICIES)}")
-    soc = get_soc(options.soc)
-    max_shard = parse_size(options.max_shard_size)
-    options.check_layout()
-    quant = options.quant()
+    soc, max_shard, quant = options.validate()
     extra = [load_spec_file(p) for p in options.arch_specs]
     reader = open_checkpoint(src, extra)
     spec = getattr(reader, "spec", None) or find_spec(reader.config(), extra, where=str(src / "config.json"))

@@ -7,8 +7,10 @@ quantized linear, bias included; `FLOAT` for the rest) plus `model_quant_type`, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .safetensors_writer import PlannedTensor
+if TYPE_CHECKING:  # torch stays unimported until tensors are planned: options are checked without it
+    from .safetensors_writer import PlannedTensor
 
 DESCRIPTION_NAME = "quant_model_description.json"
 INDEX_NAME = "quant_model_weights.safetensors.index.json"
@@ -45,6 +47,8 @@ class QuantOptions:
 #: What --keep-float means when it is not given: W8A8 leaves down_proj float, whose input (the
 #: SwiGLU output) carries activations too large for one static int8 scale (see smoothing.py).
 DEFAULT_KEEP_FLOAT = {"w8a16": (), "w8a8": ("down",)}
+#: What --smooth-alpha means when it is not given (W8A8; see smoothing.py).
+DEFAULT_ALPHA = 0.5
 
 
 def shard_names(count: int) -> list[str]:
@@ -58,6 +62,8 @@ def quantized_parts(name: str, shape: tuple[int, ...], quant: QuantOptions, mode
     W8A8 adds `input_scale`/`input_offset` (fp32 [1]), `deq_scale` ([out]: int64 holding fp32 bits
     for an fp16 model, fp32 otherwise) and `quant_bias` (int32 [out]); its weight_scale/offset are
     per channel (vllm-ascend declares them for W8A8 layers too)."""
+    from .safetensors_writer import PlannedTensor
+
     out, width = shape
     groups = width // quant.group_size if quant.group_size else 1
     stem = name.removesuffix(".weight")

@@ -28,7 +28,6 @@ import torch
 
 #: The norm role of a decoder layer and the spec roles of the linear layers it feeds.
 SMOOTH_GROUPS = (("attn_norm", ("q", "k", "v", "qkv")), ("mlp_norm", ("gate", "up", "gate_up")))
-DEFAULT_ALPHA = 0.5
 #: Bounds on a smoothing scale: keep the folded norm weights and the scaled weights far inside fp16's
 #: range even for a channel the calibration never saw active.
 SCALE_MIN, SCALE_MAX = 1e-2, 1e2

@@ -197,3 +197,26 @@ def test_bf16_on_a_chip_without_it(tmp_path, checkpoint):
 def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("convert", tmp_path / "nope", tmp_path / "out", "--debug")
     assert result.code != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
+
+
+def test_wrong_options_are_refused_before_torch_is_imported(checkpoint, tmp_path):
+    """Options and their combinations are checked first: the error costs no torch import (2 s here)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from ascend_convert.cli import convert_command\n"
+            "from ascend_convert.cli_support import run_main\n"
+            "try:\n"
+            "    run_main(convert_command, sys.argv[1:])\n"
+            "finally:\n"
+            "    print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n")
+    for options, message in [(("--quantize", "w8a16", "--calib", "x.txt"), "--calib is for --quantize w8a8"),
+                             (("--max-shard-size", "5XB"), "--max-shard-size 5XB: not a size"),
+                             (("--tp", "2"), "--tp and --nz are for --layout packed")]:
+        proc = subprocess.run([sys.executable, "-c", code, str(checkpoint("llama")), str(tmp_path / "out"), *options],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines()[0].startswith(f"error: {message}"), proc.stderr
+        assert proc.stderr.splitlines()[1:] == ["no torch"], proc.stderr
+    assert_nothing_written(tmp_path / "out")
