@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from .cli_support import debug_option, run_main
+from .convert_options import DEFAULT_MAX_SHARD_SIZE, LAYOUTS, OVERFLOW_POLICIES
+from .quant_layout import QUANT_TYPES
 from .soc import DTYPE_CHOICES, SOCS
 
 SOC_CHOICES = tuple(SOCS)
@@ -24,12 +26,13 @@ def convert_options(func):
                      help="Target chip: decides which dtypes are allowed."),
         click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
                      help="auto: bf16 where the chip has it and the source is bf16, else fp16."),
-        click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output file (5GB, 500MB...)."),
-        click.option("--on-overflow", type=click.Choice(("fail", "clamp")), default="fail", show_default=True,
-                     help="What to do with values beyond ±65504 when casting to fp16."),
+        click.option("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, show_default=True,
+                     help="Largest output file (5GB, 500MB...)."),
+        click.option("--on-overflow", type=click.Choice(OVERFLOW_POLICIES), default=OVERFLOW_POLICIES[0],
+                     show_default=True, help="What to do with values beyond ±65504 when casting to fp16."),
         click.option("--arch-spec", "arch_specs", multiple=True, type=click.Path(path_type=Path),
                      help="Extra architecture spec (JSON), see ascend_convert/specs/."),
-        click.option("--quantize", type=click.Choice(("w8a16", "w8a8")), default=None,
+        click.option("--quantize", type=click.Choice(tuple(QUANT_TYPES)), default=None,
                      help="Write int8 linear weights in msModelSlim's layout (vllm-ascend --quantization ascend)."),
         click.option("--group-size", type=click.IntRange(min=0), default=0, show_default=True,
                      help="--quantize: a scale per this many input columns (0: one per output channel)."),
@@ -43,7 +46,7 @@ def convert_options(func):
                           "'none' for none) [default: down for w8a8, none for w8a16]."),
         click.option("--smooth-alpha", type=float, default=None,
                      help="--quantize w8a8: SmoothQuant migration strength, 0 to turn it off [default: 0.5]."),
-        click.option("--layout", type=click.Choice(("default", "packed")), default="default", show_default=True,
+        click.option("--layout", type=click.Choice(LAYOUTS), default=LAYOUTS[0], show_default=True,
                      help="packed: tp{N}/rank{r}.safetensors pre-split for --tp N ranks (the runtime's layout)."),
         click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True,
                      help="--layout packed: the tensor-parallel size."),

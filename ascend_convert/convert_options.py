@@ -22,6 +22,8 @@ from .soc import SocProfile, get_soc
 
 #: `--on-overflow`: a cast that overflows the target dtype fails the conversion, or is clamped (and counted).
 OVERFLOW_POLICIES = ("fail", "clamp")
+#: `--layout`: HF names in shards, or tp{N}/rank{r}.safetensors pre-split for N ranks.
+LAYOUTS = ("default", "packed")
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -88,8 +90,8 @@ class ConvertOptions:
                             tuple(sorted(set(keep))), alpha if self.quantize == "w8a8" else 0.0)
 
     def check_layout(self) -> None:
-        if self.layout not in ("default", "packed"):
-            raise UserError(f"--layout {self.layout}: choose default or packed")
+        if self.layout not in LAYOUTS:
+            raise UserError(f"--layout {self.layout}: choose {' or '.join(LAYOUTS)}")
         if self.layout == "packed":
             if self.quantize is not None:
                 raise UserError("--layout packed writes float weights; --quantize writes msModelSlim's layout, "

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ascend_convert.cli import convert_command, verify_command
-from ascend_convert.cli_support import debug_option, debugging, run_main
+from ascend_convert.cli_support import debug_option, debugging, output_file, run_main
 from opcheck.cli import check_ops_command, manifest_group
 from runtime.bench import bench_command
 from runtime.server.cli import serve_command
@@ -32,7 +32,8 @@ def cli() -> None:
 @click.option("--out", type=click.Path(), default=None, help="Keep the converted models here [default: a temp "
                                                               "directory, removed at the end].")
 @click.option("--force", is_flag=True, help="Replace converted models already in --out.")
-@click.option("--report", type=click.Path(path_type=Path), default=None, help="Also write every figure as JSON here.")
+@click.option("--report", type=click.Path(path_type=Path), default=None, callback=output_file,
+              help="Also write every figure as JSON here.")
 @debug_option
 def demo_command(model: str | None, soc: str, out: str | None, force: bool, report: Path | None) -> int:
     """The whole toolkit on one model: convert (bf16 and W8A16) and verify, check_ops on the model

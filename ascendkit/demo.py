@@ -87,16 +87,13 @@ def _bench(model: Path, live: bool) -> dict[str, Any]:
     return run_bench(model, device="cpu", progress=live, **BENCH)
 
 
-def _status(r: dict[str, Any]) -> str:
-    return {"match": "[green]match[/]", "tie": f"[yellow]tie at token {r['index']}[/]",
-            "error": f"[red]refused: {escape(r['error'] or '')}[/]"}.get(r["status"],
-                                                                         f"[red]differs at token {r['index']}[/]")
-
-
-def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dict[str, Any],
+def print_summary(console: Console, src: Path, weights: str, out: dict[str, dict], checks: dict[str, Any],
                   smoke: dict[str, dict], bench: dict[str, Any], seconds: dict[str, float]) -> None:
+    """The tables; `weights` is the converted model's dtype, the key of its smoke report (a CPU computes
+    fp16 weights in fp32: that is smoke's and bench's "dtype")."""
     from ascend_convert.report import human_bytes
     from runtime.report_output import figure as _f
+    from runtime.smoke import answer_status
 
     table = Table(title=f"converted: {src.name}", title_justify="left")
     for column in ("output", "SoC", "dtype", "layout", "size", "tensors", "verified"):
@@ -119,15 +116,13 @@ def print_summary(console: Console, src: Path, out: dict[str, dict], checks: dic
                       ", ".join(f"{f.pattern} ×{f.count}" for f in r.fusions) or "—")
     console.print(table)
 
-    # keyed by the converted weights' dtype (a CPU computes fp16 weights in fp32: smoke's and bench's "dtype")
-    weights = next(name for name in smoke if name != "w8a16")
     base, w8 = smoke[weights], smoke["w8a16"]
     table = Table(title=f"answers served over HTTP (greedy, up to {ANSWER_TOKENS} tokens)", title_justify="left")
     for column in ("prompt", f"{weights} answer", "vs transformers", "W8A16 answer", f"vs {weights}"):
         table.add_column(column)
     for a, b in zip(base["results"], w8["results"]):
-        table.add_row(escape(a["prompt"]), escape(" ".join(a["text"].split())), _status(a),
-                      escape(" ".join(b["text"].split())), _status(b))
+        table.add_row(escape(a["prompt"]), escape(" ".join(a["text"].split())), answer_status(a),
+                      escape(" ".join(b["text"].split())), answer_status(b))
     console.print(table)
     agreement = w8.get("greedy_agreement")
     if agreement is not None:
@@ -224,7 +219,7 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
                                     lambda: _smoke(dirs["w8a16"], prompts))}
         bench = steps.run("benchmark: runtime vs transformers generate", lambda: _bench(dirs[dtype], live),
                           spinner=False)
-        print_summary(console, src, conversions, checks, smoke, bench, steps.seconds)
+        print_summary(console, src, dtype, conversions, checks, smoke, bench, steps.seconds)
         if report is not None:
             from ascend_convert.manifest import write_text_atomic
 

@@ -15,6 +15,7 @@ from xml.etree import ElementTree as ET
 
 from ascend_convert.manifest import write_text_atomic
 from runtime.report_output import figure as _f
+from runtime.smoke import answer_status
 
 from .gate import FAIL, PASS, SKIP, GateRun
 
@@ -142,8 +143,7 @@ def markdown(run: GateRun) -> str:
     if smoke:
         lines += ["", "### Smoke answers (greedy)", "", "| prompt | answer | vs reference |", "|---|---|---|"]
         for r in smoke["results"]:
-            status = {"match": "match", "tie": f"tie at token {r['index']}", "pending": "not compared",
-                      "error": f"refused: {r['error']}"}.get(r["status"], f"differs at token {r['index']}")
+            status = _cell(answer_status(r, markup=False))
             lines.append(f"| {_cell(r['prompt'])} | {_cell(r['text'])[:200]} | {status} |")
         load = smoke["load"]
         title = (f"### Serving figures ({smoke['device']}, {smoke['dtype']}; {load['requests']} requests, "

@@ -9,6 +9,8 @@ import click
 from ascend_convert.cli import SOC_CHOICES
 from ascend_convert.cli_support import debug_option, output_file, skip_teardown
 
+from .manifests import DEFAULT_TORCH_NPU
+
 
 @click.group("manifest")
 def manifest_group() -> None:
@@ -22,7 +24,8 @@ def manifest_group() -> None:
 @click.option("--op-plugin", "op_plugin", type=click.Path(path_type=Path),
               help="op-plugin's op_plugin_functions.yaml (any torch_npu v2.1 … v2.15).")
 @click.option("--onnx", "onnx_yaml", type=click.Path(path_type=Path), help="msit's onnx.yaml (ATC's ONNX operators).")
-@click.option("--torch-npu", "version", default="2.14.0", show_default=True, help="The torch_npu release described.")
+@click.option("--torch-npu", "version", default=DEFAULT_TORCH_NPU, show_default=True,
+              help="The torch_npu release described.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), callback=output_file,
               help="Where to write the JSON manifest.")
 @debug_option
@@ -66,7 +69,7 @@ def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None,
 @click.option("--dtype", type=click.Choice(("auto", "float16", "bfloat16", "float32")), default="auto",
               show_default=True, help="auto: the dtype config.json names (directories only; with --target "
                    "runtime, the checkpoint's config, GGUF included), float32 where it names none.")
-@click.option("--torch-npu", "version", default="2.14.0", show_default=True, help="Target torch_npu release.")
+@click.option("--torch-npu", "version", default=DEFAULT_TORCH_NPU, show_default=True, help="Target torch_npu release.")
 @click.option("--manifest", "manifest_file", type=click.Path(path_type=Path),
               help="A manifest from `ascendkit manifest build` instead of a shipped one.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))

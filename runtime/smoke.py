@@ -171,6 +171,19 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
                      "tokens_per_request": load_tokens, **load}}
 
 
+def answer_status(r: dict[str, Any], differs: str = "differs", markup: bool = True) -> str:
+    """One result's comparison in words: a match, a near-tie, a refusal, not compared, or where it
+    `differs`; as rich markup (coloured, the words escaped: an error is text) unless `markup` is off."""
+    words = {"match": "match", "tie": f"tie at token {r['index']}", "pending": "not compared",
+             "error": f"refused: {r['error'] or ''}"}.get(r["status"], f"{differs} at token {r['index']}")
+    if not markup:
+        return words
+    from rich.markup import escape
+
+    colour = {"match": "green", "tie": "yellow", "pending": None}.get(r["status"], "red")
+    return f"[{colour}]{escape(words)}[/]" if colour else words
+
+
 def print_smoke(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -182,9 +195,7 @@ def print_smoke(report: dict[str, Any]) -> None:
     for column in ("kind", "prompt", "answer", "tokens", "vs transformers"):
         table.add_column(column)
     for r in report["results"]:
-        status = {"match": "[green]match[/]", "tie": f"[yellow]tie at token {r['index']}[/]",
-                  "error": f"[red]refused: {escape(r['error'] or '')}[/]",
-                  "pending": "not compared"}.get(r["status"], f"[red]MISMATCH at token {r['index']}[/]")
+        status = answer_status(r, "MISMATCH")
         answer = " ".join(r["text"].split())
         # prompts and answers are text, not markup: a chat model's "[/INST]" would stop the report
         table.add_row(r["kind"], escape(r["prompt"].strip()), escape(answer[:70]) + ("…" if len(answer) > 70 else ""),

@@ -51,25 +51,25 @@ def smollm2_gguf() -> Path:
     return find()
 
 
+def _convert_smollm2(tmp_path_factory, gguf: Path, name: str, **options) -> Path:
+    from ascend_convert.converter import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("smollm2") / name
+    convert(gguf, out, ConvertOptions(**options))
+    return out
+
+
 @pytest.fixture(scope="session")
 def smollm2_bf16(tmp_path_factory, smollm2_gguf) -> Path:
     """SmolLM2-135M converted once per session to a bf16 Ascend layout (what the runtime tests serve)."""
-    from ascend_convert.converter import ConvertOptions, convert
-
-    out = tmp_path_factory.mktemp("smol-rt") / "smollm2-bf16"
-    convert(smollm2_gguf, out, ConvertOptions(soc="ascend910b", dtype="bfloat16"))
-    return out
+    return _convert_smollm2(tmp_path_factory, smollm2_gguf, "smollm2-bf16", soc="ascend910b", dtype="bfloat16")
 
 
 @pytest.fixture(scope="session")
 def smollm2_fp16(tmp_path_factory, smollm2_gguf) -> Path:
     """SmolLM2-135M converted once per session for the 310P (`--dtype auto`: fp16, the chip has no
     bf16): what the GGUF conversion tests read and the example 310P gate policy verifies."""
-    from ascend_convert.converter import ConvertOptions, convert
-
-    out = tmp_path_factory.mktemp("smol-310p") / "smollm2-ascend310p"
-    convert(smollm2_gguf, out, ConvertOptions(soc="ascend310p"))
-    return out
+    return _convert_smollm2(tmp_path_factory, smollm2_gguf, "smollm2-ascend310p", soc="ascend310p")
 
 
 @pytest.fixture

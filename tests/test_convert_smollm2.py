@@ -13,14 +13,8 @@ pytestmark = pytest.mark.slow
 QUESTIONS = ("What is the capital of France?", "Write a haiku about the sea.", "Explain what an NPU is.")
 
 
-@pytest.fixture(scope="module")
-def smol_out(smollm2_fp16):
-    """The GGUF converted for the 310P (the session's; the 310P gate test verifies it against the GGUF)."""
-    return smollm2_fp16
-
-
-def test_manifest_describes_the_gguf_conversion(smol_out, smollm2_gguf):
-    manifest = json.loads((smol_out / "ascend_manifest.json").read_text())
+def test_manifest_describes_the_gguf_conversion(smollm2_fp16, smollm2_gguf):
+    manifest = json.loads((smollm2_fp16 / "ascend_manifest.json").read_text())
     assert manifest["source"]["format"] == "gguf" and manifest["source"]["family"] == "llama"
     assert manifest["source"]["dtype"] == "float32"  # what the Q4_1 blocks dequantize to
     assert manifest["target"] == {"soc": "ascend310p", "dtype": "float16", "layout": "default"}
@@ -31,14 +25,14 @@ def test_manifest_describes_the_gguf_conversion(smol_out, smollm2_gguf):
                            "dtype": "Q4_1"}
     norm = manifest["tensors"]["model.norm.weight"]
     assert norm["transforms"] == ["cast:float32->float16"]
-    config = json.loads((smol_out / "config.json").read_text())
+    config = json.loads((smollm2_fp16 / "config.json").read_text())
     assert (config["num_attention_heads"], config["num_key_value_heads"], config["tie_word_embeddings"]) == (9, 3, True)
-    assert AutoTokenizer.from_pretrained(smol_out).chat_template
+    assert AutoTokenizer.from_pretrained(smollm2_fp16).chat_template
 
 
-def test_greedy_tokens_equal_transformers_gguf_loader(smol_out, smollm2_gguf):
-    tokenizer = AutoTokenizer.from_pretrained(smol_out)
-    ours = AutoModelForCausalLM.from_pretrained(smol_out, dtype=torch.float32).eval()
+def test_greedy_tokens_equal_transformers_gguf_loader(smollm2_fp16, smollm2_gguf):
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_fp16)
+    ours = AutoModelForCausalLM.from_pretrained(smollm2_fp16, dtype=torch.float32).eval()
     ref = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
                                                dtype=torch.float32).eval()
     # the three questions as one left-padded batch: both models see the same padding and mask

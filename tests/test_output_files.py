@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from ascend_convert.errors import UserError
 from ascend_convert.manifest import write_text_atomic
-from conftest import assert_one_line_error, run_cli
 
 COMMANDS = [
     ("check-ops --output", lambda model, path: ("check-ops", "--model", model, "--output", path)),
@@ -17,6 +17,7 @@ COMMANDS = [
     ("smoke --output", lambda model, path: ("smoke", model, "--output", path)),
     ("bench --output", lambda model, path: ("bench", model, "--output", path)),
     ("manifest build --out", lambda model, path: ("manifest", "build", "--op-plugin", model, "--out", path)),
+    ("demo --report", lambda model, path: ("demo", "--model", model, "--report", path)),
 ]
 
 

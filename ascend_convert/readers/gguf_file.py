@@ -14,7 +14,7 @@ import torch
 from ..arch import ArchSpec, find_spec_for_gguf
 from ..errors import UserError
 from .base import CheckpointReader, TensorInfo
-from .gguf_header import GGUFFormatError, GGUFHeader
+from .gguf_header import GGUFHeader
 
 # GGUF tensors that carry nothing HF checkpoints store (llama3 GGUFs precompute RoPE frequencies).
 GGUF_DERIVED_TENSORS = frozenset({"rope_freqs.weight"})
@@ -36,7 +36,7 @@ class GGUFReader(CheckpointReader):
         self.path = path
         try:
             self._header = GGUFHeader(path)
-        except (GGUFFormatError, ValueError, OSError) as exc:  # ValueError: numpy cannot map an empty file
+        except (ValueError, OSError) as exc:  # GGUFFormatError, or numpy refusing to map an empty file
             raise UserError(f"{path}: not a valid GGUF file ({exc})") from None
         arch = self._field("general.architecture")
         name = self._field("general.name")

@@ -53,7 +53,6 @@ class GGUFHeader:
         from gguf.quants import quant_shape_to_byte_shape
 
         self._blob = np.memmap(path, dtype=np.uint8, mode="r")
-        self._pos = 0
         if bytes(self._blob[:4]) != b"GGUF":
             raise GGUFFormatError("no GGUF magic at the start")
         self._pos = 4
