@@ -2,5 +2,3 @@
 
 Imports here stay light (no torch) so the CLI answers `--help` fast; import submodules for the work.
 """
-
-__version__ = "0.1.0"

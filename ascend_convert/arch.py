@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ascend_common.errors import UserError
 
 # Canonical per-layer names: what the unfused roles are called in the Llama/Qwen2/Qwen3 layout.
 CANONICAL_NAMES: dict[str, str] = {

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .hf_model import pretrained_args
+from ascend_common.errors import UserError
+from ascend_common.model_paths import pretrained_args
 
 #: Varied on purpose: prose, a dialogue, code, numbers, a list, non-English text — the layers'
 #: input ranges depend on what the model reads.

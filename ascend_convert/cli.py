@@ -11,12 +11,11 @@ from pathlib import Path
 
 import click
 
-from .cli_support import debug_option, run_main
+from ascend_common.cli_support import debug_option, run_main
+from ascend_common.soc import DTYPE_CHOICES, SOC_CHOICES
+
 from .convert_options import DEFAULT_MAX_SHARD_SIZE, LAYOUTS, OVERFLOW_POLICIES
 from .quant_layout import QUANT_TYPES
-from .soc import DTYPE_CHOICES, SOCS
-
-SOC_CHOICES = tuple(SOCS)
 
 
 def convert_options(func):

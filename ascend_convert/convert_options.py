@@ -6,11 +6,13 @@ journal is keyed by."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ascend_common.errors import UserError
+from ascend_common.sizes import parse_size
+from ascend_common.soc import SocProfile, get_soc
+
 from .quant_layout import (
     DEFAULT_ALPHA,
     DEFAULT_KEEP_FLOAT,
@@ -18,7 +20,6 @@ from .quant_layout import (
     QUANT_TYPES,
     QuantOptions,
 )
-from .soc import SocProfile, get_soc
 
 #: `--on-overflow`: a cast that overflows the target dtype fails the conversion, or is clamped (and counted).
 OVERFLOW_POLICIES = ("fail", "clamp")
@@ -26,18 +27,8 @@ OVERFLOW_POLICIES = ("fail", "clamp")
 LAYOUTS = ("default", "packed")
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(text: str | int) -> int:
-    """`5GB`, `500MB`, `2GiB` or a byte count (transformers' `max_shard_size` spelling)."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
-    if not m or m.group(2).upper() not in _SIZE_UNITS or float(m.group(1)) <= 0:
-        raise UserError(f"--max-shard-size {text}: not a size (e.g. 5GB, 500MB, 2GiB)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+def _shard_size_error(text: str | int) -> str:
+    return f"--max-shard-size {text}: not a size (e.g. 5GB, 500MB, 2GiB)"
 
 
 @dataclass
@@ -107,7 +98,7 @@ class ConvertOptions:
         if self.on_overflow not in OVERFLOW_POLICIES:
             raise UserError(f"--on-overflow {self.on_overflow}: choose one of {', '.join(OVERFLOW_POLICIES)}")
         soc = get_soc(self.soc)
-        max_shard = parse_size(self.max_shard_size)
+        max_shard = parse_size(self.max_shard_size, _shard_size_error(self.max_shard_size))
         self.check_layout()
         return soc, max_shard, self.quant()
 
@@ -115,7 +106,8 @@ class ConvertOptions:
         """The options that shape the output (and so belong in the manifest and the resume key)."""
         quant = self.quant()
         layout = "quantized" if quant is not None else self.layout
-        return {"soc": self.soc, "dtype": self.dtype, "max_shard_size": parse_size(self.max_shard_size),
+        max_shard = parse_size(self.max_shard_size, _shard_size_error(self.max_shard_size))
+        return {"soc": self.soc, "dtype": self.dtype, "max_shard_size": max_shard,
                 "on_overflow": self.on_overflow, "layout": layout,
                 "arch_specs": [str(Path(p).resolve()) for p in self.arch_specs],
                 **({"tp": self.tp, "nz": self.nz} if layout == "packed" else {}),

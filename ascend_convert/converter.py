@@ -20,19 +20,21 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from ascend_common import __version__
+from ascend_common.atomic_write import write_json_atomic
+from ascend_common.errors import CheckFailed, UserError
+from ascend_common.soc import resolve_dtype
+
 from .arch import ArchSpec, find_spec, load_spec_file
 from .cast import CastStats, checked_cast
 from .convert_options import ConvertOptions
 from .dtypes import FLOAT_NAMES, TORCH_DTYPES
-from .errors import CheckFailed, UserError
 from .manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     MANIFEST_VERSION,
     file_record,
     fsync_tree,
-    write_json_atomic,
 )
 from .packed import convert_packed, failpoint, layout_of, packed_target
 from .quant_layout import (
@@ -61,7 +63,6 @@ from .smoothing import (
     smoothed_range,
     smoothing_scales,
 )
-from .soc import resolve_dtype
 
 JOURNAL_NAME = ".ascendkit-journal.json"
 @dataclass

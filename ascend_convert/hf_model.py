@@ -12,18 +12,10 @@ from pathlib import Path
 
 import torch
 
+from ascend_common.errors import UserError
+
 from .arch import ArchSpec, canonical_tensors
-from .errors import UserError
 from .readers import CheckpointReader
-
-
-def pretrained_args(path: Path) -> dict[str, str]:
-    """`from_pretrained` arguments for a checkpoint directory, or a .gguf file (which transformers
-    reads through `gguf_file`, beside its directory)."""
-    path = Path(path)
-    if path.is_file():
-        return {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
-    return {"pretrained_model_name_or_path": str(path)}
 
 
 def _config_for(reader: CheckpointReader, spec: ArchSpec):

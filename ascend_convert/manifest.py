@@ -6,13 +6,12 @@ write the same manifest, byte for byte.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
 
-from .errors import UserError, first_line
+from ascend_common.errors import UserError
 
 MANIFEST_NAME = "ascend_manifest.json"
 MANIFEST_FORMAT = "ascend-deploy-kit/manifest"
@@ -30,28 +29,6 @@ def sha256_file(path: Path) -> str:
 
 def file_record(path: Path) -> dict:
     return {"sha256": sha256_file(path), "size": path.stat().st_size}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp name beside `path`, fsync, rename: a reader sees the old file or the new one.
-
-    A report path the user got wrong (no such directory, a directory, no permission) is a one-line
-    error naming it, and no temp file is left behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise UserError(f"{path}: cannot write ({exc.strerror or first_line(exc)})") from exc
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def fsync_tree(root: Path) -> None:

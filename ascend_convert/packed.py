@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
+from ascend_common.atomic_write import write_json_atomic
+from ascend_common.errors import CheckFailed
+
 from .arch import canonical_tensors
 from .cast import CastStats, checked_cast
 from .dtypes import FLOAT_NAMES, TORCH_DTYPES, dtype_name
-from .errors import CheckFailed
-from .manifest import write_json_atomic
 from .safetensors_writer import PlannedTensor, SafetensorsStreamWriter
 from .tp_layout import TPLayout, is_matmul_weight, rank_tensors, to_nz
 

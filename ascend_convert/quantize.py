@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
+from ascend_common.errors import UserError
 
 QMIN, QMAX = -128, 127
 #: Steps an asymmetric range is split into: 254, not 255. The zero point is rounded to an integer,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
+from ascend_common.errors import UserError
 
 VOCAB_ALIGN = 16  # the vocabulary is padded to a multiple of N * this
 NZ_ROWS = 16

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ascend_common.errors import CheckFailed, UserError
+
 from .arch import find_spec
 from .cast import CastStats, cast_error_bound, checked_cast
 from .dtypes import TORCH_DTYPES, dtype_name
-from .errors import CheckFailed, UserError
 from .manifest import MANIFEST_NAME, file_record, read_manifest
 from .quantize import (
     ActivationQuant,

@@ -1,3 +1,5 @@
 """ascend-deploy-kit: the command line (`ascendkit`) and the pipelines that combine the packages."""
 
-__version__ = "0.1.0"
+from ascend_common import __version__
+
+__all__ = ["__version__"]

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
+from ascend_common.cli_support import debug_option, debugging, output_file, run_main
 from ascend_convert.cli import convert_command, verify_command
-from ascend_convert.cli_support import debug_option, debugging, output_file, run_main
 from opcheck.cli import check_ops_command, manifest_group
-from runtime.bench import bench_command
+from runtime.evaluation.bench.command import bench_command
+from runtime.evaluation.smoke import smoke_command
 from runtime.server.cli import serve_command
-from runtime.smoke import smoke_command
 
 from . import __version__
 
@@ -71,7 +71,7 @@ def gate_command(model: Path, policy_file: Path, report_dir: Path, output: Path 
                  progress: bool) -> int:
     """Convert (or verify) MODEL, check its operators and the runtime's, smoke-serve it, and decide
     against the policy. Exit 0 pass, 1 a rule failed (each named), 2 the gate could not decide."""
-    from ascend_convert.errors import UserError
+    from ascend_common.errors import UserError
 
     from .gate import print_verdict, run_gate
     from .gate_policy import load_policy

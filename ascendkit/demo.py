@@ -74,15 +74,15 @@ def _check(model: Path, target: str, soc: str):
 
 def _smoke(model: Path, prompts: list[tuple[str, str]]) -> dict[str, Any]:
     """A W8A16 directory is compared with the source its manifest names: the bf16/fp16 model."""
-    from runtime.engine_options import engine_kwargs
-    from runtime.smoke import run_smoke
+    from runtime.engine.options import engine_kwargs
+    from runtime.evaluation.smoke import run_smoke
 
     return run_smoke(model, max_tokens=ANSWER_TOKENS, prompts=prompts, **LOAD,
                      **engine_kwargs(device="cpu", max_num_seqs=16, kv_cache_memory="256MiB"))
 
 
 def _bench(model: Path, live: bool) -> dict[str, Any]:
-    from runtime.bench import run_bench
+    from runtime.evaluation.bench.command import run_bench
 
     return run_bench(model, device="cpu", progress=live, **BENCH)
 
@@ -92,8 +92,8 @@ def print_summary(console: Console, src: Path, weights: str, out: dict[str, dict
     """The tables; `weights` is the converted model's dtype, the key of its smoke report (a CPU computes
     fp16 weights in fp32: that is smoke's and bench's "dtype")."""
     from ascend_convert.report import human_bytes
-    from runtime.report_output import figure as _f
-    from runtime.smoke import answer_status
+    from runtime.evaluation.report_output import figure as _f
+    from runtime.evaluation.smoke import answer_status
 
     table = Table(title=f"converted: {src.name}", title_justify="left")
     for column in ("output", "SoC", "dtype", "layout", "size", "tensors", "verified"):
@@ -171,9 +171,9 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
              report: Path | None = None) -> int:
     """Every step in order; exit 1 if a verification fails, or a smoke test does (a bf16/fp16 answer that
     differs from transformers, a load request that fails)."""
-    from ascend_convert.errors import UserError
-    from ascend_convert.smollm2 import smollm2_gguf
-    from ascend_convert.soc import get_soc
+    from ascend_common.errors import UserError
+    from ascend_common.smollm2 import smollm2_gguf
+    from ascend_common.soc import get_soc
 
     live = sys.stdout.isatty()
     console = Console(width=None if live else 160)
@@ -203,14 +203,14 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
                   f"runtime ({dtype})": steps.run("check_ops: runtime model", lambda: _check(dirs[dtype], "runtime", soc)),
                   "runtime (W8A16)": steps.run("check_ops: runtime model, W8A16",
                                                lambda: _check(dirs["w8a16"], "runtime", soc))}
-        from runtime.llm_engine import load_tokenizer
+        from runtime.engine.llm_engine import load_tokenizer
 
         tokenizer = load_tokenizer(dirs[dtype], False)
         chat = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
         if chat:
             prompts = [("chat", q) for q in QUESTIONS]
         else:
-            from runtime.smoke import PLAIN_PROMPTS
+            from runtime.evaluation.smoke import PLAIN_PROMPTS
 
             prompts = [("plain", p) for p in PLAIN_PROMPTS]
         smoke = {dtype: steps.run(f"smoke-serve {dtype}: answers vs transformers, concurrent load",
@@ -221,7 +221,7 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
                           spinner=False)
         print_summary(console, src, dtype, conversions, checks, smoke, bench, steps.seconds)
         if report is not None:
-            from ascend_convert.manifest import write_text_atomic
+            from ascend_common.atomic_write import write_text_atomic
 
             write_text_atomic(report, json.dumps(to_dict(conversions, checks, smoke, bench, steps.seconds),
                                                  indent=2, default=str) + "\n")

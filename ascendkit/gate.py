@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ascend_convert.errors import UserError, first_line
+from ascend_common.errors import UserError, first_line
 
 from .gate_policy import Policy
 
@@ -176,8 +176,8 @@ def _figure(load: dict, path: tuple[str, ...]) -> float | None:
 def stage_smoke(run: GateRun) -> None:
     """Serve the converted model, ask the policy's prompts, run the load; decide prompts, agreement and
     the performance floors and ceilings."""
-    from runtime.engine_options import engine_kwargs
-    from runtime.smoke import run_smoke
+    from runtime.engine.options import engine_kwargs
+    from runtime.evaluation.smoke import run_smoke
 
     smoke, policy = run.policy.smoke, run.policy
     prompts = [("chat" if p.chat else "plain", p.prompt) for p in smoke.prompts] or None
@@ -241,7 +241,7 @@ def stage_smoke(run: GateRun) -> None:
 
 def stage_sweep(run: GateRun, progress: bool) -> None:
     """The optional batch-size sweep: its table goes in the reports, its plot beside them."""
-    from runtime.bench import run_bench
+    from runtime.evaluation.bench.command import run_bench
 
     sweep = run.policy.sweep
     report = run_bench(run.converted, device=run.policy.runtime.device,
@@ -251,7 +251,7 @@ def stage_sweep(run: GateRun, progress: bool) -> None:
     try:
         import matplotlib  # noqa: F401 - only to know whether the plot can be drawn
 
-        from runtime.sweep_plot import plot_sweep
+        from runtime.evaluation.bench.sweep_plot import plot_sweep
     except ImportError:
         run.stages["sweep"]["plot_note"] = "matplotlib is not installed: pip install 'ascend-deploy-kit[plot]'"
         return

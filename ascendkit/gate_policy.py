@@ -14,8 +14,8 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ascend_convert.errors import UserError
-from ascend_convert.soc import SOCS
+from ascend_common.errors import UserError
+from ascend_common.soc import SOCS
 from opcheck.manifests import DEFAULT_TORCH_NPU
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from ascend_convert.manifest import write_text_atomic
-from runtime.report_output import figure as _f
-from runtime.smoke import answer_status
+from ascend_common.atomic_write import write_text_atomic
+from runtime.evaluation.report_output import figure as _f
+from runtime.evaluation.smoke import answer_status
 
 from .gate import FAIL, PASS, SKIP, GateRun
 
@@ -88,7 +88,7 @@ def key_line(policy_text: str, key: str) -> int | None:
 
 
 def sarif(run: GateRun) -> dict[str, Any]:
-    from ascend_convert import __version__
+    from ascend_common import __version__
     from opcheck.report import sarif as check_ops_sarif
 
     try:

@@ -30,7 +30,7 @@ def open_gguf(path: Path) -> int:
 
 
 def main() -> None:
-    from ascend_convert.smollm2 import smollm2_gguf
+    from ascend_common.smollm2 import smollm2_gguf
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("gguf", nargs="?", type=Path, default=None)

@@ -46,7 +46,7 @@ DECODE_PROMPT, DECODE_TOKENS = 128, 64
 
 def setup(workdir: Path) -> tuple[Path, dict[str, Path]]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from ascend_convert.smollm2 import smollm2_gguf
+    from ascend_common.smollm2 import smollm2_gguf
 
     gguf = smollm2_gguf()
     dirs = {name: workdir / f"smollm2-{name}" for name in VARIANTS}
@@ -63,7 +63,7 @@ def setup(workdir: Path) -> tuple[Path, dict[str, Path]]:
 
 def quality(dirs: dict[str, Path]) -> dict[str, dict]:
     from runtime import LLM, SamplingParams
-    from runtime.perplexity import DEFAULT_TEXT, perplexity
+    from runtime.evaluation.perplexity import DEFAULT_TEXT, perplexity
 
     text = DEFAULT_TEXT.read_text(encoding="utf-8")
     params = SamplingParams(temperature=0, max_tokens=AGREEMENT_TOKENS, ignore_eos=True)
@@ -89,7 +89,12 @@ def quality(dirs: dict[str, Path]) -> dict[str, dict]:
 
 
 def speed(dirs: dict[str, Path], gguf: Path, reps: int) -> dict[str, dict]:
-    from runtime.bench import BenchConfig, LlamaCppSystem, RuntimeSystem, _available
+    from runtime.evaluation.bench.command import (
+        BenchConfig,
+        LlamaCppSystem,
+        RuntimeSystem,
+        _available,
+    )
 
     rng = random.Random(0)
     prompt = [rng.randrange(100, 49000) for _ in range(DECODE_PROMPT)]

@@ -41,8 +41,8 @@ def main() -> None:
     args, rest = ap.parse_known_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = smollm2_bf16(args.workdir)
-    from ascend_convert.cli_support import run_main
-    from runtime.bench import bench_command
+    from ascend_common.cli_support import run_main
+    from runtime.evaluation.bench.command import bench_command
 
     run_main(bench_command, [str(model), "--gguf", str(smollm2_gguf()),
                              "--output", str(args.workdir / "bench_runtime.json"), *rest],

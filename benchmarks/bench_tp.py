@@ -31,7 +31,7 @@ WORKLOADS = {"1 request": 1, "16 requests": 16}
 
 def setup(workdir: Path) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from ascend_convert.smollm2 import smollm2_gguf
+    from ascend_common.smollm2 import smollm2_gguf
     from fixtures import checkpoints as fx
 
     llama = fx.build("llama", workdir / "fixtures", "safetensors")

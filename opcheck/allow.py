@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ascend_convert.errors import UserError, first_line
+from ascend_common.errors import UserError, first_line
 
 from .trace import Finding
 

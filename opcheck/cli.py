@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ascend_convert.cli import SOC_CHOICES
-from ascend_convert.cli_support import debug_option, output_file, skip_teardown
+from ascend_common.cli_support import debug_option, output_file, skip_teardown
+from ascend_common.soc import SOC_CHOICES
 
 from .manifests import DEFAULT_TORCH_NPU
 
@@ -32,7 +32,7 @@ def manifest_group() -> None:
 def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None, onnx_yaml: Path | None,
                   version: str, out: Path) -> int:
     """Generate a manifest from exactly one source."""
-    from ascend_convert.errors import UserError
+    from ascend_common.errors import UserError
 
     from .manifests import (
         build_from_codegen,
@@ -90,7 +90,7 @@ def check_ops_command(model: str | None, target: str, soc: str, dtype: str, vers
                       manifest_file: Path | None, batch: int, seq_len: int, fmt: str, output: Path | None,
                       summary_file: Path | None, allow_file: Path | None, trust_remote_code: bool) -> int:
     """Name every operator of a model with no NPU kernel in the target torch_npu (exit 1 if any)."""
-    from ascend_convert.manifest import write_text_atomic
+    from ascend_common.atomic_write import write_text_atomic
 
     from .allow import load_allow
     from .check import run_check
@@ -114,6 +114,6 @@ def check_ops_command(model: str | None, target: str, soc: str, dtype: str, vers
 
 
 def check_ops_main() -> None:
-    from ascend_convert.cli_support import run_main
+    from ascend_common.cli_support import run_main
 
     run_main(check_ops_command, prog_name="check_ops")

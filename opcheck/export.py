@@ -9,7 +9,7 @@ from types import TracebackType
 
 import torch
 
-from ascend_convert.errors import UserError, first_line
+from ascend_common.errors import UserError, first_line
 
 
 def _chain(exc: BaseException):

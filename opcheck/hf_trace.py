@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ascend_convert.errors import UserError, first_line
+from ascend_common.errors import UserError, first_line
 
 
 def config_dtype(model_dir: Path) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ascend_convert.errors import UserError, first_line
+from ascend_common.errors import UserError, first_line
 
 HF, ONNX, PT2, FUNCTION = "hf", "onnx", "pt2", "function"
 _FUNCTION = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<function>[A-Za-z_]\w*)$")

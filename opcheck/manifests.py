@@ -18,7 +18,7 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
-from ascend_convert.errors import UserError, first_line
+from ascend_common.errors import UserError, first_line
 
 FORMAT = "ascend-deploy-kit/op-manifest"
 FORMAT_VERSION = 1
@@ -142,7 +142,7 @@ def build_from_op_plugin(path: Path, version: str) -> dict:
 
 
 def _torch_npu_manifest(version: str, aten: list[str], custom: list[str], sources: list[dict]) -> dict:
-    from ascend_convert import __version__
+    from ascend_common import __version__
 
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "torch_npu",
             "torch_npu": version, "generator": f"ascend-deploy-kit {__version__}: ascendkit manifest build",
@@ -151,7 +151,7 @@ def _torch_npu_manifest(version: str, aten: list[str], custom: list[str], source
 
 
 def build_onnx(path: Path) -> dict:
-    from ascend_convert import __version__
+    from ascend_common import __version__
 
     path = Path(path)
     if not path.is_file():
@@ -182,7 +182,7 @@ def build_onnx(path: Path) -> dict:
 
 
 def write_manifest(manifest: dict, out: Path) -> None:
-    from ascend_convert.manifest import write_json_atomic
+    from ascend_common.atomic_write import write_json_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, manifest)

@@ -71,7 +71,7 @@ KERNELS = SimpleNamespace(npu_weight_quant_batchmatmul=_weight_quant_batchmatmul
 @contextlib.contextmanager
 def tracing_npu_kernels() -> Iterator[None]:
     """While tracing, quantized linears take their NPU path with these stand-ins."""
-    from runtime import quant_linear
+    from runtime.layers import quant_linear
 
     previous = quant_linear.TRACE_NPU_KERNELS
     quant_linear.TRACE_NPU_KERNELS = KERNELS

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
-from ascend_convert.errors import UserError, first_line
+from ascend_common.errors import UserError, first_line
 
 T = TypeVar("T")
 

@@ -45,7 +45,9 @@ def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: li
     if fmt == "markdown":
         return markdown(model, target, uses, found, fusions)
     from rich.console import Console
-    from rich.markup import escape  # source lines hold brackets: `self.layers[idx]` must not lose `[idx]`
+    from rich.markup import (
+        escape,  # source lines hold brackets: `self.layers[idx]` must not lose `[idx]`
+    )
     from rich.table import Table
 
     buffer = io.StringIO()
@@ -78,7 +80,7 @@ def _message(f: Finding) -> str:
 
 
 def sarif(model: str, found: list[Finding]) -> dict:
-    from ascend_convert import __version__
+    from ascend_common import __version__
 
     results = []
     for f in found:

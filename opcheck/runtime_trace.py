@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from ascend_convert.errors import UserError, first_line
+from ascend_common.errors import UserError, first_line
 
 BLOCK_SIZE = 16  # the engine's default (`LLMEngine(block_size=16)`)
 
 
 def open_runtime(path: Path):
     """`runtime.loader.open_model`: config and tensor names of a checkpoint directory or .gguf file."""
-    from runtime.loader import open_model
+    from runtime.model.loader import open_model
 
     try:
         return open_model(path)
@@ -35,7 +35,7 @@ def open_runtime(path: Path):
 
 def build_runtime_model(ckpt, dtype: str) -> torch.nn.Module:
     """`CausalLM` on the meta device in `dtype`, as the model runner builds it (RoPE table kept fp32)."""
-    from runtime.model import CausalLM, inverse_frequencies
+    from runtime.model.decoder import CausalLM, inverse_frequencies
 
     where = ckpt.path / "config.json" if ckpt.path.is_dir() else ckpt.path
     try:
@@ -84,7 +84,7 @@ def export_step(model: torch.nn.Module, what: str, batch: int, new_tokens: int,
     """One engine step, exported as the model's own forward (swapped in for the export, so module
     paths in the graph stay the model's): flat tensors in, `AttentionMetadata` built inside
     (`max_context_len` is a Python int, static), fp32 logits of the sampling rows out."""
-    from runtime.attention import AttentionGroup, AttentionMetadata
+    from runtime.layers.attention import AttentionGroup, AttentionMetadata
 
     from .export import export
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .llm import LLM
-    from .sampling_params import SamplingParams
+    from runtime.llm import LLM
+    from runtime.sampling_params import SamplingParams
 
 __all__ = ["LLM", "SamplingParams"]
 
 
 def __getattr__(name: str):
     if name == "LLM":
-        from .llm import LLM
+        from runtime.llm import LLM
 
         return LLM
     if name == "SamplingParams":
-        from .sampling_params import SamplingParams
+        from runtime.sampling_params import SamplingParams
 
         return SamplingParams
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence as Seq
 from pathlib import Path
 
-from .llm_engine import LLMEngine, RequestOutput, chat_token_ids
-from .sampling_params import SamplingParams
+from runtime.engine.llm_engine import LLMEngine, RequestOutput, chat_token_ids
+from runtime.sampling_params import SamplingParams
 
 PROGRESS_FROM = 8  # batches at least this long get a progress bar
 

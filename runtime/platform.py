@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ascend_convert.errors import UserError
+from ascend_common.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "npu", "ascend")
 
@@ -27,7 +27,7 @@ class Platform:
 
     def kernels(self):
         """The element-wise kernels the model uses: torch_npu's fused ones with ASCEND_OP_FUSION=1."""
-        from .fused_ops import PLAIN, npu_kernels
+        from runtime.layers.fused_ops import PLAIN, npu_kernels
 
         return npu_kernels() if self.fused_ops else PLAIN
 

@@ -46,7 +46,7 @@ def checkpoint(fixture_root):
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from ascend_convert.smollm2 import smollm2_gguf as find
+    from ascend_common.smollm2 import smollm2_gguf as find
 
     return find()
 

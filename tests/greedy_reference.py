@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from runtime.greedy_check import compare_greedy
-from runtime.greedy_check import hf_greedy as _generate
+from runtime.evaluation.greedy_check import compare_greedy
+from runtime.evaluation.greedy_check import hf_greedy as _generate
 
 
 @dataclass(frozen=True)

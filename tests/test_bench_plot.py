@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from runtime.sweep_plot import plot_sweep
+from runtime.evaluation.bench.sweep_plot import plot_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

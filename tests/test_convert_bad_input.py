@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import assert_one_line_error, run_cli
+from safetensors.torch import load_file, save_file
 
 
 def convert(src: Path, out: Path, *extra: str):
@@ -206,7 +205,7 @@ def test_wrong_options_are_refused_before_torch_is_imported(checkpoint, tmp_path
 
     code = ("import sys\n"
             "from ascend_convert.cli import convert_command\n"
-            "from ascend_convert.cli_support import run_main\n"
+            "from ascend_common.cli_support import run_main\n"
             "try:\n"
             "    run_main(convert_command, sys.argv[1:])\n"
             "finally:\n"

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file, save_file
-
 from conftest import assert_one_line_error, run_cli
+from safetensors.torch import load_file, save_file
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

@@ -11,7 +11,7 @@ from conftest import assert_one_line_error, run_cli
 from greedy_reference import hf_greedy
 
 from ascendkit.demo import ANSWER_TOKENS, QUESTIONS
-from runtime.smoke import print_smoke
+from runtime.evaluation.smoke import print_smoke
 
 STEPS = ("[1/8] convert to bfloat16 for ascend910b", "[2/8] convert to W8A16", "[3/8] check_ops: transformers",
          "[4/8] check_ops: runtime model", "[5/8] check_ops: runtime model, W8A16", "[6/8] smoke-serve bfloat16",

@@ -21,8 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fixtures import FAMILIES, VARIANTS, build, reference
-from fixtures import checkpoints
+from fixtures import FAMILIES, VARIANTS, build, checkpoints, reference
 from fixtures.tokenizer import IM_END, IM_START, TOKENIZER_VOCAB_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

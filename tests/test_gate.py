@@ -33,7 +33,7 @@ def greedy_answer(model: Path, prompt: str, max_tokens: int) -> str:
     """transformers' own greedy answer to a plain prompt on the fixture's (bf16) weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from runtime.greedy_check import hf_greedy
+    from runtime.evaluation.greedy_check import hf_greedy
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).eval()

@@ -9,11 +9,19 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from ascend_convert.errors import UserError
 from conftest import assert_one_line_error, run_cli
-from opcheck.manifests import (CODEGEN_IN_WHEEL, SHIPPED, _versions_in, build_from_codegen, build_from_op_plugin,
-                               build_onnx, load_manifest, shipped_path)
+
+from ascend_common.errors import UserError
+from opcheck.manifests import (
+    CODEGEN_IN_WHEEL,
+    SHIPPED,
+    _versions_in,
+    build_from_codegen,
+    build_from_op_plugin,
+    build_onnx,
+    load_manifest,
+    shipped_path,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CODEGEN = DATA / "torch_npu-2.14.0" / "npu_native_functions_by_codegen.yaml"

@@ -16,7 +16,7 @@ import torch
 from conftest import assert_one_line_error, run_cli
 from onnx import TensorProto, helper
 
-from ascend_convert.errors import UserError
+from ascend_common.errors import UserError
 from opcheck.manifests import load_manifest, shipped_path
 from opcheck.onnx_check import check_onnx
 

@@ -10,13 +10,13 @@ from xml.etree import ElementTree as ET
 
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_cli
+from test_opcheck_classify import Fallbacks
+
 from opcheck.classify import Classifier
 from opcheck.manifests import load_manifest, shipped_path
 from opcheck.report import render
 from opcheck.trace import findings, ops_in
-from test_opcheck_classify import Fallbacks
 
 SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sarif" / "sarif-schema-2.1.0.json"
 TARGET = {"soc": "ascend910b", "dtype": "float32", "torch_npu": "2.14.0"}

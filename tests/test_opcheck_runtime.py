@@ -26,7 +26,7 @@ def invoke(monkeypatch):
     (exit code, stdout). Errors propagate as exceptions, as `run_main` would see them."""
     from click.testing import CliRunner
 
-    from ascend_convert import cli_support
+    from ascend_common import cli_support
     from opcheck.cli import check_ops_command
 
     # the command asks run_main to skip heap teardown; nothing here goes through run_main, keep it so
@@ -64,7 +64,7 @@ def test_real_cli_run_names_the_runtime_model(checkpoint, tmp_path):
     first = table.stdout.splitlines()[0]
     assert first.startswith(f"check_ops {model} (runtime model): ") and "target ascend910b float16" in first
     assert "no findings: every op reaches an NPU kernel" in table.stdout
-    assert "runtime/model.py" in table.stdout  # the fusion table points into the runtime's own code
+    assert "runtime/model/decoder.py" in table.stdout  # the fusion table points into the runtime's own code
 
     out = tmp_path / "ops.xml"
     junit = run_cli("check-ops", "--target", "runtime", "--model", model, "--soc", "ascend310p", "--dtype", "float16",
@@ -86,7 +86,7 @@ def test_both_phases_trace_the_paged_attention(checkpoint):
         assert uses[op].phases == ["prefill", "decode"], (op, uses[op].phases)
     assert uses["index_copy_"].count == 2 * 2 * 2  # k and v, 2 layers, 2 steps
     where = uses["index_copy_"].locations[0]  # the runtime's own code, and the module that runs it
-    assert "runtime/model.py:" in where and where.endswith("(model.layers.0.self_attn)"), where
+    assert "runtime/model/decoder.py:" in where and where.endswith("(model.layers.0.self_attn)"), where
     # SDPA [B, kv_heads, group x new tokens, head_dim]: 2 x 8 new tokens in the prefill, 2 x 1 in the decode
     assert uses["scaled_dot_product_attention"].shapes == [[2, 2, 2 * 8, 16], [2, 2, 2 * 1, 16]]
     assert uses["scaled_dot_product_attention"].dtypes == {"float16"}

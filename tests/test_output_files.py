@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from ascend_convert.errors import UserError
-from ascend_convert.manifest import write_text_atomic
+from ascend_common.atomic_write import write_text_atomic
+from ascend_common.errors import UserError
 
 COMMANDS = [
     ("check-ops --output", lambda model, path: ("check-ops", "--model", model, "--output", path)),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ascend_convert.errors import UserError
+from ascend_common.errors import UserError
 from ascend_convert.quantize import (
     ActivationQuant,
     loaded_deq_scale,

@@ -13,14 +13,14 @@ import torch
 from greedy_reference import assert_greedy_equal, hf_greedy
 
 import fixtures as fx
+from ascend_common.errors import UserError
 from ascend_convert.converter import ConvertOptions, convert
-from ascend_convert.errors import UserError
 from runtime import LLM, SamplingParams
+from runtime.engine.model_runner import ModelRunner
 from runtime.engine.scheduler import ScheduledBatch
 from runtime.engine.sequence import Sequence
-from runtime.fused_ops import PLAIN, Kernels, npu_kernels
-from runtime.loader import open_model
-from runtime.model_runner import ModelRunner
+from runtime.layers.fused_ops import PLAIN, Kernels, npu_kernels
+from runtime.model.loader import open_model
 from runtime.platform import resolve
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
@@ -198,7 +198,7 @@ def test_converted_layouts_and_checkpoint_formats_give_the_same_tokens(checkpoin
 ])
 def test_compute_dtype(requested, weights, platform, runs_in):
     """The engine's rule, which the benchmark follows too (so its transformers baseline runs alike)."""
-    from runtime.llm_engine import compute_dtype
+    from runtime.engine.llm_engine import compute_dtype
 
     assert compute_dtype(requested, weights, platform) == runs_in
 

@@ -11,7 +11,7 @@ import torch
 from greedy_reference import hf_model
 
 from runtime import LLM, SamplingParams
-from runtime.perplexity import DEFAULT_TEXT, perplexity, windows
+from runtime.evaluation.perplexity import DEFAULT_TEXT, perplexity, windows
 
 PROMPT = [(i * 37 + 11) % 250 + 3 for i in range(70)]
 

@@ -13,8 +13,8 @@ import torch
 from greedy_reference import assert_greedy_equal, hf_greedy, hf_model
 from safetensors.torch import load_file, save_file
 
+from ascend_common.errors import UserError
 from ascend_convert.converter import ConvertOptions, convert
-from ascend_convert.errors import UserError
 from ascend_convert.quantize import (
     ActivationQuant,
     W8A8Linear,
@@ -23,7 +23,7 @@ from ascend_convert.quantize import (
     quantize_weight,
 )
 from runtime import LLM, SamplingParams
-from runtime.quant_linear import QuantLinear, QuantScheme
+from runtime.layers.quant_linear import QuantLinear, QuantScheme
 
 PROMPTS = [[5, 77, 12, 190, 33], [250, 3, 3, 41, 9, 100, 200, 17, 64, 31, 8], [301, 2, 44]]
 

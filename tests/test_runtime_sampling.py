@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, LlamaTokenizer
 
 from runtime.detokenizer import REPLACEMENT, IncrementalDetokenizer
-from runtime.sampler import SampleOutput, Sampler, filtered_probs, make_generator
+from runtime.engine.sampler import SampleOutput, Sampler, filtered_probs, make_generator
 from runtime.sampling_params import SamplingParams
 
 

@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from ascend_convert.errors import UserError
+from ascend_common.errors import UserError
 from fixtures import checkpoints as fx
 from runtime import LLM, SamplingParams
 

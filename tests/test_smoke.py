@@ -12,7 +12,7 @@ from conftest import assert_one_line_error, run_cli
 from greedy_reference import assert_greedy_equal, hf_greedy
 from transformers import AutoTokenizer
 
-from runtime.smoke import CHAT_PROMPTS, PLAIN_PROMPTS
+from runtime.evaluation.smoke import CHAT_PROMPTS, PLAIN_PROMPTS
 
 QUICK = ("--device", "cpu", "--json", "--requests", "8", "--concurrency", "4", "--prompt-len", "16",
          "--load-tokens", "8")

@@ -3,10 +3,10 @@ dequantized (fp32) weights too, which a 910B then gets in fp16, not bf16."""
 
 import pytest
 
+from ascend_common.errors import UserError
+from ascend_common.soc import SOCS, resolve_dtype
 from ascend_convert.converter import dominant_float_dtype
-from ascend_convert.errors import UserError
 from ascend_convert.readers import TensorInfo
-from ascend_convert.soc import SOCS, resolve_dtype
 
 
 @pytest.mark.parametrize(("soc", "source", "chosen"), [

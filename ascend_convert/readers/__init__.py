@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ascend_common.errors import UserError
+
 from ..arch import ArchSpec
-from ..errors import UserError
 from .base import CheckpointReader, TensorInfo, read_config
 
 __all__ = ["CheckpointReader", "TensorInfo", "open_checkpoint", "read_config"]

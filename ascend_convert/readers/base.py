@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ascend_common.errors import UserError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ascend_common.errors import UserError
+
 from ..arch import ArchSpec, find_spec_for_gguf
-from ..errors import UserError
 from .base import CheckpointReader, TensorInfo
 from .gguf_header import GGUFHeader
 

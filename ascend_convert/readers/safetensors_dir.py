@@ -9,9 +9,16 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ascend_common.errors import UserError
+
 from ..dtypes import FROM_SAFETENSORS_CODE, TORCH_DTYPES
-from ..errors import UserError
-from .base import CheckpointReader, TensorInfo, check_duplicates, load_index, read_config
+from .base import (
+    CheckpointReader,
+    TensorInfo,
+    check_duplicates,
+    load_index,
+    read_config,
+)
 
 INDEX = "model.safetensors.index.json"
 

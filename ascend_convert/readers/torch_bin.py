@@ -9,9 +9,16 @@ from pathlib import Path
 
 import torch
 
+from ascend_common.errors import UserError, first_line
+
 from ..dtypes import dtype_name
-from ..errors import UserError, first_line
-from .base import CheckpointReader, TensorInfo, check_duplicates, load_index, read_config
+from .base import (
+    CheckpointReader,
+    TensorInfo,
+    check_duplicates,
+    load_index,
+    read_config,
+)
 
 INDEX = "pytorch_model.bin.index.json"
 

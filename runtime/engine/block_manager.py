@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from .sequence import Sequence
+from runtime.engine.sequence import Sequence
 
 
 @dataclass

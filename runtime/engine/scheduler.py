@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .block_manager import BlockManager
-from .sequence import Sequence, SequenceStatus
+from runtime.engine.block_manager import BlockManager
+from runtime.engine.sequence import Sequence, SequenceStatus
 
 
 @dataclass

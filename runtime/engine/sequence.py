@@ -7,7 +7,7 @@ import itertools
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..sampling_params import SamplingParams
+    from runtime.sampling_params import SamplingParams
 
 
 class SequenceStatus(enum.Enum):

@@ -17,10 +17,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from .async_engine import AsyncEngine, EngineDead, QueueFull
-from .metrics import CONTENT_TYPE, ServerMetrics
-from .protocol import ChatCompletionRequest, CompletionRequest, RequestError
-from .serving import OpenAIServing, error_body
+from runtime.server.async_engine import AsyncEngine, EngineDead, QueueFull
+from runtime.server.metrics import CONTENT_TYPE, ServerMetrics
+from runtime.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    RequestError,
+)
+from runtime.server.serving import OpenAIServing, error_body
 
 
 class AuthError(Exception):

@@ -19,8 +19,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from ..llm_engine import LLMEngine, RequestOutput
-from ..sampling_params import SamplingParams
+from runtime.engine.llm_engine import LLMEngine, RequestOutput
+from runtime.sampling_params import SamplingParams
 
 log = logging.getLogger("runtime.server")
 

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import click
 
-from ascend_convert.cli_support import debug_option, run_main
-from ascend_convert.errors import UserError
-
-from ..engine_options import engine_args, engine_options
+from ascend_common.cli_support import debug_option, run_main
+from ascend_common.errors import UserError
+from runtime.engine.options import engine_args, engine_options
 
 DEFAULT_PORT = 8000  # vLLM's
 
@@ -69,9 +68,9 @@ def serve_command(model: Path, host: str, port: int, api_key: str | None, served
     /v1/completions, /v1/chat/completions (SSE streaming), /v1/models, /health, /metrics."""
     import uvicorn
 
-    from ..llm_engine import LLMEngine
-    from .app import build_app
-    from .async_engine import AsyncEngine
+    from runtime.engine.llm_engine import LLMEngine
+    from runtime.server.app import build_app
+    from runtime.server.async_engine import AsyncEngine
 
     # The port first: a taken one fails in a second, not after the model has loaded.
     sock = bind(host, port)

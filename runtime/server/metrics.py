@@ -21,7 +21,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..llm_engine import RequestOutput
+from runtime.engine.llm_engine import RequestOutput
 
 disable_created_metrics()  # `*_created` timestamps double the output and no dashboard reads them
 

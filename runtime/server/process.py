@@ -13,7 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ascend_convert.errors import UserError
+from ascend_common.errors import UserError
 
 READY_TIMEOUT_S = 600  # loading a 7B model from a slow disk takes minutes
 _URL = re.compile(r" on (http://\S+?:\d+) ")

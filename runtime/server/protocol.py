@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..sampling_params import SamplingParams
+from runtime.sampling_params import SamplingParams
 
 #: The most logprobs a request may ask for (OpenAI's top_logprobs limit, vLLM's default max_logprobs).
 MAX_LOGPROBS = 20

@@ -19,10 +19,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..llm_engine import RequestOutput, chat_token_ids
-from ..sampling_params import SamplingParams
-from .async_engine import AsyncEngine, EngineDead, RequestStream
-from .protocol import ChatCompletionRequest, CompletionRequest, RequestError
+from runtime.engine.llm_engine import RequestOutput, chat_token_ids
+from runtime.sampling_params import SamplingParams
+from runtime.server.async_engine import AsyncEngine, EngineDead, RequestStream
+from runtime.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    RequestError,
+)
 
 
 @dataclass

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ascend_common.errors import UserError
 from ascend_convert.arch import ArchSpec
-from ascend_convert.errors import UserError
 
 DTYPES = ("float32", "float16", "bfloat16")
 

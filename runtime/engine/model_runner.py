@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import AttentionGroup, AttentionMetadata
-from .engine.scheduler import ScheduledBatch
-from .fused_ops import PLAIN, Kernels
-from .loader import Checkpoint, load_weights
-from .model import CausalLM, inverse_frequencies
+from runtime.engine.scheduler import ScheduledBatch
+from runtime.layers.attention import AttentionGroup, AttentionMetadata
+from runtime.layers.fused_ops import PLAIN, Kernels
+from runtime.model.decoder import CausalLM, inverse_frequencies
+from runtime.model.loader import Checkpoint, load_weights
 
 log = logging.getLogger("runtime")
 

@@ -14,9 +14,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ascend_convert.errors import UserError
-
-from .serving_load import run_load, server_memory, summarize_load
+from ascend_common.errors import UserError
+from runtime.evaluation.bench.load import run_load, server_memory, summarize_load
 
 DEFAULT_CONCURRENCY = (1, 4, 16)
 
@@ -61,8 +60,8 @@ def bench_server(url: str, *, concurrency: list[int], num_prompts: int | None, p
 
 def bench_started_server(model: Path, engine_kwargs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """`bench MODEL --serve`: the same benchmark against `ascendkit serve MODEL` started for it."""
-    from .engine_options import serve_args
-    from .server.process import ServerProcess
+    from runtime.engine.options import serve_args
+    from runtime.server.process import ServerProcess
 
     with ServerProcess(model, serve_args(engine_kwargs)) as server:
         report = bench_server(server.url, **kwargs)

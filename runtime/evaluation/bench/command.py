@@ -37,19 +37,19 @@ from typing import Any
 
 import click
 
-from ascend_convert.cli_support import debug_option, output_file
-from ascend_convert.errors import UserError
-
-from .engine_options import DEVICE_CHOICES, DTYPE_CHOICES
-from .latency_stats import distribution
-from .report_output import emit_report
-from .report_output import figure as _f
-from .serving_bench import (
+from ascend_common.cli_support import debug_option, output_file
+from ascend_common.errors import UserError
+from ascend_common.sizes import parse_size
+from runtime.engine.options import DEVICE_CHOICES, DTYPE_CHOICES
+from runtime.evaluation.bench.serving import (
     DEFAULT_CONCURRENCY,
     bench_server,
     bench_started_server,
     print_serving_report,
 )
+from runtime.evaluation.bench.stats import distribution
+from runtime.evaluation.report_output import emit_report
+from runtime.evaluation.report_output import figure as _f
 
 WORKLOADS = ("single", "batch16", "batch64", "prefix")
 BASELINES = ("hf", "hf-batch", "llama-cpp")
@@ -394,9 +394,8 @@ class HFModel:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from ascend_convert.hf_model import pretrained_args
-
-        from .platform import resolve
+        from ascend_common.model_paths import pretrained_args
+        from runtime.platform import resolve
 
         before = meter.current() if meter is not None else None
         self.device = resolve(cfg.device).device
@@ -682,7 +681,7 @@ def _kv_bytes_needed(model: Path, dtype: str, workloads: list[Workload], block_s
     more resident memory than the work needs."""
     import torch
 
-    from .loader import open_model
+    from runtime.model.loader import open_model
 
     c = open_model(model).config
     block = 2 * c.num_layers * block_size * c.kv_size * torch.empty((), dtype=getattr(torch, dtype)).element_size()
@@ -696,7 +695,9 @@ def _source_state() -> dict[str, Any]:
     import hashlib
     import subprocess
 
-    root = Path(__file__).resolve().parent
+    import runtime
+
+    root = Path(runtime.__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
@@ -747,9 +748,9 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF de-quantizing bar (read when tqdm loads)
     import torch
 
-    from .llm_engine import compute_dtype, parse_memory
-    from .loader import open_model
-    from .platform import resolve
+    from runtime.engine.llm_engine import compute_dtype
+    from runtime.model.loader import open_model
+    from runtime.platform import resolve
 
     threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(threads)
@@ -760,7 +761,7 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
     if max_len > ckpt_cfg.max_position_embeddings:
         raise UserError(f"the longest request ({max_len} tokens) does not fit the model's context of "
                         f"{ckpt_cfg.max_position_embeddings}: lower --prompt-len or --new-tokens")
-    kv = parse_memory(kv_cache_memory, 0) if kv_cache_memory not in (None, "auto") else \
+    kv = parse_size(kv_cache_memory, f"kv_cache_memory {kv_cache_memory!r}: expected bytes or a size such as 2GiB or 512MiB") if kv_cache_memory not in (None, "auto") else \
         _kv_bytes_needed(model, dtype, plan)
     max_seqs = max(64, max(w.num_requests for w in plan))
     if gguf is None and model.is_file() and model.suffix == ".gguf":
@@ -992,7 +993,7 @@ def bench_command(model: str | None, dtype: str, device: str, workloads: str, ba
         report["sweep"]["plot"] = str(plot)
     emit_report(report, as_json, output, print_report)
     if plot is not None:  # after the report: a failed drawing never costs the numbers
-        from .sweep_plot import plot_sweep
+        from runtime.evaluation.bench.sweep_plot import plot_sweep
 
         plot_sweep(report["sweep"], plot, _plot_title(report))
         click.echo(f"wrote plot {plot}", err=True)

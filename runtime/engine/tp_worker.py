@@ -2,7 +2,7 @@
 through the TCP store, join the process group, then run every step rank 0 broadcasts, until rank 0
 terminates it (or dies: then the kernel kills this process too).
 
-    python -m runtime.tp_worker '{"model": ..., "rank": 1, "size": 2, "port": ..., "device": "cpu", ...}'
+    python -m runtime.engine.tp_worker '{"model": ..., "rank": 1, "size": 2, "port": ..., "device": "cpu", ...}'
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def main(argv: list[str]) -> int:
     import torch.distributed as dist
     from torch.distributed import TCPStore
 
-    from .loader import open_model
-    from .model_runner import ModelRunner
-    from .platform import resolve
-    from .tp_executor import init_group, moved, rank_device
+    from runtime.engine.model_runner import ModelRunner
+    from runtime.engine.tp_executor import init_group, moved, rank_device
+    from runtime.model.loader import open_model
+    from runtime.platform import resolve
 
     store = TCPStore("127.0.0.1", spec["port"], size, is_master=False, timeout=timedelta(seconds=600))
     if spec.get("threads"):

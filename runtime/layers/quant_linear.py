@@ -48,7 +48,7 @@ class QuantScheme:
     @classmethod
     def read(cls, model_dir: Path) -> QuantScheme | None:
         """The scheme of a converted directory's `quant_model_description.json` (None without one)."""
-        from ascend_convert.errors import UserError
+        from ascend_common.errors import UserError
 
         path = Path(model_dir) / DESCRIPTION_NAME
         if not path.is_file():

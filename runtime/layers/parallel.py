@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .model_config import ModelConfig
+    from runtime.model.config import ModelConfig
 
 
 def all_reduce(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:

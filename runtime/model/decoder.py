@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import parallel
-from .attention import AttentionMetadata, causal_mask, paged_attention
-from .fused_ops import PLAIN, Kernels
-from .model_config import ModelConfig
+from runtime.layers import parallel
+from runtime.layers.attention import AttentionMetadata, causal_mask, paged_attention
+from runtime.layers.fused_ops import PLAIN, Kernels
+from runtime.model.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
@@ -70,7 +70,7 @@ def linear(cfg: ModelConfig, in_features: int, out_features: int, bias: bool) ->
     """A projection: float, or int8 when the checkpoint is msModelSlim's quantized layout."""
     if cfg.quant is None:
         return nn.Linear(in_features, out_features, bias=bias)
-    from .quant_linear import QuantLinear
+    from runtime.layers.quant_linear import QuantLinear
 
     return QuantLinear(in_features, out_features, bias, cfg.quant)
 

@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .llm import LLM
-from .sampling_params import SamplingParams
+from runtime.llm import LLM
+from runtime.sampling_params import SamplingParams
 
 #: The text the quantization benchmark scores (shipped with the package, so every run scores the same).
 DEFAULT_TEXT = Path(__file__).with_name("data") / "perplexity.txt"

@@ -1,5 +1,5 @@
 """Tensor parallel over torch.distributed: rank 0 is the engine's own process, ranks 1..N-1 are worker
-processes (`python -m runtime.tp_worker`) started and owned here.
+processes (`python -m runtime.engine.tp_worker`) started and owned here.
 
 Every rank holds its share of the weights and of the KV cache (its KV heads) and runs the same
 forward pass; the collectives inside it (runtime.parallel) are gloo on the CPU, nccl on CUDA, hccl on
@@ -35,11 +35,10 @@ from typing import Any
 
 import torch
 
-from ascend_convert.errors import UserError
-
-from .engine.scheduler import ScheduledBatch
-from .loader import Checkpoint
-from .model_runner import ModelRunner, StepLogits
+from ascend_common.errors import UserError
+from runtime.engine.model_runner import ModelRunner, StepLogits
+from runtime.engine.scheduler import ScheduledBatch
+from runtime.model.loader import Checkpoint
 
 log = logging.getLogger("runtime")
 STARTUP_TIMEOUT_S = 600  # loading a large model on every rank
@@ -112,7 +111,7 @@ class TPExecutor:
                 logfile = tempfile.TemporaryFile()  # noqa: SIM115 (read after the worker dies)
                 self.logs.append(logfile)
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "runtime.tp_worker", json.dumps({**spec, "rank": rank})],
+                    [sys.executable, "-m", "runtime.engine.tp_worker", json.dumps({**spec, "rank": rank})],
                     stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile))
             self.runner = ModelRunner(ckpt.with_tensor_parallel(size, 0), rank_device(device, 0),
                                       getattr(torch, dtype), block_size, kernels)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .latency_stats import distribution
+from runtime.evaluation.bench.stats import distribution
 
 
 @dataclass

@@ -24,11 +24,10 @@ from typing import Any
 
 import click
 
-from ascend_convert.cli_support import debug_option, output_file
-from ascend_convert.errors import UserError
-
-from .engine_options import engine_args, engine_options
-from .report_output import emit_report
+from ascend_common.cli_support import debug_option, output_file
+from ascend_common.errors import UserError
+from runtime.engine.options import engine_args, engine_options
+from runtime.evaluation.report_output import emit_report
 
 PLAIN_PROMPTS = ("The capital of France is", "def fibonacci(n):\n", "The three primary colors are",
                  "Water boils at a temperature of")
@@ -73,7 +72,7 @@ def _ask(client, kind: str, prompt: str, max_tokens: int) -> tuple[str, list[int
 
 
 def _prompt_ids(tokenizer, kind: str, prompt: str) -> list[int]:
-    from .llm_engine import chat_token_ids
+    from runtime.engine.llm_engine import chat_token_ids
 
     if kind == "chat":
         return chat_token_ids(tokenizer, [{"role": "user", "content": prompt}])
@@ -87,9 +86,8 @@ def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, t
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from ascend_convert.hf_model import pretrained_args
-
-    from .greedy_check import compare_greedy, hf_greedy
+    from ascend_common.model_paths import pretrained_args
+    from runtime.evaluation.greedy_check import compare_greedy, hf_greedy
 
     hf_logging.disable_progress_bar()  # its bar would break the report
     hf = AutoModelForCausalLM.from_pretrained(**pretrained_args(model), dtype=dtype, trust_remote_code=trust_remote_code).eval()
@@ -115,12 +113,11 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
 
     from ascend_convert.manifest import MANIFEST_NAME, read_manifest, recorded_source
     from ascend_convert.quant_layout import DESCRIPTION_NAME
-
-    from .engine_options import serve_args
-    from .llm_engine import load_tokenizer
-    from .server.process import ServerProcess
-    from .serving_bench import served_model
-    from .serving_load import run_load, server_memory, summarize_load
+    from runtime.engine.llm_engine import load_tokenizer
+    from runtime.engine.options import serve_args
+    from runtime.evaluation.bench.load import run_load, server_memory, summarize_load
+    from runtime.evaluation.bench.serving import served_model
+    from runtime.server.process import ServerProcess
 
     quantized = model.is_dir() and (model / DESCRIPTION_NAME).is_file()
     reference = model

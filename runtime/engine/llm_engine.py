@@ -11,17 +11,17 @@ from pathlib import Path
 
 import torch
 
-from ascend_convert.errors import UserError
-
-from .detokenizer import IncrementalDetokenizer
-from .engine.block_manager import BlockManager
-from .engine.scheduler import ScheduledBatch, Scheduler
-from .engine.sequence import Sequence
-from .loader import open_model
-from .model_runner import ModelRunner
-from .platform import resolve
-from .sampler import Sampler, logprob_entries, make_generator
-from .sampling_params import SamplingParams
+from ascend_common.errors import UserError
+from ascend_common.sizes import parse_size
+from runtime.detokenizer import IncrementalDetokenizer
+from runtime.engine.block_manager import BlockManager
+from runtime.engine.model_runner import ModelRunner
+from runtime.engine.sampler import Sampler, logprob_entries, make_generator
+from runtime.engine.scheduler import ScheduledBatch, Scheduler
+from runtime.engine.sequence import Sequence
+from runtime.model.loader import open_model
+from runtime.platform import resolve
+from runtime.sampling_params import SamplingParams
 
 log = logging.getLogger("runtime")
 GiB = 1 << 30
@@ -67,23 +67,6 @@ class _Request:
     prompt_logprobs: list[dict[int, float] | None] | None = None
 
 
-def parse_memory(value: int | str | None, default: int) -> int:
-    """Bytes from an int or a string such as `2GiB`, `512MiB`, `1.5GB`."""
-    if value is None:
-        return default
-    if isinstance(value, int):
-        return value
-    units = {"gib": GiB, "mib": 1 << 20, "kib": 1 << 10, "gb": 10**9, "mb": 10**6, "kb": 10**3, "b": 1}
-    text = value.strip().lower()
-    for unit, size in units.items():
-        if text.endswith(unit):
-            try:
-                return int(float(text[: -len(unit)]) * size)
-            except ValueError:
-                break
-    raise UserError(f"kv_cache_memory {value!r}: expected bytes or a size such as 2GiB or 512MiB")
-
-
 def compute_dtype(requested: str | None, weights: str, platform: str) -> str:
     """The dtype a model runs in: the one asked for, else its weights' — except fp16 weights on a CPU,
     computed in fp32 (torch has no fast fp16 matmul on CPUs: SmolLM2 decodes ~60x slower in fp16 than
@@ -117,13 +100,14 @@ class LLMEngine:
         self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.tokenizer = load_tokenizer(Path(model), trust_remote_code)
         if tensor_parallel_size > 1 or ckpt.packed:
-            from .tp_executor import TPExecutor
+            from runtime.engine.tp_executor import TPExecutor
 
             self.runner = TPExecutor(Path(model), ckpt, tensor_parallel_size, self.platform.device, name, block_size,
                                      self.platform.kernels())
         else:
             self.runner = ModelRunner(ckpt, self.platform.device, self.dtype, block_size, self.platform.kernels())
-        budget = parse_memory(kv_cache_memory, DEFAULT_KV_CACHE_MEMORY)
+        budget = DEFAULT_KV_CACHE_MEMORY if kv_cache_memory is None else parse_size(
+            kv_cache_memory, f"kv_cache_memory {kv_cache_memory!r}: expected bytes or a size such as 2GiB or 512MiB")
         self.max_blocks = budget // self.runner.block_bytes
         if self.max_blocks < 1:
             raise UserError(f"kv_cache_memory {budget} bytes holds no KV block (one is {self.runner.block_bytes} bytes)")
@@ -322,7 +306,7 @@ def load_tokenizer(model: Path, trust_remote_code: bool = False):
     A tokenizer that is remote code runs only with trust_remote_code."""
     from transformers import AutoTokenizer
 
-    from ascend_convert.hf_model import pretrained_args
+    from ascend_common.model_paths import pretrained_args
 
     try:
         return AutoTokenizer.from_pretrained(**pretrained_args(model), trust_remote_code=trust_remote_code)

@@ -29,6 +29,7 @@ SOCS: dict[str, SocProfile] = {
     )
 }
 
+SOC_CHOICES = tuple(SOCS)
 DTYPE_CHOICES = ("auto", "float16", "bfloat16", "float32")
 
 

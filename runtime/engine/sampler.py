@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sampling_params import SamplingParams
+from runtime.sampling_params import SamplingParams
 
 
 @dataclass

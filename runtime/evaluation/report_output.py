@@ -13,7 +13,7 @@ import click
 
 def emit_report(report: dict[str, Any], as_json: bool, output: Path | None,
                 printer: Callable[[dict[str, Any]], None]) -> None:
-    from ascend_convert.manifest import write_text_atomic
+    from ascend_common.atomic_write import write_text_atomic
 
     text = json.dumps(report, indent=2)
     if output is not None:

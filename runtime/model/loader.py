@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ascend_common.errors import UserError
 from ascend_convert.arch import (
     FUSED_ROLES,
     ArchSpec,
@@ -22,15 +23,13 @@ from ascend_convert.arch import (
     canonical_tensors,
     find_spec,
 )
-from ascend_convert.errors import UserError
 from ascend_convert.quant_layout import DESCRIPTION_NAME, LINEAR_ROLES
 from ascend_convert.quantize import loaded_deq_scale
 from ascend_convert.readers import CheckpointReader, open_checkpoint, read_config
 from ascend_convert.tp_layout import canonical_of, from_nz, parameter_for, rank_tensors
-
-from .model import CausalLM
-from .model_config import ModelConfig, model_config, tp_config
-from .quant_linear import PER_TENSOR, QUANT_SUFFIXES, QuantScheme
+from runtime.layers.quant_linear import PER_TENSOR, QUANT_SUFFIXES, QuantScheme
+from runtime.model.config import ModelConfig, model_config, tp_config
+from runtime.model.decoder import CausalLM
 
 
 @dataclass
