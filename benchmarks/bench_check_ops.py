@@ -7,9 +7,9 @@ every aten op classified against torch_npu 2.14.0, and the fusion report made.
 
 Each run is the real console script in a fresh child process (imports included, as a user pays
 them); wall time from spawn to exit and the peak RSS of the process tree (polled every 20 ms, with
-the kernel's ru_maxrss as a cross-check) come from bench_convert's `measure`. Targets (issue 3):
-7B <= 10 s, 70B <= 60 s, peak RSS < 2 GB. Medians of --reps runs (default 3); a table on stdout and
-`<workdir>/bench_check_ops.json`.
+the kernel's ru_maxrss as a cross-check) come from `measure` in process_measure.py, as in
+bench_convert. Targets (issue 3): 7B <= 10 s, 70B <= 60 s, peak RSS < 2 GB. Medians of --reps runs
+(default 3); a table on stdout and `<workdir>/bench_check_ops.json`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_convert import GB, measure  # a sibling script, not a package
+from process_measure import GB, measure  # a sibling module: the script's folder is on sys.path
 
 CONFIGS = {
     "Llama-2-7B": ({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout first: its packages, fixtures/
+
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "The three primary colors are",
            "Water boils at a temperature of", "Once upon a time, there was", "The best way to learn a language is",
            "In computer science, a linked list", "The sun rises in the"]
@@ -45,7 +47,6 @@ DECODE_PROMPT, DECODE_TOKENS = 128, 64
 
 
 def setup(workdir: Path) -> tuple[Path, dict[str, Path]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from ascend_common.smollm2 import smollm2_gguf
 
     gguf = smollm2_gguf()

@@ -25,14 +25,15 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout first: its packages, fixtures/
+
 NEW_TOKENS, PROMPT_LEN = 64, 64
 WORKLOADS = {"1 request": 1, "16 requests": 16}
 
 
 def setup(workdir: Path) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from ascend_common.smollm2 import smollm2_gguf
-    from fixtures import checkpoints as fx
+    import fixtures as fx
 
     llama = fx.build("llama", workdir / "fixtures", "safetensors")
     smol = workdir / "smollm2-bf16"
