@@ -34,14 +34,17 @@ def open_runtime(path: Path):
 
 
 def build_runtime_model(ckpt, dtype: str) -> torch.nn.Module:
-    """`CausalLM` on the meta device in `dtype`, as the model runner builds it (RoPE table kept fp32)."""
+    """`CausalLM` on the meta device in `dtype`, as the model runner builds it (RoPE table kept fp32),
+    its quantized linears calling torch_npu's kernels as traceable stand-ins."""
     from runtime.model.decoder import CausalLM, inverse_frequencies
+
+    from .npu_stand_ins import tracing_kernels
 
     where = ckpt.path / "config.json" if ckpt.path.is_dir() else ckpt.path
     try:
         inv_freq, scaling = inverse_frequencies(ckpt.config, ckpt.raw_config)
         with torch.device("meta"):
-            model = CausalLM(ckpt.config, inv_freq, scaling)
+            model = CausalLM(ckpt.config, inv_freq, scaling, tracing_kernels())
         model = model.to_empty(device="meta").to(getattr(torch, dtype))
     except Exception as exc:  # noqa: BLE001 - a config the runtime's model cannot be built from
         raise UserError(f"{where}: the runtime cannot build its model from it "
@@ -99,12 +102,9 @@ def export_step(model: torch.nn.Module, what: str, batch: int, new_tokens: int,
         hidden = forward(input_ids, meta, list(zip(k_caches, v_caches)))
         return model.logits(hidden[rows])
 
-    from .npu_stand_ins import tracing_npu_kernels
-
     model.forward = step
     try:
-        with tracing_npu_kernels():  # quantized linears: the torch_npu kernels an NPU runs
-            return export(model, args, None, what, model)
+        return export(model, args, None, what, model)
     finally:
         del model.forward
 
