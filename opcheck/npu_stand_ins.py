@@ -10,11 +10,14 @@ under torch_npu's names, and the classifier looks those names up in the manifest
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import dataclasses
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from runtime.layers.fused_ops import Kernels
 
 NAMESPACE = "ascendkit_npu"
 
@@ -68,14 +71,9 @@ KERNELS = SimpleNamespace(npu_weight_quant_batchmatmul=_weight_quant_batchmatmul
                           npu_quantize=_quantize_call, npu_quant_matmul=_quant_matmul_call)
 
 
-@contextlib.contextmanager
-def tracing_npu_kernels() -> Iterator[None]:
-    """While tracing, quantized linears take their NPU path with these stand-ins."""
-    from runtime.layers import quant_linear
+def tracing_kernels() -> Kernels:
+    """The kernels of a model check_ops traces: the plain element-wise ones (what the runtime runs by
+    default), and these stand-ins as its quantized matmuls, so quantized linears take their NPU path."""
+    from runtime.layers.fused_ops import PLAIN
 
-    previous = quant_linear.TRACE_NPU_KERNELS
-    quant_linear.TRACE_NPU_KERNELS = KERNELS
-    try:
-        yield
-    finally:
-        quant_linear.TRACE_NPU_KERNELS = previous
+    return dataclasses.replace(PLAIN, npu_quant=KERNELS)

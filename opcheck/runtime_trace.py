@@ -2,11 +2,13 @@
 one step `model(input_ids, meta, kv_caches)` with paged attention over per-layer KV caches
 `[num_blocks, block_size, kv_heads, head_dim]`, then `model.logits(hidden[rows])`.
 
-Built as `runtime.model_runner.ModelRunner` builds it, on the meta device: `open_model` reads only
-the config and the tensor names (no weights; a GGUF's metadata, tokenizer included, is parsed whole).
-Two steps are exported: a prefill (B sequences × seq_len new tokens, nothing cached) and a decode
-(B sequences × 1 new token after seq_len cached ones). The caches are inputs of the exported step:
-`paged_attention` writes them in place (`index_copy_`), which torch.export keeps as an input mutation.
+The model, the steps' inputs and the caches come from the model runner's own functions
+(`runtime.engine.model_runner`: `build_model`, `prepare_step`, `kv_caches`), on the meta device:
+`open_model` reads only the config and the tensor names (no weights; a GGUF's metadata, tokenizer
+included, is parsed whole). Two steps are exported: a prefill (B sequences × seq_len new tokens,
+nothing cached) and a decode (B sequences × 1 new token after seq_len cached ones). The caches are
+inputs of the exported step: `paged_attention` writes them in place (`index_copy_`), which
+torch.export keeps as an input mutation.
 """
 
 from __future__ import annotations
@@ -34,49 +36,39 @@ def open_runtime(path: Path):
 
 
 def build_runtime_model(ckpt, dtype: str) -> torch.nn.Module:
-    """`CausalLM` on the meta device in `dtype`, as the model runner builds it (RoPE table kept fp32)."""
-    from runtime.model.decoder import CausalLM, inverse_frequencies
+    """`CausalLM` on the meta device in `dtype`, built by the model runner's `build_model` (RoPE table
+    kept fp32), its quantized linears calling torch_npu's kernels as traceable stand-ins."""
+    from runtime.engine.model_runner import build_model
+
+    from .npu_stand_ins import tracing_kernels
 
     where = ckpt.path / "config.json" if ckpt.path.is_dir() else ckpt.path
     try:
-        inv_freq, scaling = inverse_frequencies(ckpt.config, ckpt.raw_config)
-        with torch.device("meta"):
-            model = CausalLM(ckpt.config, inv_freq, scaling)
-        model = model.to_empty(device="meta").to(getattr(torch, dtype))
+        model = build_model(ckpt, torch.device("meta"), getattr(torch, dtype), tracing_kernels())
     except Exception as exc:  # noqa: BLE001 - a config the runtime's model cannot be built from
         raise UserError(f"{where}: the runtime cannot build its model from it "
                         f"({type(exc).__name__}: {first_line(exc)})") from None
     return model.eval()
 
 
-def _meta(shape: tuple[int, ...], dtype: torch.dtype = torch.long) -> torch.Tensor:
-    return torch.zeros(shape, dtype=dtype, device="meta")
-
-
 def step_inputs(model: torch.nn.Module, batch: int, new_tokens: int, cached: int) -> tuple[tuple, int]:
     """(example inputs of one step, max_context_len): `batch` sequences of `new_tokens` new tokens
-    after `cached` cached ones each, shaped as `ModelRunner.prepare` shapes them (T = batch ×
-    new_tokens flat tokens; padded [B, max_q] query tables; [B, max_blocks] block tables)."""
-    cfg = model.cfg
-    context = cached + new_tokens
-    blocks = -(-context // BLOCK_SIZE)
-    tokens = batch * new_tokens
-    dtype = next(model.parameters()).dtype
-    cache = (batch * blocks, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim)
-    layers = range(cfg.num_layers)
-    args = (
-        _meta((tokens,)),  # input_ids
-        _meta((tokens,)),  # positions
-        _meta((tokens,)),  # slot_mapping
-        _meta((batch, new_tokens)),  # query_index
-        _meta((tokens,)),  # output_rows
-        _meta((batch, new_tokens)),  # query_positions
-        _meta((batch, blocks)),  # block_tables
-        _meta((batch,)),  # rows that sample: each sequence's last token
-        [_meta(cache, dtype) for _ in layers],  # k caches
-        [_meta(cache, dtype) for _ in layers],  # v caches
-    )
-    return args, context
+    after `cached` cached ones each, laid out by the model runner's `prepare_step` on meta (T = batch
+    × new_tokens flat tokens; padded [B, max_q] query tables; [B, max_blocks] block tables), as flat
+    tensors, with the KV caches the runner would allocate for them."""
+    from runtime.engine.model_runner import kv_caches, prepare_step, uniform_batch
+
+    meta_device = torch.device("meta")
+    step = uniform_batch(batch, new_tokens, cached, BLOCK_SIZE)
+    ids, meta, rows, _ = prepare_step(step, BLOCK_SIZE, meta_device)
+    (group,) = meta.groups  # every sequence runs as many tokens: one group
+    num_blocks = sum(len(seq.block_table) for seq in step.seqs)
+    caches = kv_caches(model.cfg, num_blocks, BLOCK_SIZE, next(model.parameters()).dtype, meta_device)
+    args = (ids, meta.positions, meta.slot_mapping, group.query_index, group.output_rows, group.query_positions,
+            group.block_tables,
+            torch.tensor(rows, device=meta_device),  # rows that sample: each sequence's last token
+            [k for k, _ in caches], [v for _, v in caches])
+    return args, group.max_context_len
 
 
 def export_step(model: torch.nn.Module, what: str, batch: int, new_tokens: int,
@@ -99,12 +91,9 @@ def export_step(model: torch.nn.Module, what: str, batch: int, new_tokens: int,
         hidden = forward(input_ids, meta, list(zip(k_caches, v_caches)))
         return model.logits(hidden[rows])
 
-    from .npu_stand_ins import tracing_npu_kernels
-
     model.forward = step
     try:
-        with tracing_npu_kernels():  # quantized linears: the torch_npu kernels an NPU runs
-            return export(model, args, None, what, model)
+        return export(model, args, None, what, model)
     finally:
         del model.forward
 

@@ -52,6 +52,18 @@ class RequestOutput:
     prompt_logprobs: list[dict[int, float] | None] | None = None
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine serves, fixed once it is built: what the server's /v1/models and its start-up
+    line report, read without touching the scheduler or the model."""
+
+    max_model_len: int
+    vocab_size: int
+    dtype: str  # the compute dtype: float32, float16 or bfloat16
+    device: str  # the platform's name: cpu, cuda or npu
+    max_num_seqs: int
+
+
 @dataclass
 class _Request:
     seq: Sequence
@@ -275,7 +287,15 @@ class LLMEngine:
             prompt_logprobs=list(request.prompt_logprobs) if request.prompt_logprobs is not None else None)
 
     # -- what the server and benchmarks report ------------------------------------------------------
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(max_model_len=self.max_model_len, vocab_size=self.config.vocab_size,
+                          dtype=str(self.dtype).removeprefix("torch."), device=self.platform.name,
+                          max_num_seqs=self.scheduler.max_num_seqs)
+
     def stats(self) -> dict:
+        """Counts the server's /metrics and the benchmarks report: running and waiting requests, the
+        KV pool's use, prefix-cache lookups and hits, preemptions, tokens in and out, device memory."""
         bm = self.block_manager
         return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting,
                 "kv_cache_usage": bm.usage(), "kv_blocks_total": bm.num_blocks, "kv_blocks_free": bm.num_free_blocks,

@@ -1,6 +1,11 @@
 """Owns the model and its KV cache on the device, and runs one scheduled step: builds the flat token
 batch, slot mapping and block tables from the scheduler's sequences, runs the model, and returns the
-logits of the rows that sample (and of the prompt rows whose request asked for prompt logprobs)."""
+logits of the rows that sample (and of the prompt rows whose request asked for prompt logprobs).
+
+How the model is built (`build_model`), how a step's inputs are laid out (`prepare_step`) and how the
+KV cache is shaped (`kv_caches`) are functions of their own: check_ops (`opcheck.runtime_trace`)
+calls them to trace, on meta, exactly the model and the steps this runner runs.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ from dataclasses import dataclass, field
 import torch
 
 from runtime.engine.scheduler import ScheduledBatch
+from runtime.engine.sequence import Sequence
 from runtime.layers.attention import AttentionGroup, AttentionMetadata
 from runtime.layers.fused_ops import PLAIN, Kernels
+from runtime.model.config import ModelConfig
 from runtime.model.decoder import CausalLM, inverse_frequencies
 from runtime.model.loader import Checkpoint, load_weights
 
@@ -38,15 +45,111 @@ class StepLogits:
     prompt: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
 
 
+#: A prepared step: (input ids [T], attention metadata, row of each sampling sequence's last token in
+#: batch order, the prompt rows to score).
+PreparedStep = tuple[torch.Tensor, AttentionMetadata, list[int], list[PromptRows]]
+
+
+def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, kernels: Kernels = PLAIN) -> CausalLM:
+    """The checkpoint's `CausalLM` in `dtype`, its parameters allocated on `device` but not loaded
+    (`load_weights` fills every one; on meta, check_ops traces it as it is). Built on meta first, so
+    no weight is initialised only to be overwritten; RoPE keeps its fp32 table through `.to(dtype)`."""
+    inv_freq, scaling = inverse_frequencies(ckpt.config, ckpt.raw_config)
+    with torch.device("meta"):
+        model = CausalLM(ckpt.config, inv_freq, scaling, kernels)
+    return model.to_empty(device=device).to(dtype)
+
+
+def kv_caches(cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
+              device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's (keys, values) cache of `num_blocks` blocks: [num_blocks, block_size, kv_heads, head_dim]."""
+    shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(cfg.num_layers)]
+
+
+def uniform_batch(num_seqs: int, new_tokens: int, cached: int, block_size: int) -> ScheduledBatch:
+    """A step of `num_seqs` sequences, each running `new_tokens` new tokens after `cached` cached ones
+    (token id 0) on blocks of its own: a prefill when `cached` is 0, a decode when `new_tokens` is 1.
+    check_ops traces one of each."""
+    from runtime.sampling_params import SamplingParams
+
+    blocks = -(-(cached + new_tokens) // block_size)
+    seqs = []
+    for k in range(num_seqs):
+        seq = Sequence([0] * (cached + new_tokens), SamplingParams(max_tokens=1))
+        seq.num_computed_tokens = cached
+        seq.block_table = list(range(k * blocks, (k + 1) * blocks))
+        seqs.append(seq)
+    return ScheduledBatch(seqs, [new_tokens] * num_seqs)
+
+
+def prepare_step(batch: ScheduledBatch, block_size: int, device: torch.device) -> PreparedStep:
+    """(input ids [T], attention metadata, row of each sampling sequence's last token in batch
+    order, the prompt rows to score), the tensors on `device`. Decode tokens are laid out first and
+    prefill chunks after them: two attention groups, so no decode row is padded to a prefill chunk's
+    length."""
+    bs = block_size
+    lengths = batch.num_new_tokens
+    decodes = [i for i, n in enumerate(lengths) if n == 1]
+    prefills = [i for i, n in enumerate(lengths) if n > 1]
+    ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    starts: dict[int, int] = {}
+    for i in decodes + prefills:
+        seq, n = batch.seqs[i], lengths[i]
+        start = seq.num_computed_tokens
+        starts[i] = len(ids)
+        ids.extend(seq.token_ids[start:start + n])
+        span = range(start, start + n)
+        positions.extend(span)
+        slots.extend(seq.block_table[p // bs] * bs + p % bs for p in span)
+    sample_rows = [starts[i] + lengths[i] - 1 for i in range(len(lengths)) if batch.samples(i)]
+    groups = [_group(batch, members, starts, positions, bs, device) for members in (decodes, prefills) if members]
+    meta = AttentionMetadata(positions=_tensor(positions, device), slot_mapping=_tensor(slots, device), groups=groups)
+    return _tensor(ids, device), meta, sample_rows, _prompt_rows(batch, starts)
+
+
+def _prompt_rows(batch: ScheduledBatch, starts: dict[int, int]) -> list[PromptRows]:
+    """Rows whose next token is still a prompt token, for requests that asked for prompt logprobs."""
+    out = []
+    for i, seq in enumerate(batch.seqs):
+        if seq.params.prompt_logprobs is None:
+            continue
+        first = seq.num_computed_tokens
+        count = min(first + batch.num_new_tokens[i], seq.num_prompt_tokens - 1) - first
+        if count > 0:
+            out.append(PromptRows(i, starts[i], first, count))
+    return out
+
+
+def _tensor(data, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    return torch.tensor(data, dtype=dtype).to(device, non_blocking=True)
+
+
+def _group(batch: ScheduledBatch, members: list[int], starts: dict[int, int], positions: list[int],
+           bs: int, device: torch.device) -> AttentionGroup:
+    lengths = [batch.num_new_tokens[i] for i in members]
+    firsts = [starts[i] for i in members]
+    contexts = [batch.seqs[i].num_computed_tokens + n for i, n in zip(members, lengths)]
+    tables = [batch.seqs[i].block_table[:(c + bs - 1) // bs] for i, c in zip(members, contexts)]
+    max_q, max_blocks = max(lengths), max(len(t) for t in tables)
+    return AttentionGroup(
+        query_index=_tensor([[s + j if j < n else 0 for j in range(max_q)] for s, n in zip(firsts, lengths)], device),
+        output_rows=_tensor([k * max_q + j for k, n in enumerate(lengths) for j in range(n)], device),
+        query_positions=_tensor([[positions[s + j] if j < n else 0 for j in range(max_q)]
+                                 for s, n in zip(firsts, lengths)], device),
+        block_tables=_tensor([t + [0] * (max_blocks - len(t)) for t in tables], device),
+        max_context_len=max(contexts))
+
+
 class ModelRunner:
     def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, block_size: int,
                  kernels: Kernels = PLAIN) -> None:
         cfg = ckpt.config
         self.cfg, self.device, self.dtype, self.block_size = cfg, device, dtype, block_size
-        inv_freq, scaling = inverse_frequencies(cfg, ckpt.raw_config)
-        with torch.device("meta"):
-            model = CausalLM(cfg, inv_freq, scaling, kernels)
-        model = model.to_empty(device=device).to(dtype)  # every weight is filled below; RoPE keeps its table
+        model = build_model(ckpt, device, dtype, kernels)
         load_weights(model, ckpt)
         self.model = model.eval()
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -60,77 +163,21 @@ class ModelRunner:
 
     def allocate(self, num_blocks: int) -> None:
         """Add `num_blocks` blocks to every layer's cache (the first call allocates it)."""
-        cfg = self.cfg
-        shape = (num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
-        fresh = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                  torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(cfg.num_layers)]
+        fresh = kv_caches(self.cfg, num_blocks, self.block_size, self.dtype, self.device)
         if self.kv_caches:
             fresh = [(torch.cat((k, nk)), torch.cat((v, nv))) for (k, v), (nk, nv) in zip(self.kv_caches, fresh)]
         self.kv_caches = fresh
         self.num_blocks += num_blocks
 
-    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata, list[int], list[PromptRows]]:
-        """(input ids [T], attention metadata, row of each sampling sequence's last token in batch
-        order, the prompt rows to score). Decode tokens are laid out first and prefill chunks after them: two attention groups,
-        so no decode row is padded to a prefill chunk's length."""
-        bs = self.block_size
-        lengths = batch.num_new_tokens
-        decodes = [i for i, n in enumerate(lengths) if n == 1]
-        prefills = [i for i, n in enumerate(lengths) if n > 1]
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        starts: dict[int, int] = {}
-        for i in decodes + prefills:
-            seq, n = batch.seqs[i], lengths[i]
-            start = seq.num_computed_tokens
-            starts[i] = len(ids)
-            ids.extend(seq.token_ids[start:start + n])
-            span = range(start, start + n)
-            positions.extend(span)
-            slots.extend(seq.block_table[p // bs] * bs + p % bs for p in span)
-        sample_rows = [starts[i] + lengths[i] - 1 for i in range(len(lengths)) if batch.samples(i)]
-        groups = [self._group(batch, members, starts, positions) for members in (decodes, prefills) if members]
-        meta = AttentionMetadata(positions=self._tensor(positions), slot_mapping=self._tensor(slots), groups=groups)
-        return self._tensor(ids), meta, sample_rows, self._prompt_rows(batch, starts)
-
-    @staticmethod
-    def _prompt_rows(batch: ScheduledBatch, starts: dict[int, int]) -> list[PromptRows]:
-        """Rows whose next token is still a prompt token, for requests that asked for prompt logprobs."""
-        out = []
-        for i, seq in enumerate(batch.seqs):
-            if seq.params.prompt_logprobs is None:
-                continue
-            first = seq.num_computed_tokens
-            count = min(first + batch.num_new_tokens[i], seq.num_prompt_tokens - 1) - first
-            if count > 0:
-                out.append(PromptRows(i, starts[i], first, count))
-        return out
-
-    def _tensor(self, data, dtype=torch.long) -> torch.Tensor:
-        return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
-
-    def _group(self, batch: ScheduledBatch, members: list[int], starts: dict[int, int],
-               positions: list[int]) -> AttentionGroup:
-        bs = self.block_size
-        lengths = [batch.num_new_tokens[i] for i in members]
-        firsts = [starts[i] for i in members]
-        contexts = [batch.seqs[i].num_computed_tokens + n for i, n in zip(members, lengths)]
-        tables = [batch.seqs[i].block_table[:(c + bs - 1) // bs] for i, c in zip(members, contexts)]
-        max_q, max_blocks = max(lengths), max(len(t) for t in tables)
-        return AttentionGroup(
-            query_index=self._tensor([[s + j if j < n else 0 for j in range(max_q)] for s, n in zip(firsts, lengths)]),
-            output_rows=self._tensor([k * max_q + j for k, n in enumerate(lengths) for j in range(n)]),
-            query_positions=self._tensor([[positions[s + j] if j < n else 0 for j in range(max_q)]
-                                          for s, n in zip(firsts, lengths)]),
-            block_tables=self._tensor([t + [0] * (max_blocks - len(t)) for t in tables]),
-            max_context_len=max(contexts))
+    def prepare(self, batch: ScheduledBatch) -> PreparedStep:
+        """`prepare_step` on this runner's block size and device."""
+        return prepare_step(batch, self.block_size, self.device)
 
     def run(self, batch: ScheduledBatch) -> StepLogits:
         return self.execute(self.prepare(batch))
 
     @torch.inference_mode()
-    def execute(self, prepared: tuple[torch.Tensor, AttentionMetadata, list[int], list[PromptRows]]) -> StepLogits:
+    def execute(self, prepared: PreparedStep) -> StepLogits:
         """Run a prepared step (under tensor parallel every rank runs the one rank 0 prepared)."""
         ids, meta, rows, prompt = prepared
         hidden = self.model(ids, meta, self.kv_caches)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +39,35 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+class NpuQuantOps(Protocol):
+    """torch_npu's quantized matmuls, as `QuantLinear` calls them (the torch_npu module itself fits)."""
+
+    def npu_weight_quant_batchmatmul(self, x: torch.Tensor, weight: torch.Tensor, antiquant_scale: torch.Tensor,
+                                     antiquant_offset: torch.Tensor, bias: torch.Tensor | None = None
+                                     ) -> torch.Tensor: ...
+
+    def npu_quantize(self, x: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, dtype: torch.dtype,
+                     axis: int = -1, div_mode: bool = True) -> torch.Tensor: ...
+
+    def npu_quant_matmul(self, x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor,
+                         bias: torch.Tensor | None = None, output_dtype: torch.dtype | None = None
+                         ) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class Kernels:
+    """The functions the model's layers call for these patterns, chosen once and handed to every layer.
+
+    `npu_quant`, when given, are the quantized matmuls `QuantLinear` calls on its NPU path whatever
+    device its weights are on: check_ops passes traceable stand-ins of torch_npu's kernels, so a model
+    built on meta traces what an NPU runs. None (serving): torch_npu's own, imported when the weights
+    are on an NPU."""
+
     rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
     rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     swiglu: Callable[[torch.Tensor], torch.Tensor]
     name: str = "plain"
+    npu_quant: NpuQuantOps | None = None
 
 
 PLAIN = Kernels(rms_norm, rotary, swiglu)

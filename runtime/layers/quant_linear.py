@@ -27,15 +27,12 @@ from torch import nn
 
 from ascend_convert.quant_layout import DESCRIPTION_NAME
 from ascend_convert.quantize import stored_deq_scale
+from runtime.layers.fused_ops import PLAIN, Kernels
 
 #: Tensors a quantized linear has besides `weight` and `bias`, as msModelSlim names them.
 QUANT_SUFFIXES = ("weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale", "quant_bias")
 PER_TENSOR = ("input_scale", "input_offset")  # one value for the layer, not one per output row
 _FLOAT32 = ("weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale")
-#: Set (by `opcheck.npu_stand_ins.tracing_npu_kernels`) while check_ops traces the runtime model: an
-#: object with torch_npu's quantized kernels as traceable stand-ins, so the traced graph is the path an
-#: NPU runs (`_npu_prepare` + `_npu_forward`), whatever device the model is built on.
-TRACE_NPU_KERNELS = None
 
 
 @dataclass(frozen=True)
@@ -64,9 +61,12 @@ class QuantScheme:
 
 
 class QuantLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, scheme: QuantScheme) -> None:
+    """An int8 linear; which NPU kernels it calls comes with the model's `Kernels` (see `npu_quant`)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, scheme: QuantScheme,
+                 kernels: Kernels = PLAIN) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
+        self.in_features, self.out_features, self.scheme, self.kernels = in_features, out_features, scheme, kernels
         groups = in_features // scheme.group_size if scheme.group_size else 1
 
         def frozen(*shape: int, dtype: torch.dtype = torch.float32) -> nn.Parameter:
@@ -95,7 +95,7 @@ class QuantLinear(nn.Module):
     def _npu_prepare(self, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
         """torch_npu's operands (vllm-ascend's process_weights_after_loading), or None where its
         kernels do not apply (not on an NPU; per-group W8A16)."""
-        on_npu = self.weight.device.type == "npu" or TRACE_NPU_KERNELS is not None
+        on_npu = self.weight.device.type == "npu" or self.kernels.npu_quant is not None
         if not on_npu or (self.scheme.kind == "W8A16" and self.weight_scale.shape[1] != 1):
             return None
         prepared = {"npu_weight": self.weight.t().contiguous()}
@@ -112,7 +112,7 @@ class QuantLinear(nn.Module):
     def _prepare(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """What forward needs, derived once from the loaded tensors (in the activations' dtype)."""
         key = f"{dtype}"
-        if TRACE_NPU_KERNELS is not None:  # a trace's tensors are fakes: nothing to keep
+        if self.kernels.npu_quant is not None:  # check_ops' stand-ins trace fakes: nothing to keep
             return self._npu_prepare(dtype) or self._host_prepare(dtype)
         if key not in self._prepared:
             self._prepared = {key: self._npu_prepare(dtype) or self._host_prepare(dtype)}
@@ -149,9 +149,8 @@ class QuantLinear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
     def _npu_forward(self, x: torch.Tensor, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
-        if TRACE_NPU_KERNELS is not None:
-            torch_npu = TRACE_NPU_KERNELS
-        else:
+        torch_npu = self.kernels.npu_quant
+        if torch_npu is None:
             import torch_npu
 
         if self.scheme.kind == "W8A16":

@@ -66,13 +66,13 @@ class Rotary(nn.Module):
         return ((emb.cos() * self.scaling).to(dtype).unsqueeze(1), (emb.sin() * self.scaling).to(dtype).unsqueeze(1))
 
 
-def linear(cfg: ModelConfig, in_features: int, out_features: int, bias: bool) -> nn.Module:
-    """A projection: float, or int8 when the checkpoint is msModelSlim's quantized layout."""
+def linear(cfg: ModelConfig, in_features: int, out_features: int, bias: bool, kernels: Kernels) -> nn.Module:
+    """A projection: float, or int8 when the checkpoint is msModelSlim's quantized layout (see `QuantLinear`)."""
     if cfg.quant is None:
         return nn.Linear(in_features, out_features, bias=bias)
     from runtime.layers.quant_linear import QuantLinear
 
-    return QuantLinear(in_features, out_features, bias, cfg.quant)
+    return QuantLinear(in_features, out_features, bias, cfg.quant, kernels)
 
 
 class Attention(nn.Module):
@@ -80,8 +80,8 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.kernels = kernels
-        self.qkv = linear(cfg, cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, cfg.qkv_bias)
-        self.o = linear(cfg, cfg.q_size, cfg.hidden_size, cfg.o_bias)
+        self.qkv = linear(cfg, cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, cfg.qkv_bias, kernels)
+        self.o = linear(cfg, cfg.q_size, cfg.hidden_size, cfg.o_bias, kernels)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, kernels)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, kernels)
@@ -102,8 +102,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, kernels: Kernels) -> None:
         super().__init__()
-        self.gate_up = linear(cfg, cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias)
-        self.down = linear(cfg, cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
+        self.gate_up = linear(cfg, cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias, kernels)
+        self.down = linear(cfg, cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, kernels)
         self.kernels = kernels
         self.cfg = cfg
 

@@ -138,12 +138,12 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None) 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> dict:
         # max_model_len as vLLM reports it; under "ascendkit", what `smoke` and `bench --server` need
-        llm = engine.engine
+        info = engine.info
         return {"object": "list", "data": [{
             "id": model_name, "object": "model", "created": created, "owned_by": "ascendkit",
-            "max_model_len": llm.max_model_len,
-            "ascendkit": {"vocab_size": llm.config.vocab_size, "dtype": str(llm.dtype).removeprefix("torch."),
-                          "device": llm.platform.name, "max_num_seqs": llm.scheduler.max_num_seqs}}]}
+            "max_model_len": info.max_model_len,
+            "ascendkit": {"vocab_size": info.vocab_size, "dtype": info.dtype, "device": info.device,
+                          "max_num_seqs": info.max_num_seqs}}]}
 
     @app.get("/health")
     async def health() -> Response:

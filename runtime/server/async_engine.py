@@ -18,11 +18,34 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from runtime.engine.llm_engine import LLMEngine, RequestOutput
+from runtime.engine.llm_engine import EngineInfo, RequestOutput
 from runtime.sampling_params import SamplingParams
 
 log = logging.getLogger("runtime.server")
+
+
+class ServedEngine(Protocol):
+    """All the server uses of an engine (`LLMEngine` is one): the server reaches no further in, so
+    nothing on the HTTP side can touch the scheduler, the block manager or the model runner."""
+
+    tokenizer: Any  # a transformers tokenizer, or None
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    def check_request(self, ids: list[int], params: SamplingParams) -> None: ...
+
+    def add_request(self, prompt: list[int], params: SamplingParams | None = None) -> int: ...
+
+    def abort(self, request_id: int) -> None: ...
+
+    def has_unfinished(self) -> bool: ...
+
+    def step(self) -> list[RequestOutput]: ...
+
+    def stats(self) -> dict: ...
 
 
 class QueueFull(Exception):
@@ -54,13 +77,17 @@ class RequestStream:
 class AsyncEngine:
     """Runs `engine.step()` in a loop on a daemon thread while any request is unfinished.
 
+    The server sees the engine only through this object: `info` and `tokenizer` (fixed once built),
+    `check_request`, `submit`/`outputs`/`abort`, and `stats()`.
     `on_finish(stream, output)` is called on the engine thread for each request that ends, with None
     for an aborted one (for the server's latency histograms)."""
 
-    def __init__(self, engine: LLMEngine, max_queue: int,
+    def __init__(self, engine: ServedEngine, max_queue: int,
                  on_finish: Callable[[RequestStream, RequestOutput | None], None] | None = None) -> None:
-        self.engine = engine
-        self.capacity = engine.scheduler.max_num_seqs + max_queue
+        self._engine = engine
+        self.info: EngineInfo = engine.info
+        self.tokenizer = engine.tokenizer
+        self.capacity = self.info.max_num_seqs + max_queue
         self.on_finish = on_finish
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -79,8 +106,13 @@ class AsyncEngine:
             self._wake.notify()
 
     # -- the event loop's side ------------------------------------------------------------------
+    def check_request(self, ids: list[int], params: SamplingParams) -> None:
+        """The engine's `check_request` (ValueError if it cannot be served): it reads only the config
+        and the tokenizer, so the event loop calls it while a step runs."""
+        self._engine.check_request(ids, params)
+
     def submit(self, prompts: list[list[int]], params: SamplingParams) -> list[RequestStream]:
-        """Queue one request per prompt (each checked with `engine.check_request`), all or none:
+        """Queue one request per prompt (each checked with `check_request`), all or none:
         QueueFull if they do not all fit, EngineDead after a failed step."""
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         streams = [RequestStream(ids, params, loop, queue) for ids in prompts]
@@ -138,7 +170,7 @@ class AsyncEngine:
         own work is light."""
         while True:
             with self._wake:
-                while not (self._inbox or self._aborts or self._stopping or self.engine.has_unfinished()):
+                while not (self._inbox or self._aborts or self._stopping or self._engine.has_unfinished()):
                     self._wake.wait()
                 if self._stopping:
                     return
@@ -147,9 +179,9 @@ class AsyncEngine:
             try:
                 self._admit(inbox)
                 self._abort(aborts)
-                if self.engine.has_unfinished():
-                    self._deliver(self.engine.step())
-                self.snapshot = self.engine.stats()
+                if self._engine.has_unfinished():
+                    self._deliver(self._engine.step())
+                self.snapshot = self._engine.stats()
             except Exception as exc:
                 log.exception("engine step failed; the server takes no more requests")
                 self._die(f"engine step failed: {type(exc).__name__}: {exc}")
@@ -158,7 +190,7 @@ class AsyncEngine:
     def _admit(self, inbox: list[RequestStream]) -> None:
         for stream in inbox:
             try:
-                stream.request_id = self.engine.add_request(stream.prompt_token_ids, stream.params)
+                stream.request_id = self._engine.add_request(stream.prompt_token_ids, stream.params)
             except ValueError as exc:  # the server checked it first; only a race could get here
                 self._close(stream, exc)
                 continue
@@ -170,7 +202,7 @@ class AsyncEngine:
                 continue
             if stream.request_id is None:  # failed admission: already closed
                 continue
-            self.engine.abort(stream.request_id)
+            self._engine.abort(stream.request_id)
             self._live.pop(stream.request_id, None)
             if self.on_finish is not None:
                 self.on_finish(stream, None)

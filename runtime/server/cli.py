@@ -96,8 +96,9 @@ def serve_command(model: Path, host: str, port: int, api_key: str | None, served
         if not http.is_alive():
             raise UserError(f"the HTTP server on {host}:{where[1]} did not start")
         time.sleep(0.01)
-    click.echo(f"serving {name} on http://{shown}:{where[1]} (device {engine.engine.platform.name}, "
-               f"max_num_seqs {engine.engine.scheduler.max_num_seqs}, max_model_len {engine.engine.max_model_len})")
+    info = engine.info
+    click.echo(f"serving {name} on http://{shown}:{where[1]} (device {info.device}, "
+               f"max_num_seqs {info.max_num_seqs}, max_model_len {info.max_model_len})")
     sys.stdout.flush()
     engine.run()  # the engine on the main thread (see AsyncEngine.run), until uvicorn shuts down
     while http.is_alive():  # after a failed step the server still answers (500, /health 503)

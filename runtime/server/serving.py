@@ -50,14 +50,13 @@ class _Cursor:
 class OpenAIServing:
     def __init__(self, engine: AsyncEngine, model_name: str) -> None:
         self.engine = engine
-        self.llm = engine.engine
         self.model_name = model_name
-        self.tokenizer = self.llm.tokenizer
+        self.tokenizer = engine.tokenizer
 
     # -- prompts -----------------------------------------------------------------------------------
     def _check(self, ids: list[int], params: SamplingParams, param: str) -> list[int]:
         try:
-            self.llm.check_request(ids, params)
+            self.engine.check_request(ids, params)
         except ValueError as exc:
             raise RequestError(str(exc), param) from None
         return ids
@@ -197,7 +196,8 @@ class _Reply:
 
     def __init__(self, serving: OpenAIServing, prefix: str, kind: str, streams: list[RequestStream],
                  params: SamplingParams, tokens_as_ids: bool) -> None:
-        self.serving = serving
+        self.engine = serving.engine
+        self.model_name = serving.model_name
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.kind = kind
         self.created = int(time.time())
@@ -207,12 +207,12 @@ class _Reply:
 
     def abort(self) -> None:
         for stream in self.streams:
-            self.serving.engine.abort(stream)
+            self.engine.abort(stream)
 
     def body(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None, *,
              kind: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "object": kind or self.kind, "created": self.created,
-                                "model": self.serving.model_name, "choices": choices}
+                                "model": self.model_name, "choices": choices}
         if usage is not None:
             body["usage"] = usage
         return body
@@ -222,7 +222,7 @@ class _Reply:
         final: dict[int, RequestOutput] = {}
 
         async def gather() -> None:
-            async for index, out in self.serving.engine.outputs(self.streams):
+            async for index, out in self.engine.outputs(self.streams):
                 if out.finished:
                     final[index] = out
 
@@ -248,7 +248,7 @@ class _Reply:
             for i, text in enumerate(echo):
                 yield {**self.body([{"index": i, "text": text, "logprobs": None, "finish_reason": None}]),
                        **usage_field}
-        async for index, out in self.serving.engine.outputs(self.streams):
+        async for index, out in self.engine.outputs(self.streams):
             text, first = cursors[index].advance(out)
             if not text and not out.finished and out.logprobs is None:
                 continue
@@ -269,7 +269,7 @@ class _Reply:
         yield {**self.body([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                              "finish_reason": None}], kind=kind), **usage_field}
         final = None
-        async for _, out in self.serving.engine.outputs(self.streams):
+        async for _, out in self.engine.outputs(self.streams):
             text, first = cursor.advance(out)
             if not text and not out.finished and out.logprobs is None:
                 continue
