@@ -75,7 +75,8 @@ class RequestStream:
 
 
 class AsyncEngine:
-    """Runs `engine.step()` in a loop on a daemon thread while any request is unfinished.
+    """Runs `engine.step()` in a loop, while any request is unfinished, on the thread that calls
+    `run()` (the serve command's main thread; HTTP runs on another).
 
     The server sees the engine only through this object: `info` and `tokenizer` (fixed once built),
     `check_request`, `submit`/`outputs`/`abort`, and `stats()`.
