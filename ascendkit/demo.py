@@ -82,7 +82,7 @@ def _smoke(model: Path, prompts: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 def _bench(model: Path, live: bool) -> dict[str, Any]:
-    from runtime.evaluation.bench.command import run_bench
+    from runtime.evaluation.bench.runner import run_bench
 
     return run_bench(model, device="cpu", progress=live, **BENCH)
 

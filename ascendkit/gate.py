@@ -241,7 +241,7 @@ def stage_smoke(run: GateRun) -> None:
 
 def stage_sweep(run: GateRun, progress: bool) -> None:
     """The optional batch-size sweep: its table goes in the reports, its plot beside them."""
-    from runtime.evaluation.bench.command import run_bench
+    from runtime.evaluation.bench.runner import run_bench
 
     sweep = run.policy.sweep
     report = run_bench(run.converted, device=run.policy.runtime.device,

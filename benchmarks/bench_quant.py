@@ -90,12 +90,12 @@ def quality(dirs: dict[str, Path]) -> dict[str, dict]:
 
 
 def speed(dirs: dict[str, Path], gguf: Path, reps: int) -> dict[str, dict]:
-    from runtime.evaluation.bench.command import (
+    from runtime.evaluation.bench.systems import (
         BenchConfig,
         LlamaCppSystem,
         RuntimeSystem,
-        _available,
     )
+    from runtime.evaluation.bench.systems import unavailable_reason as _available
 
     rng = random.Random(0)
     prompt = [rng.randrange(100, 49000) for _ in range(DECODE_PROMPT)]

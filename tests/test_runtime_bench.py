@@ -9,13 +9,9 @@ import json
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from runtime.evaluation.bench.command import (
-    WORKLOADS,
-    Run,
-    print_report,
-    recommend,
-    summarize,
-)
+from runtime.evaluation.bench.figures import Run, recommend, summarize
+from runtime.evaluation.bench.report import print_report
+from runtime.evaluation.bench.workloads import WORKLOADS
 
 TINY = ("--prompt-len", "4", "--new-tokens", "3", "--no-progress", "--json")
 METRICS = ("throughput_tok_s", "latency_ms_per_token", "memory_gb", "generated_tokens", "tokens_per_request",

@@ -66,6 +66,16 @@ class ModelConfig:
     def scale(self) -> float:
         return 1.0 / math.sqrt(self.head_dim)
 
+    def kv_block_bytes(self, block_size: int, dtype: Any) -> int:
+        """Bytes one KV-cache block of `block_size` tokens takes across all layers, keys and values,
+        in `dtype` (a torch dtype or its name): one formula for the engine's pool and for the
+        benchmark that sizes a pool before any engine exists."""
+        import torch
+
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        return 2 * self.num_layers * block_size * self.kv_size * torch.empty((), dtype=dtype).element_size()
+
 
 def tp_config(cfg: ModelConfig, size: int, rank: int) -> ModelConfig:
     """Rank `rank`'s view of `cfg` split over `size` ranks: its heads, KV heads and intermediate
