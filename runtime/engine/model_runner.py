@@ -158,8 +158,7 @@ class ModelRunner:
     @property
     def block_bytes(self) -> int:
         """KV bytes one block holds across all layers (keys and values)."""
-        cfg = self.cfg
-        return 2 * cfg.num_layers * self.block_size * cfg.kv_size * torch.empty((), dtype=self.dtype).element_size()
+        return self.cfg.kv_block_bytes(self.block_size, self.dtype)
 
     def allocate(self, num_blocks: int) -> None:
         """Add `num_blocks` blocks to every layer's cache (the first call allocates it)."""
