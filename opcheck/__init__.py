@@ -1,1 +1,2 @@
-"""Operator coverage checks for Ascend NPUs (check_ops): see DESIGN.md §check_ops."""
+"""Operator coverage checks for Ascend NPUs (check_ops). Where it sits among the packages:
+docs/ARCHITECTURE.md; what it reports: the README's check_ops section."""

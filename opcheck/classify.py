@@ -1,4 +1,4 @@
-"""Does an aten op reach an NPU kernel? Asked in the order the dispatcher itself uses (DESIGN.md):
+"""Does an aten op reach an NPU kernel? Asked in the order the dispatcher itself uses:
 
 1. `native`: the overload has an NPU kernel in the manifest;
 2. its `structured_delegate` (PyTorch's native_functions.yaml) decides: `hypot` runs `hypot.out`;

@@ -1,4 +1,5 @@
-"""The paged-attention runtime that smoke-serves converted models: see DESIGN.md §runtime.
+"""The paged-attention runtime that smoke-serves converted models: docs/ARCHITECTURE.md shows its
+rooms and the path of one request.
 
     from runtime import LLM, SamplingParams
 

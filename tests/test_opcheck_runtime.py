@@ -1,5 +1,5 @@
 """check_ops --target runtime: the project's own runtime model (paged attention, prefill and decode
-steps) traced on meta and classified against torch_npu 2.14.0. DESIGN.md: it must find no fallback."""
+steps) traced on meta and classified against torch_npu 2.14.0. It must find no fallback."""
 
 from __future__ import annotations
 
