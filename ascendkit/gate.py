@@ -2,6 +2,10 @@
 doctor, convert (or verify a converted directory), check_ops on the model and on the runtime, the
 smoke test — and decides each policy rule, so CI gets a verdict and every failed rule by name.
 
+The stages themselves (convert + verify, check_ops, smoke, the sweep's bench) are `stages.py`'s, shared
+with `ascendkit demo`, and run by the same `StageRunner`; this module is the gate's pipeline: which
+stages the policy asks for, with its options, and how each result is judged as rules.
+
 Stages run in order; a failed rule does not stop the run (CI wants every failure at once), an error
 does (later stages need what the failed one makes). Exit codes: 0 every rule passed, 1 a rule
 failed, 2 the gate could not decide (bad input, a stage that raised).
@@ -10,15 +14,16 @@ failed, 2 the gate could not decide (bad input, a stage that raised).
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ascend_common.errors import UserError, first_line
+from ascend_common.errors import first_line
 
+from . import stages
 from .gate_policy import Policy
+from .stage_runner import LogLines, StageError, StageRunner
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 #: [performance] key → (the smoke load's figure, how it reads, True for a floor / False for a ceiling)
@@ -76,7 +81,7 @@ class GateRun:
         self.rules.append(Rule(rule_id, status, message, key))
 
 
-# -- stages ------------------------------------------------------------------------------------------
+# -- the stages, judged ------------------------------------------------------------------------------
 def stage_doctor(run: GateRun) -> None:
     from .doctor import diagnose
 
@@ -101,29 +106,20 @@ def stage_doctor(run: GateRun) -> None:
 
 def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> None:
     """Convert MODEL for the policy's target, or verify it when it is already converted."""
-    from ascend_convert.converter import ConvertOptions, convert
-    from ascend_convert.manifest import MANIFEST_NAME, read_manifest, recorded_source
-    from ascend_convert.progress import RichReporter
-    from ascend_convert.verify import verify
-
     target, options = run.policy.target, run.policy.convert
-    if (run.model / MANIFEST_NAME).is_file():  # already converted: verified, not converted again
-        manifest = read_manifest(run.model)
-        run.converted, run.source = run.model, recorded_source(manifest)
-        action, source_reader = "verified", None
+    if stages.is_converted(run.model):  # already converted: verified, not converted again
+        conversion = stages.open_converted(run.model)
     else:
-        quantize = None if target.quantize == "none" else target.quantize
-        result = convert(run.model, output, ConvertOptions(soc=target.soc, dtype=target.dtype, quantize=quantize,
-                                                           on_overflow=options.on_overflow, force=force),
-                         RichReporter("convert", enabled=progress))
-        run.converted, run.source, action, source_reader = output, run.model, "converted", result.plan.reader
-        manifest = result.manifest
-    verify_source = run.source if options.verify_source else None
+        conversion = stages.convert(run.model, output, label="convert", progress=progress, soc=target.soc,
+                                    dtype=target.dtype, quantize=None if target.quantize == "none" else target.quantize,
+                                    on_overflow=options.on_overflow, force=force)
+    run.converted, run.source = conversion.output, conversion.source
     # every mismatch collected: a tampered file is the `convert.verify` rule failing (exit 1), not an error
-    report = verify(run.converted, source=verify_source, source_reader=source_reader, stop_at_first=False)
-    got = manifest["target"]
-    run.quantized = bool(got.get("quantize"))
-    run.stages["convert"] = {"action": action, "output": str(run.converted), "source": str(run.source or ""),
+    report = stages.verify(conversion, against_source=options.verify_source)
+    verify_source = run.source if options.verify_source else None
+    manifest, got = conversion.manifest, conversion.target
+    run.quantized = conversion.quantized
+    run.stages["convert"] = {"action": conversion.action, "output": str(run.converted), "source": str(run.source or ""),
                              "target": got, "summary": manifest.get("summary"),
                              "verify": {"ok": report.ok, "files": report.files_checked,
                                         "tensors": report.tensors_checked, "source_tensors": report.source_checked,
@@ -146,13 +142,11 @@ def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> No
 
 def stage_check_ops(run: GateRun, which: str) -> None:
     """check_ops on the converted model (`hf`) or on the runtime's own model (`runtime`)."""
-    from opcheck.check import run_check
-
     ops, target = run.policy.ops, run.policy.target
     manifest = Path(ops.manifest) if ops.manifest else None
     if manifest is not None and not manifest.is_absolute():
         manifest = run.policy_path.parent / manifest
-    result = run_check(str(run.converted), "hf" if which == "model" else "runtime", soc=target.soc,
+    result = stages.check_ops(run.converted, "hf" if which == "model" else "runtime", soc=target.soc,
                        dtype=target.dtype, version=target.torch_npu, manifest_file=manifest, seq_len=ops.seq_len,
                        allowed=run.policy.allowed_ops())
     run.checks[which] = result
@@ -176,17 +170,13 @@ def _figure(load: dict, path: tuple[str, ...]) -> float | None:
 def stage_smoke(run: GateRun) -> None:
     """Serve the converted model, ask the policy's prompts, run the load; decide prompts, agreement and
     the performance floors and ceilings."""
-    from runtime.engine.options import engine_kwargs
-    from runtime.evaluation.smoke import run_smoke
-
     smoke, policy = run.policy.smoke, run.policy
     prompts = [("chat" if p.chat else "plain", p.prompt) for p in smoke.prompts] or None
     # An unquantized conversion is the source's weights, cast (verify proves it): transformers runs them
     # as they are. A quantized one is compared with the source its manifest names (run_smoke's rule).
-    report = run_smoke(run.converted, max_tokens=smoke.max_tokens, requests=smoke.load.requests,
-                       concurrency=smoke.load.concurrency, prompt_len=smoke.load.prompt_len,
-                       load_tokens=smoke.load.tokens, prompts=prompts,
-                       **engine_kwargs(**policy.runtime.model_dump()))
+    report = stages.smoke(run.converted, prompts=prompts, max_tokens=smoke.max_tokens, requests=smoke.load.requests,
+                          concurrency=smoke.load.concurrency, prompt_len=smoke.load.prompt_len,
+                          load_tokens=smoke.load.tokens, runtime=policy.runtime.model_dump())
     run.stages["smoke"] = report
     for i, (p, r) in enumerate(zip(smoke.prompts, report["results"]), 1):
         if r["status"] == "error":
@@ -241,12 +231,10 @@ def stage_smoke(run: GateRun) -> None:
 
 def stage_sweep(run: GateRun, progress: bool) -> None:
     """The optional batch-size sweep: its table goes in the reports, its plot beside them."""
-    from runtime.evaluation.bench.runner import run_bench
-
     sweep = run.policy.sweep
-    report = run_bench(run.converted, device=run.policy.runtime.device,
-                       workloads=[], baselines=[], prompt_len=sweep.prompt_len, new_tokens=sweep.new_tokens,
-                       repeat=1, sweep_sizes=sweep.sizes, tpot_ms=sweep.tpot_ms, progress=progress)
+    report = stages.bench(run.converted, device=run.policy.runtime.device, progress=progress, workloads=[],
+                          baselines=[], prompt_len=sweep.prompt_len, new_tokens=sweep.new_tokens, repeat=1,
+                          sweep_sizes=sweep.sizes, tpot_ms=sweep.tpot_ms)
     run.stages["sweep"] = report["sweep"]
     try:
         import matplotlib  # noqa: F401 - only to know whether the plot can be drawn
@@ -272,29 +260,25 @@ def run_gate(model: Path, policy_path: Path, policy: Policy, report_dir: Path, o
     """Every stage in order; the run's rules, stage reports and any error (which stops it)."""
     run = GateRun(model, policy_path, policy, report_dir)
     output = output or report_dir / "converted"
-    stages: list[tuple[str, Callable[[], None]]] = [
+    pipeline: list[tuple[str, Callable[[], None]]] = [
         ("doctor", lambda: stage_doctor(run)),
         ("convert", lambda: stage_convert(run, output, force, progress)),
     ]
-    stages += [(f"check_ops {w}", lambda w=w: stage_check_ops(run, w))
+    pipeline += [(f"check_ops {w}", lambda w=w: stage_check_ops(run, w))
                for w in ("model", "runtime") if getattr(policy.ops, w)]
-    stages.append(("smoke", lambda: stage_smoke(run)))
+    pipeline.append(("smoke", lambda: stage_smoke(run)))
     if policy.sweep is not None:
-        stages.append(("sweep", lambda: stage_sweep(run, progress)))
-    for i, (name, stage) in enumerate(stages, 1):
-        say(f"[{i}/{len(stages)}] {name}")
-        started = time.perf_counter()
+        pipeline.append(("sweep", lambda: stage_sweep(run, progress)))
+    # an error stops the run (later stages need what the failed one makes) and is the run's verdict;
+    # --debug lets it through with its traceback instead
+    runner = StageRunner(len(pipeline), LogLines(say), errors="raise" if debug else "stage", seconds=run.seconds)
+    for name, stage in pipeline:
         before = len(run.rules)
         try:
-            stage()
-        except Exception as exc:
-            if debug:
-                raise
-            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {first_line(exc)}"
-            run.error = f"{name}: {first_line(Exception(message))}"
-            run.seconds[name] = time.perf_counter() - started
+            runner.run(name, stage)
+        except StageError as exc:
+            run.error = str(exc)
             break
-        run.seconds[name] = time.perf_counter() - started
         for rule in run.rules[before:]:
             if rule.status == FAIL:
                 say(f"      FAIL {rule.id}: {rule.message}")
