@@ -76,9 +76,11 @@ def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str,
                                  r.strip() for r in keep_float.split(",") if r.strip() and r.strip() != "none"))
     options.validate()  # before torch is imported: a wrong option costs a fraction of a second
 
-    from .converter import convert, make_plan, refuse_existing
+    from .converter import convert
+    from .plan import make_plan
     from .progress import RichReporter
     from .report import print_convert_summary, print_plan
+    from .workdir import refuse_existing
 
     if not dry_run:
         refuse_existing(out, force)  # before the source is parsed (seconds for a large GGUF)

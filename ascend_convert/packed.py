@@ -5,47 +5,38 @@ defines it, matmul weights tiled to FRACTAL_NZ with `--nz`; metadata: rank, size
 padding, and the ND shape of each tiled tensor), the side files (config.json with the dtype, the
 tokenizer...), and a manifest whose `files` cover every rank file and whose `rank_tensors` give each
 tensor's dtype, shape and sha256, so `verify` re-hashes them and, with `--source`, rebuilds every rank
-from the source and requires the same bytes.
+from the source (from a `ConversionPlan`, as the conversion did) and requires the same bytes.
 
 Ranks are written one after another, each from one pass over the source: a rank's share (1/N of the
-model) is in memory, never the whole model. A rank file is finished when its name is in the journal;
-`--resume` keeps those and writes the rest.
+model) is in memory, never the whole model. A rank file is finished when its name is in the journal
+(under `ranks`); `--resume` keeps those and writes the rest.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from ascend_common.atomic_write import write_json_atomic
-from ascend_common.errors import CheckFailed
-
 from .arch import canonical_tensors
 from .cast import CastStats, checked_cast
 from .dtypes import FLOAT_NAMES, TORCH_DTYPES, dtype_name
-from .safetensors_writer import PlannedTensor, SafetensorsStreamWriter
+from .layout_names import rank_file
+from .plan import ConversionPlan
+from .safetensors_writer import PlannedTensor
 from .tp_layout import TPLayout, is_matmul_weight, rank_tensors, to_nz
+from .workdir import WorkDir
+from .write_loop import FileContent, LayoutWriter, OutputFile, Overflows, Piece
 
 
-def failpoint(files_done: int) -> None:
-    """Fault injection for the resume tests: `ASCENDKIT_FAILPOINT=kill-after-shard:N` dies like a
-    SIGKILL (no cleanup, no exception handlers) once N output files (shards, or rank files) are done."""
-    spec = os.environ.get("ASCENDKIT_FAILPOINT", "")
-    if spec.startswith("kill-after-shard:") and files_done == int(spec.split(":", 1)[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
+def layout_of(plan: ConversionPlan) -> TPLayout:
+    """How the plan's model splits over `--tp` ranks; a UserError if it does not."""
+    return TPLayout.of(plan.spec.canonical_config(plan.reader.config()), plan.options.tp)
 
 
-def rank_file(size: int, rank: int) -> str:
-    return f"tp{size}/rank{rank}.safetensors"
-
-
-def _canonical_stream(plan, stats: dict[str, CastStats] | None) -> Iterator[tuple[str, torch.Tensor]]:
+def _canonical_stream(plan: ConversionPlan, stats: dict[str, CastStats] | None) -> Iterator[tuple[str, torch.Tensor]]:
     """Every source tensor cast to the target dtype, as canonical (unfused) tensors; the cast
     statistics of each source tensor go into `stats` when given."""
     target = TORCH_DTYPES[plan.dtype]
@@ -62,11 +53,7 @@ def _canonical_stream(plan, stats: dict[str, CastStats] | None) -> Iterator[tupl
         yield from canonical_tensors(plan.spec, cfg, role, layer, cast)
 
 
-def layout_of(plan) -> TPLayout:
-    return TPLayout.of(plan.spec.canonical_config(plan.reader.config()), plan.options.tp)
-
-
-def build_rank(plan, layout: TPLayout, rank: int, stats: dict[str, CastStats] | None = None
+def build_rank(plan: ConversionPlan, layout: TPLayout, rank: int, stats: dict[str, CastStats] | None = None
                ) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
     """Rank `rank`'s tensors as written (NZ-tiled with --nz), and the ND shape of each tiled one."""
     tensors = rank_tensors(_canonical_stream(plan, stats), layout, rank)
@@ -78,56 +65,56 @@ def build_rank(plan, layout: TPLayout, rank: int, stats: dict[str, CastStats] | 
     return tensors, nd_shapes
 
 
-def convert_packed(plan, work: Path, journal: dict, reporter) -> dict:
-    """Write every rank file into `work` (skipping those the journal lists) and return the manifest's
-    packed part: rank tensor records and the layout."""
-    layout = layout_of(plan)
-    size = layout.size
-    stats: dict[str, CastStats] = {}
-    reporter.begin(size, size)
-    done = journal.setdefault("ranks", {})
-    for rank in range(size):
-        name = rank_file(size, rank)
-        if name in done:
-            reporter.advance(1)
-            continue
-        tensors, nd_shapes = build_rank(plan, layout, rank, stats if not stats else None)
-        overflowed = {n: s for n, s in stats.items() if s.overflow}
-        if overflowed and plan.options.on_overflow == "fail":
-            listing = "; ".join(f"{n} ({s.overflow} values)" for n, s in overflowed.items())
-            shutil.rmtree(work, ignore_errors=True)  # as the default layout does: nothing to resume
-            raise CheckFailed(f"{len(overflowed)} tensor(s) hold values beyond the {plan.dtype} range, which a cast "
-                              f"would turn into Inf: {listing} (use --on-overflow clamp to saturate them)")
-        path = work / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+class PackedWriter(LayoutWriter):
+    """One file per rank, each built whole from a pass over the source; the cast statistics of the
+    source tensors are taken on the first pass (every pass casts the same tensors)."""
+
+    journal_key = "ranks"
+
+    def __init__(self, plan: ConversionPlan, work: WorkDir) -> None:
+        super().__init__(plan, work, Overflows(plan, work))
+        self.layout = layout_of(plan)
+        self.ranks = {rank_file(self.layout.size, rank): rank for rank in range(self.layout.size)}
+        self.stats: dict[str, CastStats] = {}
+
+    def files(self) -> list[OutputFile]:
+        return [OutputFile(name, 1, 1) for name in self.ranks]
+
+    def progress_total(self) -> tuple[int, int]:
+        return self.layout.size, self.layout.size
+
+    def content(self, file: OutputFile) -> FileContent:
+        size, layout, rank = self.layout.size, self.layout, self.ranks[file.name]
+        tensors, nd_shapes = build_rank(self.plan, layout, rank, self.stats if not self.stats else None)
+        for name, stats in self.stats.items():
+            self.overflows.check(name, stats)
+        self.overflows.raise_if_any()  # the first pass saw every cast: nothing more to scan for
         metadata = {"format": "pt", "tp_size": str(size), "rank": str(rank), "vocab_size": str(layout.vocab_size),
                     "padded_vocab_size": str(layout.padded_vocab), "nd_shapes": json.dumps(nd_shapes, sort_keys=True)}
         names = sorted(tensors)  # our writer: a deterministic header (save_file's metadata order is not)
-        writer = SafetensorsStreamWriter(path, [PlannedTensor(n, dtype_name(tensors[n].dtype), tuple(tensors[n].shape))
-                                                for n in names], metadata)
-        for n in names:
-            writer.write(n, tensors[n])
-        file_sha, nbytes, hashes = writer.finish()
-        done[name] = {"file": {"sha256": file_sha, "size": nbytes}, "tensors": {
-            n: {"dtype": dtype_name(tensors[n].dtype), "shape": list(tensors[n].shape), "sha256": hashes[n],
-                **({"nd_shape": nd_shapes[n]} if n in nd_shapes else {})} for n in names}}
-        if stats:
-            journal["cast"] = {n: s.to_dict() for n, s in stats.items()}
-        write_json_atomic(work / ".ascendkit-journal.json", journal)
-        failpoint(len(done))
-        reporter.advance(1)
-        del tensors
-    return done
+        records = {n: {"dtype": dtype_name(tensors[n].dtype), "shape": list(tensors[n].shape),
+                       **({"nd_shape": nd_shapes[n]} if n in nd_shapes else {})} for n in names}
+        entries = [PlannedTensor(n, records[n]["dtype"], tuple(tensors[n].shape)) for n in names]
+        return FileContent(entries, metadata, [Piece([(n, tensors.pop(n)) for n in names], records, 1)])
+
+    def target(self) -> dict:
+        return packed_target(self.plan, self.layout)
+
+    def save_to_journal(self, journal: dict) -> None:
+        if self.stats:
+            journal["cast"] = {n: s.to_dict() for n, s in self.stats.items()}
+
+    def source_cast(self) -> dict[str, dict]:
+        return self.work.journal.get("cast", {})
 
 
-def packed_target(plan) -> dict:
-    layout = layout_of(plan)
+def packed_target(plan: ConversionPlan, layout: TPLayout) -> dict:
     return {"layout": "packed", "tp": layout.size, "nz": plan.options.nz, "vocab_size": layout.vocab_size,
             "padded_vocab_size": layout.padded_vocab,
             "nz_format": "FRACTAL_NZ (ACL format 29)" if plan.options.nz else None}
 
 
-def check_packed_source(plan, out: Path, manifest: dict, fail) -> int:
+def check_packed_source(plan: ConversionPlan, out: Path, fail: Callable[[str], None]) -> int:
     """Rebuild every rank from the source and compare with the files; returns tensors checked."""
     from safetensors import safe_open
 

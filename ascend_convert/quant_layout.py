@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .layout_names import QUANT_DESCRIPTION_NAME as DESCRIPTION_NAME  # noqa: F401 (the runtime reads it here)
+
 if TYPE_CHECKING:  # torch stays unimported until tensors are planned: options are checked without it
     from .safetensors_writer import PlannedTensor
 
-DESCRIPTION_NAME = "quant_model_description.json"
-INDEX_NAME = "quant_model_weights.safetensors.index.json"
 DESCRIPTION_VERSION = "1.0.0"
 QUANT_TYPES = {"w8a16": "W8A16", "w8a8": "W8A8"}
 
@@ -49,12 +49,6 @@ class QuantOptions:
 DEFAULT_KEEP_FLOAT = {"w8a16": (), "w8a8": ("down",)}
 #: What --smooth-alpha means when it is not given (W8A8; see smoothing.py).
 DEFAULT_ALPHA = 0.5
-
-
-def shard_names(count: int) -> list[str]:
-    if count == 1:
-        return ["quant_model_weights.safetensors"]
-    return [f"quant_model_weights-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
 def quantized_parts(name: str, shape: tuple[int, ...], quant: QuantOptions, model_dtype: str) -> list[PlannedTensor]:

@@ -24,6 +24,8 @@ import torch
 
 from ascend_common.errors import UserError
 
+from .dtypes import TORCH_DTYPES
+
 QMIN, QMAX = -128, 127
 #: Steps an asymmetric range is split into: 254, not 255. The zero point is rounded to an integer,
 #: which shifts the range by up to half a step; with one step of slack both ends still land inside
@@ -168,3 +170,25 @@ def loaded_deq_scale(stored: torch.Tensor) -> torch.Tensor:
     if stored.dtype == torch.int64:
         return (stored & 0xFFFFFFFF).to(torch.int32).view(torch.float32)
     return stored.float()
+
+
+def quantized_tensors(name: str, weight: torch.Tensor, *, symmetric: bool, group_size: int,
+                      act: ActivationQuant | None, bias: torch.Tensor | None, model_dtype: str
+                      ) -> tuple[dict[str, torch.Tensor], QuantError]:
+    """What msModelSlim's layout stores for linear weight `name`, by suffix (`weight`,
+    `weight_scale`, `weight_offset`; W8A8, when `act` is given: also `input_scale`, `input_offset`,
+    `deq_scale` as stored for a `model_dtype` model and `quant_bias`, from the source `bias`), and
+    the weight's quantization error. `convert` writes these and `verify --source` requires the same
+    bytes, so both call this one function: the two can never quantize differently."""
+    if act is None:
+        qw = quantize_weight(weight, symmetric=symmetric, group_size=group_size, name=name)
+        parts = {"weight": qw.weight, "weight_scale": qw.scale, "weight_offset": qw.offset}
+        dequantized = qw.dequantize()
+    else:
+        layer = quantize_w8a8(weight, bias, act, name=name)
+        parts = {"weight": layer.weight, "weight_scale": layer.weight_scale, "weight_offset": layer.weight_offset,
+                 "input_scale": layer.input_scale, "input_offset": layer.input_offset,
+                 "deq_scale": stored_deq_scale(layer.deq_scale, TORCH_DTYPES[model_dtype]),
+                 "quant_bias": layer.quant_bias}
+        dequantized = layer.weight.float() * layer.weight_scale
+    return parts, quant_error(weight, dequantized)

@@ -8,7 +8,9 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
-from .converter import ConversionPlan, ConvertResult
+from .converter import ConvertResult
+from .layout_names import MANIFEST_NAME
+from .plan import ConversionPlan
 
 
 def human_bytes(n: float) -> str:
@@ -78,7 +80,7 @@ def print_convert_summary(result: ConvertResult, as_json: bool = False) -> None:
     c = data["cast"]
     table.add_row("cast", f"overflow {c['overflow']}, clamped {c['clamped']}, underflow {c['underflow']}, "
                           f"NaN {c['nan']}, Inf {c['inf']}, max abs error {c['max_abs_error']:.3g}")
-    table.add_row("manifest", f"ascend_manifest.json: sha256 of {data['files']} files and {data['tensors']} tensors")
+    table.add_row("manifest", f"{MANIFEST_NAME}: sha256 of {data['files']} files and {data['tensors']} tensors")
     if data["resumed_shards"]:
         table.add_row("resumed", f"{len(data['resumed_shards'])} shard(s) kept from the interrupted run")
     console.print(table)

@@ -26,14 +26,15 @@ from pathlib import Path
 
 import torch
 
+from .layout_names import SMOOTHING_NAME
+
 #: The norm role of a decoder layer and the spec roles of the linear layers it feeds.
 SMOOTH_GROUPS = (("attn_norm", ("q", "k", "v", "qkv")), ("mlp_norm", ("gate", "up", "gate_up")))
 #: Bounds on a smoothing scale: keep the folded norm weights and the scaled weights far inside fp16's
 #: range even for a channel the calibration never saw active.
 SCALE_MIN, SCALE_MAX = 1e-2, 1e2
-#: JSON, not safetensors: a `*.safetensors` beside the weights would be read as weights by every
-#: loader that globs for them. fp32 values survive the round trip through Python floats exactly.
-SIDE_FILE = "ascend_smoothing.json"
+#: Its file (layout_names.SMOOTHING_NAME); fp32 values survive the round trip through Python floats exactly.
+SIDE_FILE = SMOOTHING_NAME
 
 
 @dataclass

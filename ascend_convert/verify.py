@@ -17,20 +17,15 @@ from safetensors import SafetensorError, safe_open
 
 from ascend_common.errors import CheckFailed, UserError
 
-from .arch import find_spec
 from .cast import CastStats, cast_error_bound, checked_cast
+from .convert_options import ConvertOptions
 from .dtypes import TORCH_DTYPES, dtype_name
-from .manifest import MANIFEST_NAME, file_record, read_manifest
-from .quantize import (
-    ActivationQuant,
-    quant_error,
-    quantize_w8a8,
-    quantize_weight,
-    stored_deq_scale,
-)
+from .layout_names import MANIFEST_NAME, SMOOTHING_NAME, WEIGHT_FILE_GLOBS
+from .manifest import file_record, read_manifest
+from .quantize import ActivationQuant, quantized_tensors
 from .readers import CheckpointReader, open_checkpoint
 from .safetensors_writer import sha256_bytes, tensor_bytes
-from .smoothing import SIDE_FILE, Smoothing
+from .smoothing import Smoothing
 
 LOGIT_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Ascend NPUs serve large language models")
 # Logit tolerance relative to the largest source logit, by target dtype: a cast's rounding, grown
@@ -107,7 +102,7 @@ def _check_files(out: Path, manifest: dict, report: VerifyReport, fail) -> None:
             fail(f"{path}: sha256 {actual['sha256'][:16]}… size {actual['size']} differ from the manifest "
                  f"({record['sha256'][:16]}… size {record['size']})")
         report.files_checked += 1
-    for path in sorted([*out.glob("*.safetensors"), *out.glob("tp*/*.safetensors")]):
+    for path in sorted(p for pattern in WEIGHT_FILE_GLOBS for p in out.glob(pattern)):
         if path.relative_to(out).as_posix() not in manifest["files"]:
             fail(f"{path}: weight file not listed in {MANIFEST_NAME}")
 
@@ -152,19 +147,19 @@ def _check_rank_tensors(out: Path, manifest: dict, report: VerifyReport, fail) -
 
 def _check_packed_source(source: Path, out: Path, manifest: dict, report: VerifyReport, fail,
                          reader: CheckpointReader | None) -> None:
-    """Split the source again, rank by rank, exactly as the conversion did, and compare."""
-    from types import SimpleNamespace
-
+    """Split the source again, rank by rank, exactly as the conversion did (from a plan made with
+    the recorded options and target dtype), and compare."""
     from .packed import check_packed_source
+    from .plan import make_plan
 
     reader = reader or open_checkpoint(source)
     try:
-        options = manifest["options"]
-        plan = SimpleNamespace(reader=reader, spec=getattr(reader, "spec", None) or find_spec(reader.config()),
-                               dtype=manifest["target"]["dtype"],
-                               options=SimpleNamespace(on_overflow=options["on_overflow"], tp=options["tp"],
-                                                       nz=options["nz"]))
-        report.source_checked += check_packed_source(plan, out, manifest, fail)
+        recorded = manifest["options"]
+        options = ConvertOptions(soc=recorded["soc"], dtype=manifest["target"]["dtype"],
+                                 max_shard_size=recorded["max_shard_size"], on_overflow=recorded["on_overflow"],
+                                 layout="packed", tp=recorded["tp"], nz=recorded["nz"])
+        plan = make_plan(source, out, options, reader=reader)
+        report.source_checked += check_packed_source(plan, out, fail)
     finally:
         reader.close()
 
@@ -176,7 +171,7 @@ def _check_source(source: Path, manifest: dict, read_back: dict[str, str], repor
     sources = {info.name: info for info in reader.tensors()}
     handles: dict[str, object] = {}
     # W8A8 with SmoothQuant: the scales the conversion folded in (their file is covered by the manifest)
-    smoothing = Smoothing.load(report.out / SIDE_FILE) if SIDE_FILE in manifest["files"] else Smoothing()
+    smoothing = Smoothing.load(report.out / SMOOTHING_NAME) if SMOOTHING_NAME in manifest["files"] else Smoothing()
     requantized: tuple[str, dict[str, torch.Tensor], dict] | None = None  # the last source weight's parts
     try:
         for name, record in manifest["tensors"].items():
@@ -223,18 +218,10 @@ def _requantize(name: str, quant: dict, src: torch.Tensor, bias: torch.Tensor | 
                 model_dtype: str) -> tuple[dict[str, torch.Tensor], dict]:
     """What quantizing the source gives, part by part (deterministic; W8A8 with the recorded
     activation scale and offset), and the weight's quantization error."""
-    if quant["type"] == "W8A16":
-        qw = quantize_weight(src, symmetric=quant["symmetric"], group_size=quant["group_size"], name=name)
-        parts = {"weight": qw.weight, "weight_scale": qw.scale, "weight_offset": qw.offset}
-        dequantized = qw.dequantize()
-    else:
-        layer = quantize_w8a8(src, bias, ActivationQuant(quant["input_scale"], quant["input_offset"]), name)
-        parts = {"weight": layer.weight, "weight_scale": layer.weight_scale, "weight_offset": layer.weight_offset,
-                 "input_scale": layer.input_scale, "input_offset": layer.input_offset,
-                 "deq_scale": stored_deq_scale(layer.deq_scale, TORCH_DTYPES[model_dtype]),
-                 "quant_bias": layer.quant_bias}
-        dequantized = layer.weight.float() * layer.weight_scale
-    return parts, quant_error(src, dequantized).to_dict()
+    act = None if quant["type"] == "W8A16" else ActivationQuant(quant["input_scale"], quant["input_offset"])
+    parts, error = quantized_tensors(name, src, symmetric=quant["symmetric"], group_size=quant["group_size"], act=act,
+                                     bias=bias, model_dtype=model_dtype)
+    return parts, error.to_dict()
 
 
 def _check_quantized(name: str, quant: dict, got: torch.Tensor, parts: dict[str, torch.Tensor], error: dict,
@@ -267,8 +254,7 @@ def compare_logits(source: Path, out: Path, target_dtype: str, prompts: tuple[st
     models = []
     for path in (source, out):
         reader = open_checkpoint(path)
-        spec = getattr(reader, "spec", None) or find_spec(reader.config())
-        models.append(build_hf_model(reader, spec))
+        models.append(build_hf_model(reader, reader.spec))
         reader.close()
     max_diff, max_ref, agree, total = 0.0, 0.0, 0, 0
     vocab = min(m.config.vocab_size for m in models)

@@ -5,7 +5,7 @@ import pytest
 
 from ascend_common.errors import UserError
 from ascend_common.soc import SOCS, resolve_dtype
-from ascend_convert.converter import dominant_float_dtype
+from ascend_convert.plan import dominant_float_dtype
 from ascend_convert.readers import TensorInfo
 
 

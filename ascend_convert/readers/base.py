@@ -10,14 +10,20 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ascend_common.errors import UserError
 
+from ..layout_names import CONFIG_NAME, HF_INDEX_NAME, MANIFEST_NAME
+
+if TYPE_CHECKING:
+    from ..arch import ArchSpec
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
-INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-NEVER_COPIED = frozenset({"config.json", "ascend_manifest.json", *INDEX_NAMES})
+INDEX_NAMES = (HF_INDEX_NAME, "pytorch_model.bin.index.json")
+NEVER_COPIED = frozenset({CONFIG_NAME, MANIFEST_NAME, *INDEX_NAMES})
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,9 @@ class TensorInfo:
     shape: tuple[int, ...]
     file: str  # source file, relative to the checkpoint root
     stored_as: str  # what the file holds (`bfloat16`, or a GGUF type such as `Q4_1`)
+    #: What the reader does to the stored values before `load` returns them, in the manifest's words
+    #: (`dequantize:Q4_1`, `unpermute_qk:gguf`): the converter records them, it does not redo them.
+    transforms: tuple[str, ...] = ()
 
     @property
     def numel(self) -> int:
@@ -37,9 +46,13 @@ class TensorInfo:
 
 
 class CheckpointReader(ABC):
-    """One source checkpoint. Subclasses validate everything they can at open time."""
+    """One source checkpoint. Subclasses validate everything they can at open time.
+
+    `spec` is the model family's spec: a GGUF reader needs it to name its tensors, the others get it
+    from `open_checkpoint`, so whoever holds a reader holds its spec."""
 
     format: str = ""
+    spec: ArchSpec
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -20,6 +20,8 @@ from .gguf_header import GGUFHeader
 # GGUF tensors that carry nothing HF checkpoints store (llama3 GGUFs precompute RoPE frequencies).
 GGUF_DERIVED_TENSORS = frozenset({"rope_freqs.weight"})
 STORED_FLOAT_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+#: The transform `load` applies to llama-family q/k weights (TensorInfo.transforms).
+UNPERMUTE_QK = "unpermute_qk:gguf"
 
 
 def reverse_permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -46,7 +48,8 @@ class GGUFReader(CheckpointReader):
         self._config = self._config_obj.to_dict()
         self._config["architectures"] = [self.spec.architectures[0]]
         cfg = self.spec.canonical_config(self._config, where=str(path))
-        self._heads = {"q": cfg["num_attention_heads"], "k": cfg["num_key_value_heads"]}
+        heads = {"q": cfg["num_attention_heads"], "k": cfg["num_key_value_heads"]}
+        self._unpermute: dict[str, int] = {}  # q/k weight -> its head count, for llama.cpp's permutation
         name_map = self._gguf_to_hf_names(arch, cfg["num_hidden_layers"])
         self._by_name: dict[str, object] = {}
         self._infos: list[TensorInfo] = []
@@ -60,7 +63,12 @@ class GGUFReader(CheckpointReader):
             shape = tuple(int(d) for d in reversed(tensor.shape))
             dtype = STORED_FLOAT_TYPES.get(qtype, "float32")
             stored_as = STORED_FLOAT_TYPES.get(qtype, qtype)  # float types by torch's name, quant types by GGML's
-            self._infos.append(TensorInfo(hf_name, dtype, shape, path.name, stored_as))
+            transforms = [] if stored_as == dtype else [f"dequantize:{stored_as}"]
+            role = self.spec.role_of(hf_name)
+            if self.spec.gguf_unpermute_qk and role is not None and role[0] in heads:
+                self._unpermute[hf_name] = heads[role[0]]
+                transforms.append(UNPERMUTE_QK)
+            self._infos.append(TensorInfo(hf_name, dtype, shape, path.name, stored_as, tuple(transforms)))
             self._by_name[hf_name] = tensor
 
     def _field(self, key: str) -> str:
@@ -107,9 +115,8 @@ class GGUFReader(CheckpointReader):
 
         tensor = self._by_name[info.name]
         values = dequantize(tensor.data, tensor.tensor_type).reshape(info.shape)
-        role = self.spec.role_of(info.name)
-        if self.spec.gguf_unpermute_qk and role is not None and role[0] in self._heads:
-            values = reverse_permute_qk(values, self._heads[role[0]])
+        if info.name in self._unpermute:
+            values = reverse_permute_qk(values, self._unpermute[info.name])
         if not values.flags.writeable or not values.flags.c_contiguous:  # F32 tensors are read-only memmap views
             values = np.array(values, order="C")
         return torch.from_numpy(values).to(getattr(torch, info.dtype))

@@ -12,6 +12,7 @@ from safetensors import SafetensorError, safe_open
 from ascend_common.errors import UserError
 
 from ..dtypes import FROM_SAFETENSORS_CODE, TORCH_DTYPES
+from ..layout_names import HF_INDEX_NAME
 from .base import (
     CheckpointReader,
     TensorInfo,
@@ -20,7 +21,7 @@ from .base import (
     read_config,
 )
 
-INDEX = "model.safetensors.index.json"
+INDEX = HF_INDEX_NAME
 
 
 def read_header(path: Path) -> tuple[dict, int]:

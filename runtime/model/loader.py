@@ -23,7 +23,13 @@ from ascend_convert.arch import (
     canonical_tensors,
     find_spec,
 )
-from ascend_convert.quant_layout import DESCRIPTION_NAME, LINEAR_ROLES
+from ascend_convert.layout_names import (
+    CONFIG_NAME,
+    QUANT_DESCRIPTION_NAME,
+    RANK_FILE_GLOB,
+    parse_rank_file,
+)
+from ascend_convert.quant_layout import LINEAR_ROLES
 from ascend_convert.quantize import loaded_deq_scale
 from ascend_convert.readers import CheckpointReader, open_checkpoint, read_config
 from ascend_convert.tp_layout import canonical_of, from_nz, parameter_for, rank_tensors
@@ -64,9 +70,8 @@ def open_model(path: str | Path) -> Checkpoint:
         return _open_packed(path, packed)
     scheme = QuantScheme.read(path) if path.is_dir() else None
     reader = open_checkpoint(path)
-    raw = reader.config()
-    where = str(path / "config.json") if path.is_dir() else str(path)
-    spec = getattr(reader, "spec", None) or find_spec(raw, where=where)
+    raw, spec = reader.config(), reader.spec
+    where = str(path / CONFIG_NAME) if path.is_dir() else str(path)
     names = set()
     cfg = spec.canonical_config(raw, where)
     for info in reader.tensors():
@@ -85,14 +90,14 @@ def open_model(path: str | Path) -> Checkpoint:
 
 
 def _packed_files(path: Path) -> dict[tuple[int, int], Path]:
-    """`tp{N}/rank{r}.safetensors` of a packed directory that holds no unpacked weights."""
+    """The rank files (`layout_names.rank_file`) of a packed directory that holds no unpacked weights."""
     if not path.is_dir() or any(path.glob("*.safetensors")):
         return {}
     found = {}
-    for file in path.glob("tp*/rank*.safetensors"):
-        size, rank = file.parent.name[2:], file.stem[4:]
-        if size.isdigit() and rank.isdigit():
-            found[(int(size), int(rank))] = file
+    for file in path.glob(RANK_FILE_GLOB):
+        size_rank = parse_rank_file(file.relative_to(path).as_posix())
+        if size_rank is not None:
+            found[size_rank] = file
     return found
 
 
@@ -100,7 +105,7 @@ def _open_packed(path: Path, packed: dict[tuple[int, int], Path]) -> Checkpoint:
     from safetensors import safe_open
 
     raw = read_config(path)
-    where = str(path / "config.json")
+    where = str(path / CONFIG_NAME)
     spec = find_spec(raw, where=where)
     with safe_open(str(packed[min(packed)]), framework="pt") as f:
         names = {canonical_of(key) for key in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
@@ -121,7 +126,7 @@ def _float_modules(path: Path, spec: ArchSpec, cfg: dict, scheme: QuantScheme) -
             parts.setdefault(target.removesuffix(".weight"), set()).add(part)
     for module, found_parts in parts.items():
         if not CausalLM.fully_filled(f"{module}.weight", found_parts):
-            raise UserError(f"{path}: {DESCRIPTION_NAME} leaves only some parts of {module} FLOAT; the runtime "
+            raise UserError(f"{path}: {QUANT_DESCRIPTION_NAME} leaves only some parts of {module} FLOAT; the runtime "
                             f"fuses them into one layer, which must be all float or all {scheme.kind}")
     return frozenset(parts)
 

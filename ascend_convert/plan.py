@@ -1,0 +1,165 @@
+"""What a conversion will write, decided from metadata before any tensor is read: every source
+tensor's role, output dtype and shape (a quantized weight's int8 parts included), the shards they
+fall into, and what was dropped. One plan type for every layout: the packed writer and `verify
+--source` take the same `ConversionPlan` the default layout is written from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from ascend_common.errors import UserError
+from ascend_common.soc import resolve_dtype
+
+from .arch import ArchSpec, load_spec_file
+from .convert_options import ConvertOptions
+from .dtypes import FLOAT_NAMES
+from .layout_names import CONFIG_NAME, quant_shard_names, shard_names
+from .quant_layout import LINEAR_ROLES, QuantOptions, quantized_parts
+from .readers import CheckpointReader, TensorInfo, open_checkpoint
+from .safetensors_writer import PlannedTensor
+from .smoothing import Smoothing
+
+
+@dataclass
+class TensorJob:
+    """One source tensor and what it becomes: `out` (its name, dtype and shape in the output), and
+    `parts`, what is written for it: [out], or a quantized weight's int8 weight, scales and offsets."""
+
+    info: TensorInfo
+    out: PlannedTensor
+    role: str
+    layer: int | None
+    parts: list[PlannedTensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.parts = self.parts or [self.out]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+    @property
+    def quantized(self) -> bool:
+        return len(self.parts) > 1
+
+
+@dataclass
+class Shard:
+    """One output file of the default (or quantized) layout and the jobs written into it, in order."""
+
+    name: str
+    jobs: list[TensorJob]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(j.nbytes for j in self.jobs)
+
+
+@dataclass
+class ConversionPlan:
+    """Everything a conversion needs, fixed before the first byte is written (W8A8's calibration
+    and smoothing are filled in once, before the work directory exists)."""
+
+    src: Path
+    out: Path
+    reader: CheckpointReader
+    spec: ArchSpec
+    soc: str
+    dtype: str
+    source_dtype: str
+    shards: list[Shard]
+    dropped: list[str]
+    options: ConvertOptions
+    quant: QuantOptions | None = None
+    calibration: dict[str, tuple[float, float]] = field(default_factory=dict)  # w8a8: weight -> input range
+    smoothing: Smoothing = field(default_factory=Smoothing)  # w8a8: SmoothQuant scales (empty: none)
+
+    @property
+    def packed(self) -> bool:
+        return self.options.layout == "packed"
+
+    @property
+    def jobs(self) -> list[TensorJob]:
+        return [j for s in self.shards for j in s.jobs]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.nbytes for s in self.shards)
+
+    @property
+    def total_tensors(self) -> int:
+        return sum(len(s.jobs) for s in self.shards)
+
+    @cached_property
+    def source_tensors(self) -> dict[str, TensorInfo]:
+        """Every source tensor by name (for W8A8, which needs a weight's bias beside it)."""
+        return {info.name: info for info in self.reader.tensors()}
+
+
+def dominant_float_dtype(infos: list[TensorInfo]) -> str:
+    """The float dtype holding most of the source's bytes: what `--dtype auto` calls the source dtype."""
+    weight: dict[str, int] = {}
+    for info in infos:
+        if info.dtype in FLOAT_NAMES:
+            weight[info.dtype] = weight.get(info.dtype, 0) + info.numel
+    return max(weight, key=weight.get) if weight else "float32"
+
+
+def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointReader | None = None
+              ) -> ConversionPlan:
+    """Check the options, open `src` (unless its `reader` is given: `verify` reuses a conversion's)
+    and plan every tensor; anything the conversion would refuse is refused here."""
+    soc, max_shard, quant = options.validate()
+    if reader is None:
+        reader = open_checkpoint(src, [load_spec_file(p) for p in options.arch_specs])
+    spec = reader.spec
+    spec.canonical_config(reader.config(), where=str(src / CONFIG_NAME))  # fails early on a broken config
+    infos = reader.tensors()
+    if not infos:
+        raise UserError(f"{src}: the checkpoint holds no tensors")
+    source_dtype = dominant_float_dtype(infos)
+    dtype = resolve_dtype(soc, options.dtype, source_dtype)
+    jobs, dropped = [], []
+    for info in infos:
+        if spec.is_ignored(info.name):
+            dropped.append(info.name)
+            continue
+        role = spec.role_of(info.name)
+        if role is None:
+            raise UserError(f"{src / info.file}: tensor {info.name} is not part of a {spec.family} model as "
+                            f"{spec.origin} describes it (extend the spec with --arch-spec FILE)")
+        out_dtype = dtype if info.dtype in FLOAT_NAMES else info.dtype
+        planned = PlannedTensor(info.name, out_dtype, info.shape)
+        parts = _quantized_parts(src, info, role[0], quant, dtype) if quant is not None else []
+        jobs.append(TensorJob(info, parts[0] if parts else planned, *role, parts=parts))
+    groups = _split(jobs, max_shard)
+    names = (shard_names if quant is None else quant_shard_names)(len(groups))
+    shards = [Shard(name, group) for name, group in zip(names, groups)]
+    return ConversionPlan(src, out, reader, spec, soc.name, dtype, source_dtype, shards, dropped, options, quant)
+
+
+def _split(jobs: list[TensorJob], max_shard: int) -> list[list[TensorJob]]:
+    """Jobs in order, a new shard started whenever the next would pass `max_shard` bytes (a tensor
+    larger than that gets a shard of its own)."""
+    groups: list[list[TensorJob]] = [[]]
+    size = 0
+    for job in jobs:
+        if groups[-1] and size + job.nbytes > max_shard:
+            groups.append([])
+            size = 0
+        groups[-1].append(job)
+        size += job.nbytes
+    return groups
+
+
+def _quantized_parts(src: Path, info: TensorInfo, role: str, quant: QuantOptions, dtype: str) -> list[PlannedTensor]:
+    """A linear weight's int8 weight, scale and offset; [] for a tensor that stays float."""
+    if role not in LINEAR_ROLES or role in quant.keep_float or info.dtype not in FLOAT_NAMES:
+        return []
+    width = info.shape[-1]
+    if len(info.shape) != 2 or (quant.group_size and width % quant.group_size):
+        raise UserError(f"{src / info.file}: tensor {info.name} of shape {list(info.shape)} cannot be quantized "
+                        f"with --group-size {quant.group_size} (it must divide the {width} input columns)")
+    return quantized_parts(info.name, info.shape, quant, dtype)

@@ -1,0 +1,57 @@
+"""The small files beside the weights: the source's tokenizer and generation config (copied, or
+built from GGUF metadata), config.json with the target dtype, the shard index past one shard, the
+quantized layout's description, and W8A8's smoothing scales. All rewritten on every run, resumed or
+not, so they always match the weights they sit beside."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .layout_names import (
+    CONFIG_NAME,
+    HF_INDEX_NAME,
+    QUANT_DESCRIPTION_NAME,
+    QUANT_INDEX_NAME,
+    SMOOTHING_NAME,
+)
+from .plan import ConversionPlan
+from .quant_layout import LINEAR_BIAS_ROLES, description
+from .workdir import WorkDir
+
+
+def write_side_files(plan: ConversionPlan, work: WorkDir, weight_files: list[str]) -> list[str]:
+    """Clear everything in `work` but the weight files (a resumed run may hold stale small files),
+    then write the side files; returns their names, sorted."""
+    work.clear_except({name.split("/")[0] for name in weight_files})
+    written = plan.reader.write_side_files(work.path)
+    config = dict(plan.reader.config())
+    config.pop("quantization_config", None)
+    keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
+    for key in keys:
+        config[key] = plan.dtype
+    _write_json(work.path / CONFIG_NAME, config, sort_keys=True)
+    written.append(CONFIG_NAME)
+    if len(plan.shards) > 1 and not plan.packed:
+        index = {"metadata": {"total_size": plan.total_bytes},
+                 "weight_map": {p.name: s.name for s in plan.shards for j in s.jobs for p in j.parts}}
+        index_name = HF_INDEX_NAME if plan.quant is None else QUANT_INDEX_NAME
+        _write_json(work.path / index_name, index, sort_keys=True)
+        written.append(index_name)
+    if plan.quant is not None:
+        kept = plan.quant.keep_float
+        types = {p.name: plan.quant.quant_type if (j.quantized or (
+            j.role in LINEAR_BIAS_ROLES and j.role.removesuffix("_bias") not in kept)) else "FLOAT"
+                 for j in plan.jobs for p in j.parts}
+        _write_json(work.path / QUANT_DESCRIPTION_NAME, description(types, plan.quant))
+        written.append(QUANT_DESCRIPTION_NAME)
+    if plan.smoothing:
+        plan.smoothing.save(work.path / SMOOTHING_NAME)
+        written.append(SMOOTHING_NAME)
+    return sorted(written)
+
+
+def _write_json(path: Path, data: dict, sort_keys: bool = False) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=sort_keys)
+        f.write("\n")
