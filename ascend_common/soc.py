@@ -41,7 +41,8 @@ def get_soc(name: str) -> SocProfile:
 
 
 def resolve_dtype(soc: SocProfile, requested: str, source_dtype: str) -> str:
-    """`auto`: bf16 where the chip has it and the source is bf16, else fp16 (DESIGN.md)."""
+    """`auto`: bf16 where the chip has it and the source is bf16; fp16 otherwise (a float32 or float16
+    source, or a bf16 source on a chip without bf16)."""
     if requested == "auto":
         return "bfloat16" if source_dtype == "bfloat16" and soc.supports("bfloat16") else "float16"
     if requested not in DTYPE_CHOICES:

@@ -1,5 +1,5 @@
 """The quantized layout's names and description file, msModelSlim v1 as vllm-ascend reads it
-(`--quantization ascend`, DESIGN.md): `quant_model_weights*.safetensors` (an index past one shard),
+(`--quantization ascend`): `quant_model_weights*.safetensors` (an index past one shard),
 and `quant_model_description.json` naming every tensor's type (`W8A16`/`W8A8` for each tensor of a
 quantized linear, bias included; `FLOAT` for the rest) plus `model_quant_type`, `version`,
 `group_size`. Names stay the checkpoint's own, unfused where the checkpoint is."""
@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .layout_names import QUANT_DESCRIPTION_NAME as DESCRIPTION_NAME  # noqa: F401 (the runtime reads it here)
 
 if TYPE_CHECKING:  # torch stays unimported until tensors are planned: options are checked without it
     from .safetensors_writer import PlannedTensor

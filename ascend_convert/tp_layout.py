@@ -12,7 +12,7 @@ is recorded). When N exceeds the KV heads, each KV head is duplicated on the N/k
 heads use it. Names are the runtime's fused ones (`self_attn.qkv`, `self_attn.o`, `mlp.gate_up`,
 `mlp.down`). Norms are replicated.
 
-FRACTAL_NZ (`--nz`, ACL format 29) as DESIGN.md defines it: ND [..., H, W] →
+FRACTAL_NZ (`--nz`, ACL format 29) as the packed layout stores it: ND [..., H, W] →
 [..., ceil(W/w0), ceil(H/16), 16, w0] with w0 = 32 bytes / element size, zero-padded; the ND shape
 goes into the file's metadata and `from_nz` inverts it exactly.
 """

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ascend_convert.quant_layout import DESCRIPTION_NAME
+from ascend_convert.layout_names import QUANT_DESCRIPTION_NAME as DESCRIPTION_NAME
 from ascend_convert.quantize import stored_deq_scale
 from runtime.layers.fused_ops import PLAIN, Kernels
 
