@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-
 if TYPE_CHECKING:  # torch stays unimported until tensors are planned: options are checked without it
     from .safetensors_writer import PlannedTensor
 

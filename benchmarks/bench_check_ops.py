@@ -22,7 +22,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from process_measure import GB, measure  # a sibling module: the script's folder is on sys.path
+from process_measure import (  # a sibling module: the script's folder is on sys.path
+    GB,
+    measure,
+)
 
 CONFIGS = {
     "Llama-2-7B": ({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,

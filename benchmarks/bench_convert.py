@@ -39,7 +39,15 @@ from typing import Any, Callable
 import psutil
 from convert_report import Case, print_report, summarise
 from process_measure import GB, MB, POLL_S, drop, measure, warm
-from synthetic_llama import HEADS, HIDDEN, INTERMEDIATE, KV_HEADS, VOCAB, generate, layers_for
+from synthetic_llama import (
+    HEADS,
+    HIDDEN,
+    INTERMEDIATE,
+    KV_HEADS,
+    VOCAB,
+    generate,
+    layers_for,
+)
 
 HF_CHILD = """\
 import sys, torch

@@ -32,8 +32,8 @@ WORKLOADS = {"1 request": 1, "16 requests": 16}
 
 
 def setup(workdir: Path) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
-    from ascend_common.smollm2 import smollm2_gguf
     import fixtures as fx
+    from ascend_common.smollm2 import smollm2_gguf
 
     llama = fx.build("llama", workdir / "fixtures", "safetensors")
     smol = workdir / "smollm2-bf16"

@@ -111,8 +111,8 @@ def run_smoke(model: Path, *, max_tokens: int, requests: int, concurrency: int, 
     import httpx
     import torch
 
-    from ascend_convert.manifest import MANIFEST_NAME, read_manifest, recorded_source
     from ascend_convert.layout_names import QUANT_DESCRIPTION_NAME as DESCRIPTION_NAME
+    from ascend_convert.manifest import MANIFEST_NAME, read_manifest, recorded_source
     from runtime.engine.llm_engine import load_tokenizer
     from runtime.engine.options import serve_args
     from runtime.evaluation.bench.load import run_load, server_memory, summarize_load
