@@ -8,7 +8,6 @@ still proves what the converted weights compute.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
