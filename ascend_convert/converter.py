@@ -1,5 +1,5 @@
-"""HF/GGUF checkpoint → an Ascend layout (the README's convert section): the chip's dtype, checked casts, safetensors
-written as they are computed, and a manifest with the sha256 of every byte.
+"""HF/GGUF checkpoint → an Ascend layout (the README's convert section): the chip's dtype, checked
+casts, safetensors written as they are computed, and a manifest with the sha256 of every byte.
 
 One pipeline for every layout: plan from metadata (plan.py), W8A8's calibration (w8a8.py), a work
 directory with a journal (workdir.py), the layout's weight files through the one write loop
