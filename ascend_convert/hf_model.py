@@ -8,7 +8,6 @@ still proves what the converted weights compute.
 
 from __future__ import annotations
 
-
 import torch
 
 from ascend_common.errors import UserError

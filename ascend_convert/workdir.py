@@ -27,6 +27,7 @@ from .manifest import file_record, fsync_tree
 if TYPE_CHECKING:
     from .plan import ConversionPlan
 
+
 def refuse_existing(out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise UserError(f"{out}: already exists (use --force to overwrite it)")

@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 from ascend_common.errors import UserError, first_line
+from runtime.engine.options import ENGINE_DEFAULTS
 
-BLOCK_SIZE = 16  # the engine's default (`LLMEngine(block_size=16)`)
+BLOCK_SIZE: int = ENGINE_DEFAULTS["block_size"]  # the engine's default block size
 
 
 def open_runtime(path: Path):
-    """`runtime.loader.open_model`: config and tensor names of a checkpoint directory or .gguf file."""
+    """`runtime.model.loader.open_model`: config and tensor names of a checkpoint directory or .gguf file."""
     from runtime.model.loader import open_model
 
     try:

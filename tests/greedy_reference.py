@@ -1,5 +1,5 @@
 """transformers `generate` as the reference for the runtime's greedy tokens, and the comparison
-(`runtime.greedy_check`: tokens equal, or a divergence only where transformers' top two are a tie),
+(`runtime.evaluation.greedy_check`: tokens equal, or a divergence only where transformers' top two are a tie),
 with the reference cached per session."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 processes (`python -m runtime.engine.tp_worker`) started and owned here.
 
 Every rank holds its share of the weights and of the KV cache (its KV heads) and runs the same
-forward pass; the collectives inside it (runtime.parallel) are gloo on the CPU, nccl on CUDA, hccl on
+forward pass; the collectives inside it (runtime.layers.parallel) are gloo on the CPU, nccl on CUDA, hccl on
 an NPU. Rank 0 alone schedules and samples: each step it prepares the step's inputs and broadcasts
 them (and every KV-pool growth) to the workers over a gloo group, as vLLM's multiprocess executor
 broadcasts its scheduler output.

@@ -6,7 +6,7 @@
    tokens back (`return_tokens_as_token_ids`).
 3. Runs a short concurrent streaming load and measures it as vLLM's serving benchmark does.
 4. Stops the server, loads the same weights in transformers and compares the greedy tokens
-   (`runtime.greedy_check`: equal, or diverging only at a near-tie of transformers' own logits).
+   (`runtime.evaluation.greedy_check`: equal, or diverging only at a near-tie of transformers' own logits).
 The verdict is PASS only if every prompt agrees and no request of the load failed; exit 1 otherwise.
 A quantized directory (W8A16/W8A8) is compared with the source it was converted from, which it is
 not expected to equal token for token: its report gives the share of the source's greedy tokens it

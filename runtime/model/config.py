@@ -41,7 +41,7 @@ class ModelConfig:
     rope_parameters: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"  # what the checkpoint says it computes in
     eos_token_ids: tuple[int, ...] = ()
-    quant: Any = None  # a QuantScheme for msModelSlim's int8 layout (runtime.quant_linear), else None
+    quant: Any = None  # a QuantScheme for msModelSlim's int8 layout (runtime.layers.quant_linear), else None
     tp: Any = None  # tensor parallel: the TPLayout this rank's sizes come from (None: one rank)
     tp_rank: int = 0
 

@@ -143,7 +143,7 @@ def _plot_title(report: dict[str, Any]) -> str:
 def _serving(model: str | None, server_url: str | None, dtype: str, device: str, kv_cache_memory: str,
              threads: int | None, concurrency: str, num_prompts: int | None, prompt_len: int | None,
              new_tokens: int | None, seed: int, api_key: str | None) -> dict[str, Any]:
-    """The serving benchmark (runtime.serving_bench), against a running server or one started here."""
+    """The serving benchmark (runtime.evaluation.bench.serving), against a running server or one started here."""
     levels = parse_sizes(concurrency, "--concurrency")
     kwargs = {"concurrency": levels, "num_prompts": num_prompts, "prompt_len": prompt_len or DEFAULT_PROMPT_LEN,
               "new_tokens": new_tokens or DEFAULT_NEW_TOKENS, "seed": seed, "api_key": api_key}
