@@ -1,10 +1,15 @@
 """Architecture specs: each model family is a JSON file in `specs/`, not a branch in code.
 
 A spec names the HF tensor of every role (embed, q, k, v, fused qkv, gate, up, ...), with `{L}` for
-the layer index, the config keys where a family spells them differently, and flags such as
-Baichuan2's NormHead. `convert` uses it to refuse unknown architectures and unknown tensors, to tag
-every tensor with its role in the manifest, and to give a canonical (unfused, Llama-named) view that
-the runtime, the packed layout and the logits check share.
+the layer index and `{E}` for the expert index of a mixture-of-experts layer, the config keys where a
+family spells them differently, and flags such as Baichuan2's NormHead. Two more tables serve MoE
+checkpoints saved from transformers v5's in-memory modules: `fused_experts` (a layer's experts as one
+3-D parameter, `mlp.experts.gate_up_proj` [E, 2I, H], which readers split into the per-expert Hub
+names the spec's roles give) and `aliases` (v5 names of single tensors, e.g. Mixtral's router).
+
+`convert` uses a spec to refuse unknown architectures and unknown tensors, to tag every tensor with
+its role in the manifest, and to give a canonical (unfused, Llama/Qwen-named) view that the runtime,
+the packed layout and the logits check share.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ascend_common.errors import UserError
 
@@ -42,7 +47,21 @@ CANONICAL_NAMES: dict[str, str] = {
     "gate_bias": "model.layers.{L}.mlp.gate_proj.bias",
     "up_bias": "model.layers.{L}.mlp.up_proj.bias",
     "down_bias": "model.layers.{L}.mlp.down_proj.bias",
+    # mixture of experts: the router, each routed expert, the shared expert and its sigmoid gate
+    "router": "model.layers.{L}.mlp.gate.weight",
+    "expert_gate": "model.layers.{L}.mlp.experts.{E}.gate_proj.weight",
+    "expert_up": "model.layers.{L}.mlp.experts.{E}.up_proj.weight",
+    "expert_down": "model.layers.{L}.mlp.experts.{E}.down_proj.weight",
+    "shared_gate": "model.layers.{L}.mlp.shared_expert.gate_proj.weight",
+    "shared_up": "model.layers.{L}.mlp.shared_expert.up_proj.weight",
+    "shared_down": "model.layers.{L}.mlp.shared_expert.down_proj.weight",
+    "shared_expert_gate": "model.layers.{L}.mlp.shared_expert_gate.weight",
 }
+
+#: Roles of one routed expert (each named with `{E}`), in the order a layer's experts are checked.
+EXPERT_ROLES: tuple[str, ...] = ("expert_gate", "expert_up", "expert_down")
+#: Roles of an MoE layer's shared expert.
+SHARED_EXPERT_ROLES: tuple[str, ...] = ("shared_gate", "shared_up", "shared_down")
 
 # Fused roles and the unfused roles they split into, along dim 0, in order.
 FUSED_ROLES: dict[str, tuple[str, ...]] = {
@@ -64,8 +83,17 @@ DEFAULT_CONFIG_KEYS: dict[str, list[str]] = {
     "vocab_size": ["vocab_size"],
     "max_position_embeddings": ["max_position_embeddings"],
     "tie_word_embeddings": ["tie_word_embeddings"],
+    # mixture of experts (absent: a dense model)
+    "num_experts": ["num_experts", "num_local_experts", "n_routed_experts"],
+    "num_experts_per_tok": ["num_experts_per_tok"],
+    "moe_intermediate_size": ["moe_intermediate_size"],
+    "shared_expert_intermediate_size": ["shared_expert_intermediate_size"],
+    "norm_topk_prob": ["norm_topk_prob"],
+    "decoder_sparse_step": ["decoder_sparse_step"],
+    "mlp_only_layers": ["mlp_only_layers"],
 }
-CONFIG_DEFAULTS: dict[str, Any] = {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False}
+CONFIG_DEFAULTS: dict[str, Any] = {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+                                   "norm_topk_prob": False, "decoder_sparse_step": 1, "mlp_only_layers": []}
 REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
@@ -76,6 +104,14 @@ def _lookup(config: dict, dotted: str) -> Any:
             return None
         value = value[part]
     return value
+
+
+class RoleMatch(NamedTuple):
+    """What a tensor name is in a family: its role, its layer and, for a routed expert, its expert."""
+
+    role: str
+    layer: int | None
+    expert: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +127,9 @@ class ArchSpec:
     lm_head_norm: bool = False
     reference_architecture: str | None = None
     config_keys: dict[str, Any] = field(default_factory=dict)
+    config_defaults: dict[str, Any] = field(default_factory=dict)
+    fused_experts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
     origin: str = ""
 
     @classmethod
@@ -109,32 +148,66 @@ class ArchSpec:
                 lm_head_norm=bool(data.get("lm_head_norm", False)),
                 reference_architecture=data.get("reference_architecture"),
                 config_keys=dict(data.get("config", {})),
+                config_defaults=dict(data.get("config_defaults", {})),
+                fused_experts={k: tuple(v) for k, v in data.get("fused_experts", {}).items()},
+                aliases=dict(data.get("aliases", {})),
                 origin=origin,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"{origin}: invalid architecture spec (missing or malformed field {exc})") from None
-        unknown = set(spec.tensors) - set(CANONICAL_NAMES) - set(FUSED_ROLES)
+        known = set(CANONICAL_NAMES) | set(FUSED_ROLES)
+        unknown = (set(spec.tensors) | set(spec.aliases.values())
+                   | {r for roles in spec.fused_experts.values() for r in roles}) - known
         if unknown:
             raise UserError(f"{origin}: unknown tensor role(s) {sorted(unknown)} (known: "
-                            f"{', '.join(sorted(set(CANONICAL_NAMES) | set(FUSED_ROLES)))})")
+                            f"{', '.join(sorted(known))})")
+        for roles in spec.fused_experts.values():
+            missing = [r for r in roles if r not in EXPERT_ROLES or r not in spec.tensors]
+            if missing:
+                raise UserError(f"{origin}: fused_experts parts {missing} must be expert roles the spec names")
         return spec
 
     @cached_property
     def _patterns(self) -> list[tuple[re.Pattern[str], str]]:
-        return [(_compile(p), role) for role, p in self.tensors.items()]
+        named = [(_compile(p), role) for role, p in self.tensors.items()]
+        return named + [(_compile(p), role) for p, role in self.aliases.items()]
 
     @cached_property
     def _ignore_patterns(self) -> list[re.Pattern[str]]:
         return [_compile(p) for p in self.ignore]
 
-    def role_of(self, name: str) -> tuple[str, int | None] | None:
-        """(role, layer) of an HF tensor name, or None if the spec does not describe it."""
+    @property
+    def is_moe(self) -> bool:
+        return "router" in self.tensors
+
+    def role_of(self, name: str) -> RoleMatch | None:
+        """(role, layer, expert) of an HF tensor name (a v5 alias included), or None if the spec
+        does not describe it."""
         for pattern, role in self._patterns:
             m = pattern.fullmatch(name)
             if m:
-                layer = m.groupdict().get("L")
-                return role, int(layer) if layer is not None else None
+                groups = m.groupdict()
+                layer, expert = groups.get("L"), groups.get("E")
+                return RoleMatch(role, int(layer) if layer is not None else None,
+                                 int(expert) if expert is not None else None)
         return None
+
+    def name_of(self, role: str, layer: int | None = None, expert: int | None = None) -> str:
+        """The Hub name the family gives a role (what `convert` writes)."""
+        return _format(self.tensors[role], layer, expert)
+
+    def fused_expert_of(self, name: str) -> tuple[tuple[str, ...], int] | None:
+        """(expert roles, layer) of a v5 fused 3-D experts parameter ([E, rows, cols], parts along
+        dim 1 in the roles' order), or None."""
+        for pattern, roles in self._fused_patterns:
+            m = pattern.fullmatch(name)
+            if m:
+                return roles, int(m.group("L"))
+        return None
+
+    @cached_property
+    def _fused_patterns(self) -> list[tuple[re.Pattern[str], tuple[str, ...]]]:
+        return [(_compile(p), roles) for p, roles in self.fused_experts.items()]
 
     def is_ignored(self, name: str) -> bool:
         return any(p.fullmatch(name) for p in self._ignore_patterns)
@@ -150,7 +223,7 @@ class ArchSpec:
                 rule = [rule["key"]]
             value = next((v for v in (_lookup(config, p) for p in rule) if v is not None), None)
             if value is None:
-                value = CONFIG_DEFAULTS.get(key)
+                value = self.config_defaults.get(key, CONFIG_DEFAULTS.get(key))
             elif scale != 1.0:
                 value = int(value * scale)
             out[key] = value
@@ -161,7 +234,17 @@ class ArchSpec:
             out["num_key_value_heads"] = out["num_attention_heads"]
         if out["head_dim"] is None:
             out["head_dim"] = out["hidden_size"] // out["num_attention_heads"]
+        if self.is_moe:
+            _check_moe_config(out, self.family, where)
         return out
+
+    def moe_layers(self, cfg: dict[str, Any]) -> list[bool]:
+        """Which layers are mixture-of-experts (the rest have the dense MLP), by the canonical
+        config: Qwen's `mlp_only_layers` and `decoder_sparse_step`; every layer for Mixtral."""
+        if not self.is_moe:
+            return [False] * cfg["num_hidden_layers"]
+        dense, step = set(cfg["mlp_only_layers"] or ()), cfg["decoder_sparse_step"] or 1
+        return [i not in dense and (i + 1) % step == 0 for i in range(cfg["num_hidden_layers"])]
 
     def split_sizes(self, fused_role: str, cfg: dict[str, Any]) -> list[int]:
         """Row counts of the parts of a fused tensor, from the canonical config."""
@@ -173,13 +256,28 @@ class ArchSpec:
         return [inter, inter]
 
 
+def _check_moe_config(cfg: dict[str, Any], family: str, where: str) -> None:
+    experts, top_k = cfg["num_experts"], cfg["num_experts_per_tok"]
+    for key in ("num_experts", "num_experts_per_tok", "moe_intermediate_size"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise UserError(f"{where}: {key} must be a positive integer for a {family} model, not {cfg[key]!r}")
+    if top_k > experts:
+        raise UserError(f"{where}: num_experts_per_tok {top_k} is more than the {experts} experts")
+
+
 def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(re.escape(pattern).replace(re.escape("{L}"), r"(?P<L>\d+)"))
+    escaped = re.escape(pattern).replace(re.escape("{L}"), r"(?P<L>\d+)")
+    return re.compile(escaped.replace(re.escape("{E}"), r"(?P<E>\d+)"))
 
 
-def canonical_name(role: str, layer: int | None) -> str:
-    name = CANONICAL_NAMES[role]
-    return name.replace("{L}", str(layer)) if layer is not None else name
+def _format(pattern: str, layer: int | None, expert: int | None) -> str:
+    if layer is not None:
+        pattern = pattern.replace("{L}", str(layer))
+    return pattern.replace("{E}", str(expert)) if expert is not None else pattern
+
+
+def canonical_name(role: str, layer: int | None, expert: int | None = None) -> str:
+    return _format(CANONICAL_NAMES[role], layer, expert)
 
 
 def builtin_specs() -> list[ArchSpec]:
@@ -233,15 +331,23 @@ def find_spec_for_gguf(gguf_arch: str, model_name: str, extra: list[ArchSpec] | 
     raise UserError(f"GGUF architecture {gguf_arch!r} is not supported (supported: {supported})")
 
 
-def canonical_tensors(spec: ArchSpec, cfg: dict[str, Any], role: str, layer: int | None, tensor):
+def canonical_tensors(spec: ArchSpec, cfg: dict[str, Any], match: RoleMatch, tensor):
     """The unfused, Llama-named tensors a source tensor stands for: W_pack/c_attn/qkv_proj split into
-    q, k, v; gate_up_proj into gate, up; Baichuan2's NormHead applied (rows L2-normalised)."""
+    q, k, v; gate_up_proj into gate, up; Baichuan2's NormHead applied (rows L2-normalised); an
+    expert's w1/w2/w3 under Qwen's per-expert names."""
     import torch
 
+    role, layer, expert = match
     if role in FUSED_ROLES:
         parts = torch.split(tensor, spec.split_sizes(role, cfg), dim=0)
         return [(canonical_name(r, layer), p.contiguous()) for r, p in zip(FUSED_ROLES[role], parts)]
     if role == "lm_head" and spec.lm_head_norm:
         normed = torch.nn.functional.normalize(tensor.float(), dim=-1).to(tensor.dtype)
         return [(canonical_name(role, layer), normed)]
-    return [(canonical_name(role, layer), tensor)]
+    return [(canonical_name(role, layer, expert), tensor)]
+
+
+def canonical_names(match: RoleMatch) -> list[str]:
+    """The canonical names `canonical_tensors` gives a source tensor, without reading it."""
+    role, layer, expert = match
+    return [canonical_name(r, layer, expert) for r in FUSED_ROLES.get(role, (role,))]

@@ -52,8 +52,7 @@ def build_hf_model(reader: CheckpointReader, spec: ArchSpec, dtype: torch.dtype 
         if spec.reference_architecture is None:
             state[info.name] = tensor
         else:
-            role, layer = spec.role_of(info.name)
-            state.update(canonical_tensors(spec, cfg, role, layer, tensor))
+            state.update(canonical_tensors(spec, cfg, spec.role_of(info.name), tensor))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:

@@ -109,9 +109,10 @@ def tensor_record(plan: ConversionPlan, job: TensorJob, file: str, cast: dict) -
     smoothed = plan.smoothing.transform(job.info.name)
     if smoothed is not None:
         transforms.insert(len(transforms) - (1 if transforms and transforms[-1].startswith("cast:") else 0), smoothed)
+    expert = {} if job.expert is None else {"expert": job.expert}
     return {"file": file, "dtype": job.out.dtype, "shape": list(job.out.shape), "role": job.role,
-            "layer": job.layer, "source": {"name": job.info.name, "file": job.info.file,
-                                           "dtype": job.info.stored_as},
+            "layer": job.layer, **expert, "source": {"name": job.info.name, "file": job.info.file,
+                                                     "dtype": job.info.stored_as},
             "transforms": transforms, "cast": cast}
 
 

@@ -44,13 +44,13 @@ def _canonical_stream(plan: ConversionPlan, stats: dict[str, CastStats] | None) 
     for info in plan.reader.tensors():
         if plan.spec.is_ignored(info.name):
             continue
-        role, layer = plan.spec.role_of(info.name)
+        match = plan.spec.role_of(info.name)
         tensor = plan.reader.load(info)
         cast, cast_stats = checked_cast(tensor, target if info.dtype in FLOAT_NAMES else tensor.dtype,
                                         plan.options.on_overflow)
         if stats is not None:
             stats[info.name] = cast_stats
-        yield from canonical_tensors(plan.spec, cfg, role, layer, cast)
+        yield from canonical_tensors(plan.spec, cfg, match, cast)
 
 
 def build_rank(plan: ConversionPlan, layout: TPLayout, rank: int, stats: dict[str, CastStats] | None = None

@@ -31,6 +31,7 @@ class TensorJob:
     out: PlannedTensor
     role: str
     layer: int | None
+    expert: int | None = None
     parts: list[PlannedTensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -133,7 +134,7 @@ def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointR
         out_dtype = dtype if info.dtype in FLOAT_NAMES else info.dtype
         planned = PlannedTensor(info.name, out_dtype, info.shape)
         parts = _quantized_parts(src, info, role[0], quant, dtype) if quant is not None else []
-        jobs.append(TensorJob(info, parts[0] if parts else planned, *role, parts=parts))
+        jobs.append(TensorJob(info, parts[0] if parts else planned, *role, parts=parts))  # role: RoleMatch
     groups = _split(jobs, max_shard)
     names = (shard_names if quant is None else quant_shard_names)(len(groups))
     shards = [Shard(name, group) for name, group in zip(names, groups)]

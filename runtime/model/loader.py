@@ -16,13 +16,7 @@ from pathlib import Path
 import torch
 
 from ascend_common.errors import UserError
-from ascend_convert.arch import (
-    FUSED_ROLES,
-    ArchSpec,
-    canonical_name,
-    canonical_tensors,
-    find_spec,
-)
+from ascend_convert.arch import ArchSpec, canonical_names, canonical_tensors, find_spec
 from ascend_convert.layout_names import (
     CONFIG_NAME,
     QUANT_DESCRIPTION_NAME,
@@ -80,8 +74,7 @@ def open_model(path: str | Path) -> Checkpoint:
         found = spec.role_of(info.name)
         if found is None:
             raise UserError(f"{reader.root}: tensor {info.name} is not part of a {spec.family} model")
-        role, layer = found
-        names.update(name for name, _ in _names_only(spec, cfg, role, layer))
+        names.update(canonical_names(found))
     model_dir = path if path.is_dir() else path.parent
     if scheme is not None:
         scheme = replace(scheme, float_modules=_float_modules(path, spec, cfg, scheme))
@@ -118,11 +111,10 @@ def _float_modules(path: Path, spec: ArchSpec, cfg: dict, scheme: QuantScheme) -
     parts: dict[str, set[int | None]] = {}
     for name in scheme.float_names:
         found = spec.role_of(name) if name.endswith(".weight") else None
-        if found is None or found[0] not in LINEAR_ROLES:
+        if found is None or found.role not in LINEAR_ROLES:
             continue
-        role, layer = found
-        for r in FUSED_ROLES.get(role, (role,)):
-            target, part = parameter_for(canonical_name(r, layer))
+        for canonical in canonical_names(found):
+            target, part = parameter_for(canonical)
             parts.setdefault(target.removesuffix(".weight"), set()).add(part)
     for module, found_parts in parts.items():
         if not CausalLM.fully_filled(f"{module}.weight", found_parts):
@@ -137,11 +129,6 @@ def _quant_part(name: str) -> tuple[str, str] | None:
     return (f"{stem}.weight", suffix) if suffix in QUANT_SUFFIXES else None
 
 
-def _names_only(spec: ArchSpec, cfg: dict, role: str, layer: int | None) -> Iterator[tuple[str, None]]:
-    for r in FUSED_ROLES.get(role, (role,)):
-        yield canonical_name(r, layer), None
-
-
 def runtime_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
     """(canonical name, tensor) of every weight, one source tensor in memory at a time."""
     cfg = ckpt.spec.canonical_config(ckpt.raw_config)
@@ -150,22 +137,19 @@ def runtime_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
             continue
         part = _quant_part(info.name) if ckpt.config.quant is not None else None
         if part is None:
-            role, layer = ckpt.spec.role_of(info.name)
-            yield from canonical_tensors(ckpt.spec, cfg, role, layer, ckpt.reader.load(info))
+            yield from canonical_tensors(ckpt.spec, cfg, ckpt.spec.role_of(info.name), ckpt.reader.load(info))
             continue
         weight, suffix = part
         found = ckpt.spec.role_of(weight)
         if found is None:
             raise UserError(f"{ckpt.path}: tensor {info.name} belongs to no layer of a {ckpt.spec.family} model")
-        role, layer = found
         tensor = ckpt.reader.load(info)
         if suffix == "deq_scale":
             tensor = loaded_deq_scale(tensor)  # an fp16 model stores the fp32 bits in an int64
         if suffix in PER_TENSOR:  # one value for the layer: every fused part gets it
-            names = [canonical_name(r, layer) for r in FUSED_ROLES.get(role, (role,))]
-            pieces = [(n, tensor) for n in names]
+            pieces = [(n, tensor) for n in canonical_names(found)]
         else:
-            pieces = canonical_tensors(ckpt.spec, cfg, role, layer, tensor)
+            pieces = canonical_tensors(ckpt.spec, cfg, found, tensor)
         for name, piece in pieces:
             yield f"{name.removesuffix('.weight')}.{suffix}", piece
 
