@@ -29,7 +29,7 @@ class Target(_Section):
 
     soc: Literal["ascend910b", "ascend910a", "ascend310p"]
     dtype: Literal["bfloat16", "float16", "float32"]
-    quantize: Literal["none", "w8a16", "w8a8"] = "none"
+    quantize: Literal["none", "w8a16", "w8a8", "w8a8-dynamic"] = "none"
     torch_npu: str = DEFAULT_TORCH_NPU
 
     @field_validator("torch_npu")
