@@ -190,6 +190,10 @@ def narrow_router(tensors, spec, cfg, layer):
     tensors[name] = tensors[name][:7].clone()
 
 
+def extra_expert(tensors, spec, cfg, layer):
+    tensors[spec.name_of("expert_down", layer, EXPERTS)] = tensors[spec.name_of("expert_down", layer, 0)].clone()
+
+
 def seven_fused_experts(tensors, spec, cfg, layer):
     name = f"model.layers.{layer}.mlp.experts.gate_up_proj"
     tensors[name] = tensors[name][:7].clone()
@@ -211,6 +215,8 @@ def _message(case: str, src: Path) -> str:
                             f"[16, 64], but expert 0 of the layer has [32, 64]",
         "narrow_router": f"{file}: tensor {spec.name_of('router', layer)} (layer {layer}'s router) has 7 rows; "
                          f"{config} has num_experts 8",
+        "extra_expert": f"{file}: tensor {spec.name_of('expert_down', layer, 8)} is expert 8 of layer {layer}; "
+                        f"{config} has num_experts 8 (experts 0-7)",
         "seven_fused_experts": f"{fused} has shape [7, 64, 64]: its first dim 7 is not config.json's num_experts 8",
         "odd_fused_rows": f"{fused} has shape [8, 63, 64]: its 63 rows do not split into 2 equal parts "
                           f"(expert_gate, expert_up)",
@@ -218,7 +224,8 @@ def _message(case: str, src: Path) -> str:
 
 
 CASES = {"missing_expert": (missing_expert, "safetensors"), "misshapen_expert": (misshapen_expert, "safetensors"),
-         "narrow_router": (narrow_router, "safetensors"), "seven_fused_experts": (seven_fused_experts, fx.FUSED_EXPERTS),
+         "narrow_router": (narrow_router, "safetensors"), "extra_expert": (extra_expert, "safetensors"),
+         "seven_fused_experts": (seven_fused_experts, fx.FUSED_EXPERTS),
          "odd_fused_rows": (odd_fused_rows, fx.FUSED_EXPERTS)}
 
 
@@ -246,6 +253,22 @@ def test_the_cli_refuses_a_broken_expert_layout_in_one_line(tmp_path, copy_check
     result = run_cli("convert", src, out, "--no-progress")
     assert_one_line_error(result)
     assert result.stderr.strip() == f"error: {_message(case, src)}"
+    assert_nothing_written(out)
+
+
+def test_experts_in_a_layer_the_config_makes_dense_are_refused(tmp_path, copy_checkpoint):
+    src = copy_checkpoint("qwen3_moe")  # mlp_only_layers=[1]
+
+    def experts_in_dense_layer(tensors, spec, cfg, layer):
+        for role in EXPERT_ROLES:
+            for e in range(EXPERTS):
+                tensors[spec.name_of(role, 1, e)] = tensors[spec.name_of(role, 0, e)].clone()
+    _edit(src, experts_in_dense_layer)
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as raised:
+        convert(src, out, ConvertOptions())
+    assert str(raised.value) == (f"{src / 'model.safetensors'}: tensor model.layers.1.mlp.experts.0.down_proj.weight "
+                                 f"is an expert of layer 1, which {src / 'config.json'} makes a dense layer")
     assert_nothing_written(out)
 
 
