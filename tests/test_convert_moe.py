@@ -217,7 +217,7 @@ def _message(case: str, src: Path) -> str:
                          f"{config} has num_experts 8",
         "extra_expert": f"{file}: tensor {spec.name_of('expert_down', layer, 8)} is expert 8 of layer {layer}; "
                         f"{config} has num_experts 8 (experts 0-7)",
-        "seven_fused_experts": f"{fused} has shape [7, 64, 64]: its first dim 7 is not config.json's num_experts 8",
+        "seven_fused_experts": f"{fused} has shape [7, 64, 64]: its first dim 7 is not the num_experts 8 of {config}",
         "odd_fused_rows": f"{fused} has shape [8, 63, 64]: its 63 rows do not split into 2 equal parts "
                           f"(expert_gate, expert_up)",
     }[case]
@@ -269,6 +269,20 @@ def test_experts_in_a_layer_the_config_makes_dense_are_refused(tmp_path, copy_ch
         convert(src, out, ConvertOptions())
     assert str(raised.value) == (f"{src / 'model.safetensors'}: tensor model.layers.1.mlp.experts.0.down_proj.weight "
                                  f"is an expert of layer 1, which {src / 'config.json'} makes a dense layer")
+    assert_nothing_written(out)
+
+
+def test_a_router_under_its_hub_name_and_its_v5_alias_is_refused(tmp_path, copy_checkpoint):
+    src = copy_checkpoint("mixtral", fx.FUSED_EXPERTS)
+
+    def both_names(tensors, spec, cfg, layer):
+        tensors["model.layers.1.block_sparse_moe.gate.weight"] = tensors["model.layers.1.mlp.gate.weight"].clone()
+    _edit(src, both_names)
+    out = tmp_path / "out"
+    result = run_cli("convert", src, out, "--no-progress")
+    assert_one_line_error(result)
+    assert result.stderr.strip() == ("error: tensor model.layers.1.block_sparse_moe.gate.weight is stored twice: in "
+                                     "model.safetensors and in model.safetensors as model.layers.1.mlp.gate.weight")
     assert_nothing_written(out)
 
 

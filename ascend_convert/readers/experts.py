@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from ascend_common.errors import UserError
 
-from .base import StoredPart, TensorInfo
+from ..layout_names import CONFIG_NAME
+from .base import StoredPart, TensorInfo, check_duplicates
 
 if TYPE_CHECKING:
     from ..arch import ArchSpec
@@ -38,7 +39,7 @@ def present_experts(stored: list[TensorInfo], spec: ArchSpec, config: dict, root
         fused = spec.fused_expert_of(info.name)
         if fused is not None:
             if experts is None:
-                experts = spec.canonical_config(config, where=str(root / "config.json"))["num_experts"]
+                experts = spec.canonical_config(config, where=str(root / CONFIG_NAME))["num_experts"]
             out.extend(_split(info, *fused, experts, spec, root))
             continue
         match = spec.role_of(info.name)
@@ -49,6 +50,9 @@ def present_experts(stored: list[TensorInfo], spec: ArchSpec, config: dict, root
                                    stored=StoredPart(info.name)))
                 continue
         out.append(info)
+    seen: dict[str, str] = {}
+    for info in out:  # a layer's experts both fused and per expert (or a router under both names)
+        check_duplicates(seen, info.name, info.file if info.stored is None else f"{info.file} as {info.stored.name}")
     return out
 
 
@@ -61,8 +65,8 @@ def _split(info: TensorInfo, roles: tuple[str, ...], layer: int, experts: int, s
         raise UserError(f"{where} has shape {list(info.shape)}; a fused experts tensor is 3-D [experts, rows, cols]")
     count, rows, cols = info.shape
     if count != experts:
-        raise UserError(f"{where} has shape {list(info.shape)}: its first dim {count} is not config.json's "
-                        f"num_experts {experts}")
+        raise UserError(f"{where} has shape {list(info.shape)}: its first dim {count} is not the num_experts "
+                        f"{experts} of {root / CONFIG_NAME}")
     if rows % len(roles):
         raise UserError(f"{where} has shape {list(info.shape)}: its {rows} rows do not split into "
                         f"{len(roles)} equal parts ({', '.join(roles)})")
