@@ -4,6 +4,10 @@ Families with a transformers class are built with it under their own names. Remo
 (Baichuan, Qwen v1) are never executed: their weights go through the canonical view into the
 transformers class that computes the same function (spec `reference_architecture`), so the check
 still proves what the converted weights compute.
+
+transformers v5 holds a mixture-of-experts layer's routed experts as 3-D parameters; readers present
+the Hub's per-expert tensors, so they are stacked back into those parameters (`InMemoryNames`) from
+the spec's `fused_experts` and `aliases` tables, for every MoE family alike.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 from ascend_common.errors import UserError
 
 from .arch import ArchSpec, canonical_tensors
-from .readers import CheckpointReader
+from .readers import CheckpointReader, TensorInfo
 
 
 def _config_for(reader: CheckpointReader, spec: ArchSpec):
@@ -44,15 +48,17 @@ def build_hf_model(reader: CheckpointReader, spec: ArchSpec, dtype: torch.dtype 
     cfg = spec.canonical_config(reader.config())
     model = cls(config).to(dtype)  # built on CPU so computed buffers (RoPE inv_freq) are real
     state = {}
+    in_memory = InMemoryNames(spec)
     for info in reader.tensors():
         if spec.is_ignored(info.name):
             continue
         tensor = reader.load(info)
         tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
-        if spec.reference_architecture is None:
-            state[info.name] = tensor
-        else:
+        if spec.reference_architecture is not None:
             state.update(canonical_tensors(spec, cfg, spec.role_of(info.name), tensor))
+        elif not in_memory.take(info, tensor):
+            state[info.name] = tensor
+    state.update(in_memory.tensors())
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
@@ -61,3 +67,38 @@ def build_hf_model(reader: CheckpointReader, spec: ArchSpec, dtype: torch.dtype 
     if tied:
         model.tie_weights()
     return model.eval()
+
+
+class InMemoryNames:
+    """Per-expert Hub tensors gathered into transformers v5's in-memory parameters: each fused
+    `[E, rows, cols]` parameter is the stack over experts of its parts concatenated along rows
+    (gate_up = [gate; up]); a tensor whose role has a v5 alias is stored under the alias."""
+
+    def __init__(self, spec: ArchSpec) -> None:
+        self.spec = spec
+        self.fused = {role: (pattern, roles) for pattern, roles in spec.fused_experts.items() for role in roles}
+        self.alias = {role: pattern for pattern, role in spec.aliases.items()}
+        self.parts: dict[str, tuple[tuple[str, ...], dict[tuple[int, str], torch.Tensor]]] = {}
+        self.renamed: dict[str, torch.Tensor] = {}
+
+    def take(self, info: TensorInfo, tensor: torch.Tensor) -> bool:
+        """Keep `tensor` if it goes into a v5 parameter of another name; False: it keeps its own."""
+        match = self.spec.role_of(info.name)
+        if match is None:
+            return False
+        if match.expert is not None and match.role in self.fused:
+            pattern, roles = self.fused[match.role]
+            name = pattern.replace("{L}", str(match.layer))
+            self.parts.setdefault(name, (roles, {}))[1][(match.expert, match.role)] = tensor
+            return True
+        if match.role in self.alias:
+            self.renamed[self.alias[match.role].replace("{L}", str(match.layer))] = tensor
+            return True
+        return False
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = dict(self.renamed)
+        for name, (roles, parts) in self.parts.items():
+            experts = 1 + max(e for e, _ in parts)
+            out[name] = torch.stack([torch.cat([parts[(e, r)] for r in roles]) for e in range(experts)])
+        return out

@@ -104,8 +104,10 @@ def tensor_record(plan: ConversionPlan, job: TensorJob, file: str, cast: dict) -
     reader = list(job.info.transforms)
     casts = [] if job.info.dtype == job.out.dtype else [f"cast:{job.info.dtype}->{job.out.dtype}"]
     # As earlier manifests record it: a dequantized tensor lists what its reader did before the cast,
-    # a float GGUF's unpermute comes after it (though it is done first).
-    transforms = reader + casts if reader and reader[0].startswith("dequantize:") else casts + reader
+    # a float GGUF's unpermute comes after it (though it is done first). An expert split out of a
+    # fused 3-D tensor, or a renamed alias, lists that first: it says which stored tensor was read.
+    first = reader and reader[0].startswith(("dequantize:", "split_experts:", "rename:"))
+    transforms = reader + casts if first else casts + reader
     smoothed = plan.smoothing.transform(job.info.name)
     if smoothed is not None:
         transforms.insert(len(transforms) - (1 if transforms and transforms[-1].startswith("cast:") else 0), smoothed)

@@ -12,7 +12,7 @@ from pathlib import Path
 from ascend_common.errors import UserError
 from ascend_common.soc import resolve_dtype
 
-from .arch import ArchSpec, load_spec_file
+from .arch import EXPERT_ROLES, ArchSpec, load_spec_file
 from .convert_options import ConvertOptions
 from .dtypes import FLOAT_NAMES
 from .layout_names import CONFIG_NAME, quant_shard_names, shard_names
@@ -116,7 +116,7 @@ def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointR
     if reader is None:
         reader = open_checkpoint(src, [load_spec_file(p) for p in options.arch_specs])
     spec = reader.spec
-    spec.canonical_config(reader.config(), where=str(src / CONFIG_NAME))  # fails early on a broken config
+    cfg = spec.canonical_config(reader.config(), where=str(src / CONFIG_NAME))  # fails early on a broken config
     infos = reader.tensors()
     if not infos:
         raise UserError(f"{src}: the checkpoint holds no tensors")
@@ -135,10 +135,54 @@ def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointR
         planned = PlannedTensor(info.name, out_dtype, info.shape)
         parts = _quantized_parts(src, info, role[0], quant, dtype) if quant is not None else []
         jobs.append(TensorJob(info, parts[0] if parts else planned, *role, parts=parts))  # role: RoleMatch
+    if spec.is_moe:
+        check_experts(src, spec, cfg, jobs)
     groups = _split(jobs, max_shard)
     names = (shard_names if quant is None else quant_shard_names)(len(groups))
     shards = [Shard(name, group) for name, group in zip(names, groups)]
     return ConversionPlan(src, out, reader, spec, soc.name, dtype, source_dtype, shards, dropped, options, quant)
+
+
+def check_experts(src: Path, spec: ArchSpec, cfg: dict, jobs: list[TensorJob]) -> None:
+    """An MoE checkpoint's experts, from metadata: each sparse layer's router has `num_experts` rows,
+    and every expert of it has each expert role, all experts of a layer the same shape per role.
+    A model that would load with a hole or a misshapen expert is refused here, before anything
+    is written; the error names the layer, the expert and the file."""
+    experts, sparse = cfg["num_experts"], spec.moe_layers(cfg)
+    config = src / CONFIG_NAME
+    roles = [r for r in EXPERT_ROLES if r in spec.tensors]
+    found: dict[tuple[int, str, int], TensorJob] = {}
+    for job in jobs:
+        where = f"{src / job.info.file}: tensor {job.info.name}"
+        if job.layer is not None and job.layer >= len(sparse):
+            raise UserError(f"{where} is in layer {job.layer}, beyond the {len(sparse)} layers of {config}")
+        if job.role == "router" and job.info.shape[0] != experts:
+            raise UserError(f"{where} (layer {job.layer}'s router) has {job.info.shape[0]} rows; {config} has "
+                            f"num_experts {experts}")
+        if job.expert is None:
+            continue
+        if not sparse[job.layer]:
+            raise UserError(f"{where} is an expert of layer {job.layer}, which {config} makes a dense layer")
+        if job.expert >= experts:
+            raise UserError(f"{where} is expert {job.expert} of layer {job.layer}; {config} has num_experts "
+                            f"{experts} (experts 0-{experts - 1})")
+        found[(job.layer, job.role, job.expert)] = job
+    for layer in (i for i, moe in enumerate(sparse) if moe):
+        for role in roles:
+            first: TensorJob | None = None
+            for e in range(experts):
+                job = found.get((layer, role, e))
+                if job is None:
+                    held = next((j.info.file for j in found.values() if j.layer == layer), None)
+                    raise UserError(f"{src / held if held else src}: layer {layer} expert {e} has no {role} "
+                                    f"tensor ({spec.name_of(role, layer, e)} is missing; {config} has "
+                                    f"num_experts {experts})")
+                if first is None:
+                    first = job
+                elif job.info.shape != first.info.shape:
+                    raise UserError(f"{src / job.info.file}: tensor {job.info.name} (layer {layer} expert {e}) "
+                                    f"has shape {list(job.info.shape)}, but expert {first.expert} of the layer has "
+                                    f"{list(first.info.shape)}")
 
 
 def _split(jobs: list[TensorJob], max_shard: int) -> list[list[TensorJob]]:

@@ -8,9 +8,9 @@ from ascend_common.errors import UserError
 
 from ..arch import ArchSpec, find_spec
 from ..layout_names import CONFIG_NAME, HF_INDEX_NAME
-from .base import CheckpointReader, TensorInfo, read_config
+from .base import CheckpointReader, StoredPart, TensorInfo, read_config
 
-__all__ = ["CheckpointReader", "TensorInfo", "open_checkpoint", "read_config"]
+__all__ = ["CheckpointReader", "StoredPart", "TensorInfo", "open_checkpoint", "read_config"]
 
 
 def open_checkpoint(src: Path, extra_specs: list[ArchSpec] | None = None) -> CheckpointReader:

@@ -27,6 +27,17 @@ NEVER_COPIED = frozenset({CONFIG_NAME, MANIFEST_NAME, *INDEX_NAMES})
 
 
 @dataclass(frozen=True)
+class StoredPart:
+    """Where a presented tensor's values are stored when that is not a tensor of its own name: the
+    stored tensor `name` (an alias), or, for one expert of a fused 3-D experts tensor, its block
+    `expert` (index along dim 0) and the `rows` [start, stop) of that block (see experts.py)."""
+
+    name: str
+    expert: int | None = None
+    rows: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
 class TensorInfo:
     name: str
     dtype: str  # torch dtype name of the values the reader returns
@@ -36,6 +47,13 @@ class TensorInfo:
     #: What the reader does to the stored values before `load` returns them, in the manifest's words
     #: (`dequantize:Q4_1`, `unpermute_qk:gguf`): the converter records them, it does not redo them.
     transforms: tuple[str, ...] = ()
+    #: Set when the values are stored under another name or are part of a stored tensor.
+    stored: StoredPart | None = None
+
+    @property
+    def stored_name(self) -> str:
+        """The name of the tensor in the file that holds the values."""
+        return self.name if self.stored is None else self.stored.name
 
     @property
     def numel(self) -> int:
@@ -63,6 +81,19 @@ class CheckpointReader(ABC):
     @abstractmethod
     def tensors(self) -> list[TensorInfo]:
         """Every tensor, in the order that reads the files sequentially."""
+
+    def presented(self, stored: list[TensorInfo]) -> list[TensorInfo]:
+        """The stored tensors as the family's Hub names present them (fused experts split per expert,
+        aliases renamed: experts.py), computed once the reader knows its spec."""
+        cached = self.__dict__.get("_presented")
+        if cached is None:
+            spec = getattr(self, "spec", None)
+            if spec is None:
+                return stored
+            from .experts import present_experts
+
+            cached = self.__dict__["_presented"] = present_experts(stored, spec, self.config(), self.root)
+        return cached
 
     @abstractmethod
     def load(self, info: TensorInfo) -> torch.Tensor:

@@ -20,6 +20,7 @@ from .base import (
     load_index,
     read_config,
 )
+from .experts import part_span
 
 INDEX = HF_INDEX_NAME
 
@@ -65,6 +66,7 @@ class SafetensorsReader(CheckpointReader):
         self._files = sorted(p.resolve() for p in files)
         self._open: tuple[str, object] | None = None
         self._spans: dict[str, tuple[int, int]] = {}  # tensor → (absolute offset, nbytes)
+        self._shapes: dict[str, tuple[int, ...]] = {}  # stored tensor → its shape
         seen: dict[str, str] = {}
         infos: list[tuple[str, int, TensorInfo]] = []
         for path in self._files:
@@ -84,6 +86,7 @@ class SafetensorsReader(CheckpointReader):
                 info = TensorInfo(name, dtype, tuple(entry["shape"]), rel, dtype)
                 begin, end = entry["data_offsets"]
                 self._spans[name] = (data_start + begin, end - begin)
+                self._shapes[name] = info.shape
                 infos.append((rel, begin, info))
         if index is not None:
             for name, shard in index.items():
@@ -95,7 +98,7 @@ class SafetensorsReader(CheckpointReader):
         return self._config
 
     def tensors(self) -> list[TensorInfo]:
-        return self._infos
+        return self.presented(self._infos)
 
     def weight_files(self) -> list[Path]:
         return list(self._files)
@@ -104,11 +107,14 @@ class SafetensorsReader(CheckpointReader):
         if self._open is None or self._open[0] != info.file:
             self.close()  # the converter reads files in order: one open file at a time
             self._open = (info.file, open(self._root / info.file, "rb", buffering=0))
-        offset, nbytes = self._spans[info.name]
+        offset, nbytes = self._spans[info.stored_name]
+        if info.stored is not None and info.stored.expert is not None:  # one expert's rows: only their bytes
+            offset, nbytes = part_span(offset, self._shapes[info.stored.name],
+                                       TORCH_DTYPES[info.dtype].itemsize, info.stored)
         try:
             raw = read_into(self._open[1], offset, nbytes)
         except (OSError, EOFError) as exc:
-            raise UserError(f"{self._root / info.file}: cannot read tensor {info.name} ({exc})") from None
+            raise UserError(f"{self._root / info.file}: cannot read tensor {info.stored_name} ({exc})") from None
         return raw.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)
 
     def close(self) -> None:

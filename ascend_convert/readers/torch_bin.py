@@ -75,7 +75,7 @@ class TorchBinReader(CheckpointReader):
         return self._config
 
     def tensors(self) -> list[TensorInfo]:
-        return self._infos
+        return self.presented(self._infos)
 
     def weight_files(self) -> list[Path]:
         return [p.resolve() for p in self._files]
@@ -83,7 +83,11 @@ class TorchBinReader(CheckpointReader):
     def load(self, info: TensorInfo) -> torch.Tensor:
         if self._state is None or self._state[0] != info.file:
             self._state = (info.file, load_state_dict(self.root.resolve() / info.file))
-        return self._state[1][info.name].contiguous()
+        tensor = self._state[1][info.stored_name]
+        part = info.stored
+        if part is not None and part.expert is not None:  # one expert's rows of a mapped 3-D tensor
+            tensor = tensor[part.expert, part.rows[0]:part.rows[1]]
+        return tensor.contiguous()
 
     def close(self) -> None:
         self._state = None
