@@ -75,21 +75,42 @@ def _grouped(w: torch.Tensor, group_size: int, name: str) -> torch.Tensor:
 def quantize_weight(w: torch.Tensor, *, symmetric: bool = True, group_size: int = 0,
                     name: str = "weight") -> QuantizedWeight:
     """int8 weight with per-channel (group_size 0) or per-group scale and offset."""
+    return _quantize(w, symmetric, group_size, name)[0]
+
+
+def _quantize(w: torch.Tensor, symmetric: bool, group_size: int, name: str) -> tuple[QuantizedWeight, QuantError]:
+    """The quantized weight and its error, in one pass over a float32 copy: the rounded values are
+    dequantized in place to measure the error, and the peak |w| is the range already found. A
+    conversion quantizes every linear of the model, so each extra full-size temporary or pass
+    shows in its time (an MoE layer holds hundreds of them)."""
     g = _grouped(w, group_size, name)
     if symmetric:
-        scale = g.abs().amax(-1, keepdim=True) / QMAX
+        lo, hi = torch.aminmax(g, dim=-1, keepdim=True)
+        peak = torch.maximum(hi, -lo)  # max |w| per group
+        scale = peak / QMAX
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale
         zero = torch.zeros_like(scale)
     else:
         lo = g.amin(-1, keepdim=True).clamp(max=0)
         hi = g.amax(-1, keepdim=True).clamp(min=0)
+        peak = torch.maximum(hi, -lo)
         scale = (hi - lo) / ASYMMETRIC_STEPS
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero = torch.round(-lo / scale) + QMIN  # the integer that stands for 0.0
-    q = torch.clamp(torch.round(g / scale) + zero, QMIN, QMAX)
+    r = g / scale
+    r.round_()
+    if not symmetric:  # symmetric needs no clamp: |w| / scale <= 127 up to rounding, which rounds to 127
+        r.add_(zero).clamp_(QMIN, QMAX)
     out, width = w.shape
-    return QuantizedWeight(q.view(out, width).to(torch.int8), scale.squeeze(-1).contiguous(),
-                           (-zero).squeeze(-1).contiguous(), group_size)
+    quantized = QuantizedWeight(r.view(out, width).to(torch.int8), scale.squeeze(-1).contiguous(),
+                                (-zero).add_(0.0).squeeze(-1).contiguous(), group_size)  # +0.0, not -0.0
+    if not w.numel():
+        return quantized, QuantError(0.0, 0.0)
+    if not symmetric:
+        r.sub_(zero)
+    max_abs = r.mul_(scale).sub_(g).abs_().max().item()  # |(q + offset) * scale - w|
+    top = peak.max().item()
+    return quantized, QuantError(max_abs, max_abs / top if top > 0 else 0.0)
 
 
 def quant_error(w: torch.Tensor, dequantized: torch.Tensor) -> QuantError:
@@ -181,14 +202,11 @@ def quantized_tensors(name: str, weight: torch.Tensor, *, symmetric: bool, group
     the weight's quantization error. `convert` writes these and `verify --source` requires the same
     bytes, so both call this one function: the two can never quantize differently."""
     if act is None:
-        qw = quantize_weight(weight, symmetric=symmetric, group_size=group_size, name=name)
-        parts = {"weight": qw.weight, "weight_scale": qw.scale, "weight_offset": qw.offset}
-        dequantized = qw.dequantize()
-    else:
-        layer = quantize_w8a8(weight, bias, act, name=name)
-        parts = {"weight": layer.weight, "weight_scale": layer.weight_scale, "weight_offset": layer.weight_offset,
-                 "input_scale": layer.input_scale, "input_offset": layer.input_offset,
-                 "deq_scale": stored_deq_scale(layer.deq_scale, TORCH_DTYPES[model_dtype]),
-                 "quant_bias": layer.quant_bias}
-        dequantized = layer.weight.float() * layer.weight_scale
-    return parts, quant_error(weight, dequantized)
+        qw, error = _quantize(weight, symmetric, group_size, name)
+        return {"weight": qw.weight, "weight_scale": qw.scale, "weight_offset": qw.offset}, error
+    layer = quantize_w8a8(weight, bias, act, name=name)
+    parts = {"weight": layer.weight, "weight_scale": layer.weight_scale, "weight_offset": layer.weight_offset,
+             "input_scale": layer.input_scale, "input_offset": layer.input_offset,
+             "deq_scale": stored_deq_scale(layer.deq_scale, TORCH_DTYPES[model_dtype]),
+             "quant_bias": layer.quant_bias}
+    return parts, quant_error(weight, layer.weight.float() * layer.weight_scale)
