@@ -18,6 +18,9 @@ Everything is computed in float32 from the source weight, whatever its dtype.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -79,14 +82,13 @@ def quantize_weight(w: torch.Tensor, *, symmetric: bool = True, group_size: int 
 
 
 def _quantize(w: torch.Tensor, symmetric: bool, group_size: int, name: str) -> tuple[QuantizedWeight, QuantError]:
-    """The quantized weight and its error, in one pass over a float32 copy: the rounded values are
-    dequantized in place to measure the error, and the peak |w| is the range already found. A
-    conversion quantizes every linear of the model, so each extra full-size temporary or pass
-    shows in its time (an MoE layer holds hundreds of them)."""
+    """The quantized weight and its error, from one float32 copy: the rounded values dequantized in
+    place to measure the error, and the peak |w| the range already found. A conversion
+    quantizes every linear of the model, so each extra full-size temporary or pass shows in its time
+    (an MoE layer holds hundreds of linears)."""
     g = _grouped(w, group_size, name)
     if symmetric:
-        lo, hi = torch.aminmax(g, dim=-1, keepdim=True)
-        peak = torch.maximum(hi, -lo)  # max |w| per group
+        peak = g.abs().amax(-1, keepdim=True)  # max |w| per group
         scale = peak / QMAX
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale
         zero = torch.zeros_like(scale)
@@ -108,7 +110,9 @@ def _quantize(w: torch.Tensor, symmetric: bool, group_size: int, name: str) -> t
         return quantized, QuantError(0.0, 0.0)
     if not symmetric:
         r.sub_(zero)
-    max_abs = r.mul_(scale).sub_(g).abs_().max().item()  # |(q + offset) * scale - w|
+    # |(q + offset) * scale - w| in place (not fused: the error of the dequantized value as a reader
+    # computes it); per-row maxima first, a whole-tensor max is several times slower on CPU
+    max_abs = r.mul_(scale).sub_(g).abs_().amax(-1).max().item()
     top = peak.max().item()
     return quantized, QuantError(max_abs, max_abs / top if top > 0 else 0.0)
 
@@ -193,6 +197,21 @@ def loaded_deq_scale(stored: torch.Tensor) -> torch.Tensor:
     return stored.float()
 
 
+@contextmanager
+def _leaving_a_core() -> Iterator[None]:
+    """torch's intra-op threads capped at one fewer than the cores this process may use. The write
+    loop hashes each written tensor on a worker thread meanwhile; with every core in torch's pool, its
+    OpenMP workers spin waiting for the core the hasher holds, and quantizing (a dozen short passes
+    per weight) takes several times longer on a 2-core machine."""
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, min(before, cores - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def quantized_tensors(name: str, weight: torch.Tensor, *, symmetric: bool, group_size: int,
                       act: ActivationQuant | None, bias: torch.Tensor | None, model_dtype: str
                       ) -> tuple[dict[str, torch.Tensor], QuantError]:
@@ -201,6 +220,13 @@ def quantized_tensors(name: str, weight: torch.Tensor, *, symmetric: bool, group
     `deq_scale` as stored for a `model_dtype` model and `quant_bias`, from the source `bias`), and
     the weight's quantization error. `convert` writes these and `verify --source` requires the same
     bytes, so both call this one function: the two can never quantize differently."""
+    with _leaving_a_core():
+        return _quantized_tensors(name, weight, symmetric, group_size, act, bias, model_dtype)
+
+
+def _quantized_tensors(name: str, weight: torch.Tensor, symmetric: bool, group_size: int,
+                       act: ActivationQuant | None, bias: torch.Tensor | None, model_dtype: str
+                       ) -> tuple[dict[str, torch.Tensor], QuantError]:
     if act is None:
         qw, error = _quantize(weight, symmetric, group_size, name)
         return {"weight": qw.weight, "weight_scale": qw.scale, "weight_offset": qw.offset}, error
