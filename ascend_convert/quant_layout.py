@@ -55,7 +55,8 @@ FUSED_GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("gate", "up"), EX
 
 @dataclass(frozen=True)
 class QuantOptions:
-    """`--quantize w8a16 [--group-size G] [--asymmetric]` or `--quantize w8a8 [--calib FILE]`."""
+    """`--quantize w8a16 [--group-size G] [--asymmetric]`, `--quantize w8a8 [--calib FILE]` or
+    `--quantize w8a8-dynamic`."""
 
     kind: str  # "w8a16", "w8a8" or "w8a8-dynamic"
     group_size: int = 0  # 0: per output channel
@@ -95,9 +96,10 @@ def quantized_parts(name: str, shape: tuple[int, ...], quant: QuantOptions, quan
                     ) -> list[PlannedTensor]:
     """W8A16: the int8 weight and its `weight_scale`/`weight_offset` (fp32, [out, 1] or [out, in/g]).
     W8A8_DYNAMIC: the same three, per channel and symmetric (offset 0), as msModelSlim's saver writes
-    them (`on_w8a8_dynamic_per_channel`). W8A8 adds `input_scale`/`input_offset` (fp32 [1]), `deq_scale` ([out]: int64 holding fp32 bits
-    for an fp16 model, fp32 otherwise) and `quant_bias` (int32 [out]); its weight_scale/offset are
-    per channel (vllm-ascend declares them for W8A8 layers too)."""
+    them (`on_w8a8_dynamic_per_channel`). W8A8 adds `input_scale`/`input_offset` (fp32 [1]),
+    `deq_scale` ([out]: int64 holding fp32 bits for an fp16 model, fp32 otherwise) and `quant_bias`
+    (int32 [out]); its weight_scale/offset are per channel (vllm-ascend declares them for W8A8 layers
+    too)."""
     from .safetensors_writer import PlannedTensor
 
     out, width = shape
@@ -148,7 +150,11 @@ def check_description(description: dict, spec: ArchSpec, where: str) -> None:
         group = next((g for g in FUSED_GROUPS if match.role in g), None)
         if group is not None:
             groups.setdefault((match.layer, group, match.expert), {})[match.role] = qtype
-    for (layer, group, expert), types in sorted(groups.items(), key=lambda kv: (kv[0][0] or 0, str(kv[0][1]), kv[0][2] or 0)):
+    def order(key: tuple) -> tuple:
+        layer, group, expert = key
+        return layer or 0, FUSED_GROUPS.index(group), expert or 0
+
+    for (layer, group, expert), types in sorted(groups.items(), key=lambda kv: order(kv[0])):
         if len(set(types.values())) > 1:
             whose = f"layer {layer} expert {expert}" if expert is not None else f"layer {layer}"
             listing = ", ".join(f"{role} {types[role]}" for role in group if role in types)
