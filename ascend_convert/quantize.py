@@ -18,6 +18,9 @@ Everything is computed in float32 from the source weight, whatever its dtype.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -75,21 +78,43 @@ def _grouped(w: torch.Tensor, group_size: int, name: str) -> torch.Tensor:
 def quantize_weight(w: torch.Tensor, *, symmetric: bool = True, group_size: int = 0,
                     name: str = "weight") -> QuantizedWeight:
     """int8 weight with per-channel (group_size 0) or per-group scale and offset."""
+    return _quantize(w, symmetric, group_size, name)[0]
+
+
+def _quantize(w: torch.Tensor, symmetric: bool, group_size: int, name: str) -> tuple[QuantizedWeight, QuantError]:
+    """The quantized weight and its error, from one float32 copy: the rounded values dequantized in
+    place to measure the error, and the peak |w| the range already found. A conversion
+    quantizes every linear of the model, so each extra full-size temporary or pass shows in its time
+    (an MoE layer holds hundreds of linears)."""
     g = _grouped(w, group_size, name)
     if symmetric:
-        scale = g.abs().amax(-1, keepdim=True) / QMAX
+        peak = g.abs().amax(-1, keepdim=True)  # max |w| per group
+        scale = peak / QMAX
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale
         zero = torch.zeros_like(scale)
     else:
         lo = g.amin(-1, keepdim=True).clamp(max=0)
         hi = g.amax(-1, keepdim=True).clamp(min=0)
+        peak = torch.maximum(hi, -lo)
         scale = (hi - lo) / ASYMMETRIC_STEPS
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero = torch.round(-lo / scale) + QMIN  # the integer that stands for 0.0
-    q = torch.clamp(torch.round(g / scale) + zero, QMIN, QMAX)
+    r = g / scale
+    r.round_()
+    if not symmetric:  # symmetric needs no clamp: |w| / scale <= 127 up to rounding, which rounds to 127
+        r.add_(zero).clamp_(QMIN, QMAX)
     out, width = w.shape
-    return QuantizedWeight(q.view(out, width).to(torch.int8), scale.squeeze(-1).contiguous(),
-                           (-zero).squeeze(-1).contiguous(), group_size)
+    quantized = QuantizedWeight(r.view(out, width).to(torch.int8), scale.squeeze(-1).contiguous(),
+                                (-zero).add_(0.0).squeeze(-1).contiguous(), group_size)  # +0.0, not -0.0
+    if not w.numel():
+        return quantized, QuantError(0.0, 0.0)
+    if not symmetric:
+        r.sub_(zero)
+    # |(q + offset) * scale - w| in place (not fused: the error of the dequantized value as a reader
+    # computes it); per-row maxima first, a whole-tensor max is several times slower on CPU
+    max_abs = r.mul_(scale).sub_(g).abs_().amax(-1).max().item()
+    top = peak.max().item()
+    return quantized, QuantError(max_abs, max_abs / top if top > 0 else 0.0)
 
 
 def quant_error(w: torch.Tensor, dequantized: torch.Tensor) -> QuantError:
@@ -172,6 +197,21 @@ def loaded_deq_scale(stored: torch.Tensor) -> torch.Tensor:
     return stored.float()
 
 
+@contextmanager
+def _leaving_a_core() -> Iterator[None]:
+    """torch's intra-op threads capped at one fewer than the cores this process may use. The write
+    loop hashes each written tensor on a worker thread meanwhile; with every core in torch's pool, its
+    OpenMP workers spin waiting for the core the hasher holds, and quantizing (a dozen short passes
+    per weight) takes several times longer on a 2-core machine."""
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, min(before, cores - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def quantized_tensors(name: str, weight: torch.Tensor, *, symmetric: bool, group_size: int,
                       act: ActivationQuant | None, bias: torch.Tensor | None, model_dtype: str
                       ) -> tuple[dict[str, torch.Tensor], QuantError]:
@@ -180,15 +220,19 @@ def quantized_tensors(name: str, weight: torch.Tensor, *, symmetric: bool, group
     `deq_scale` as stored for a `model_dtype` model and `quant_bias`, from the source `bias`), and
     the weight's quantization error. `convert` writes these and `verify --source` requires the same
     bytes, so both call this one function: the two can never quantize differently."""
+    with _leaving_a_core():
+        return _quantized_tensors(name, weight, symmetric, group_size, act, bias, model_dtype)
+
+
+def _quantized_tensors(name: str, weight: torch.Tensor, symmetric: bool, group_size: int,
+                       act: ActivationQuant | None, bias: torch.Tensor | None, model_dtype: str
+                       ) -> tuple[dict[str, torch.Tensor], QuantError]:
     if act is None:
-        qw = quantize_weight(weight, symmetric=symmetric, group_size=group_size, name=name)
-        parts = {"weight": qw.weight, "weight_scale": qw.scale, "weight_offset": qw.offset}
-        dequantized = qw.dequantize()
-    else:
-        layer = quantize_w8a8(weight, bias, act, name=name)
-        parts = {"weight": layer.weight, "weight_scale": layer.weight_scale, "weight_offset": layer.weight_offset,
-                 "input_scale": layer.input_scale, "input_offset": layer.input_offset,
-                 "deq_scale": stored_deq_scale(layer.deq_scale, TORCH_DTYPES[model_dtype]),
-                 "quant_bias": layer.quant_bias}
-        dequantized = layer.weight.float() * layer.weight_scale
-    return parts, quant_error(weight, dequantized)
+        qw, error = _quantize(weight, symmetric, group_size, name)
+        return {"weight": qw.weight, "weight_scale": qw.scale, "weight_offset": qw.offset}, error
+    layer = quantize_w8a8(weight, bias, act, name=name)
+    parts = {"weight": layer.weight, "weight_scale": layer.weight_scale, "weight_offset": layer.weight_offset,
+             "input_scale": layer.input_scale, "input_offset": layer.input_offset,
+             "deq_scale": stored_deq_scale(layer.deq_scale, TORCH_DTYPES[model_dtype]),
+             "quant_bias": layer.quant_bias}
+    return parts, quant_error(weight, layer.weight.float() * layer.weight_scale)

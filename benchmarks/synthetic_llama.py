@@ -139,17 +139,20 @@ def llama_config(layers: int) -> dict[str, Any]:
     }
 
 
-def generate(out: Path, layers: int, shards: int) -> None:
+def generate(out: Path, layers: int, shards: int, tensors: list[TensorSpec] | None = None,
+             config: dict[str, Any] | None = None) -> None:
     """Write the checkpoint into a temp sibling, read every shard back, then publish it as ``out``.
 
-    The ``.complete`` marker is written last, so an interrupted run is generated again, never reused.
+    ``tensors`` and ``config`` default to the Llama's; another generated family (synthetic_moe.py)
+    passes its own. The ``.complete`` marker is written last, so an interrupted run is generated
+    again, never reused.
     """
     workdir = out.parent
     tmp = workdir / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = model_tensors(layers)
+    tensors = tensors if tensors is not None else model_tensors(layers)
     groups = split_shards(tensors, shards)
     names = [f"model-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, len(groups) + 1)]
     t0 = time.perf_counter()
@@ -162,7 +165,7 @@ def generate(out: Path, layers: int, shards: int) -> None:
     total = sum(numel(s) for _, s in tensors) * BF16
     (tmp / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
-    (tmp / "config.json").write_text(json.dumps(llama_config(layers), indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(config or llama_config(layers), indent=2) + "\n")
     # Read back with safetensors itself: every header parses, and one tensor per shard loads.
     from safetensors import safe_open
 

@@ -102,3 +102,22 @@ def test_deq_scale_is_an_int64_bit_cast_for_fp16_and_fp32_for_bf16():
     assert torch.equal(loaded_deq_scale(as_int), deq)
     as_float = stored_deq_scale(deq, torch.bfloat16)
     assert as_float.dtype == torch.float32 and torch.equal(loaded_deq_scale(as_float), deq)
+
+
+def test_quantizing_leaves_torchs_thread_count_as_it_was():
+    """quantized_tensors caps torch's intra-op threads while it works (a core stays free for the
+    write loop's hash thread) and must give the caller's setting back, even after an error."""
+    from ascend_convert.quantize import quantized_tensors
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        quantized_tensors("w", torch.randn(8, 16), symmetric=True, group_size=0, act=None, bias=None,
+                          model_dtype="bfloat16")
+        assert torch.get_num_threads() == 2
+        with pytest.raises(UserError):
+            quantized_tensors("w", torch.randn(8, 16), symmetric=True, group_size=5, act=None, bias=None,
+                              model_dtype="bfloat16")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
