@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +18,21 @@ from safetensors import SafetensorError, safe_open
 
 from ascend_common.errors import CheckFailed, UserError
 
+from .arch import find_spec
 from .cast import CastStats, cast_error_bound, checked_cast
 from .convert_options import ConvertOptions
 from .dtypes import TORCH_DTYPES, dtype_name
-from .layout_names import MANIFEST_NAME, SMOOTHING_NAME, WEIGHT_FILE_GLOBS
+from .layout_names import (
+    CONFIG_NAME,
+    MANIFEST_NAME,
+    QUANT_DESCRIPTION_NAME,
+    SMOOTHING_NAME,
+    WEIGHT_FILE_GLOBS,
+)
 from .manifest import file_record, read_manifest
+from .quant_layout import check_description
 from .quantize import ActivationQuant, quantized_tensors
-from .readers import CheckpointReader, open_checkpoint
+from .readers import CheckpointReader, open_checkpoint, read_config
 from .safetensors_writer import sha256_bytes, tensor_bytes
 from .smoothing import Smoothing
 
@@ -65,6 +74,8 @@ def verify(out: Path, source: Path | None = None, logits: bool = False, stop_at_
         if stop_at_first:
             raise CheckFailed(message)
 
+    if manifest["target"].get("layout") == "quantized":  # first: it says what vllm-ascend would refuse
+        _check_description(out, fail)
     _check_files(out, manifest, report, fail)
     read_back = _check_tensors(out, manifest, report, fail)
     packed = manifest["target"].get("layout") == "packed"
@@ -105,6 +116,20 @@ def _check_files(out: Path, manifest: dict, report: VerifyReport, fail) -> None:
     for path in sorted(p for pattern in WEIGHT_FILE_GLOBS for p in out.glob(pattern)):
         if path.relative_to(out).as_posix() not in manifest["files"]:
             fail(f"{path}: weight file not listed in {MANIFEST_NAME}")
+
+
+def _check_description(out: Path, fail) -> None:
+    """The quant description as vllm-ascend's loader will judge it (one type per fused module and
+    per layer's experts): a description edited after conversion, or regenerated with its manifest,
+    is caught here rather than at load time on the NPU."""
+    path = out / QUANT_DESCRIPTION_NAME
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+        check_description(description, find_spec(read_config(out), where=str(out / CONFIG_NAME)), str(path))
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: unreadable ({exc})")
+    except UserError as exc:
+        fail(str(exc))
 
 
 def _check_tensors(out: Path, manifest: dict, report: VerifyReport, fail) -> dict[str, str]:

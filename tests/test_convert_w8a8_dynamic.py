@@ -229,6 +229,24 @@ def test_check_description_names_the_layer_experts_and_types(checkpoint, tmp_pat
         check_description(edited(**{"1__mlp__gate_proj": "FLOAT"}), spec, "desc.json")
 
 
+def test_verify_refuses_a_description_that_mixes_a_layers_expert_types(checkpoint, tmp_path):
+    """What vllm-ascend's loader would refuse on the NPU, `verify` says first, naming layer and experts
+    (an edited description also fails its sha256; the loader's rule is the more useful line)."""
+    out = tmp_path / "out"
+    convert(checkpoint("qwen2_moe"), out, ConvertOptions(quantize="w8a8-dynamic"))
+    assert run_cli("verify", out).code == 0
+    path = out / "quant_model_description.json"
+    description = description_of(out)
+    description["model.layers.3.mlp.experts.6.up_proj.weight"] = "FLOAT"
+    description["model.layers.3.mlp.experts.6.gate_proj.weight"] = "FLOAT"
+    description["model.layers.3.mlp.experts.6.down_proj.weight"] = "FLOAT"
+    path.write_text(json.dumps(description, indent=2))
+    result = run_cli("verify", out)
+    assert result.code == 1, result.stderr
+    assert f"{path}: layer 3 experts mix quant types: expert 0 W8A8_DYNAMIC, expert 6 FLOAT; vllm-ascend needs one " \
+           f"type for all experts of a layer" in result.stderr + result.stdout
+
+
 @pytest.mark.slow
 def test_resume_after_kill_is_byte_identical(checkpoint, tmp_path):
     src = checkpoint("qwen3_moe", "sharded")
