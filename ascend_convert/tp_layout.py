@@ -39,14 +39,31 @@ MODULES = {
     "self_attn.q_proj": ("self_attn.qkv", 0), "self_attn.k_proj": ("self_attn.qkv", 1),
     "self_attn.v_proj": ("self_attn.qkv", 2), "self_attn.o_proj": ("self_attn.o", None),
     "mlp.gate_proj": ("mlp.gate_up", 0), "mlp.up_proj": ("mlp.gate_up", 1), "mlp.down_proj": ("mlp.down", None),
+    "mlp.shared_expert.gate_proj": ("mlp.shared_expert.gate_up", 0),
+    "mlp.shared_expert.up_proj": ("mlp.shared_expert.gate_up", 1),
+    "mlp.shared_expert.down_proj": ("mlp.shared_expert.down", None),
 }
-FUSED_PARTS = {"self_attn.qkv": 3, "mlp.gate_up": 2}
+FUSED_PARTS = {"self_attn.qkv": 3, "mlp.gate_up": 2, "mlp.shared_expert.gate_up": 2}
+#: A routed expert's canonical tensor: its layer, expert, projection and tensor (weight, weight_scale, ...).
+_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.(\w+)$")
+#: expert projection → (the runtime's 3-D module of all experts, parts per expert in it)
+EXPERT_MODULES = {"gate_proj": ("mlp.experts.gate_up", 0), "up_proj": ("mlp.experts.gate_up", 1),
+                  "down_proj": ("mlp.experts.down", 0)}
 #: runtime modules whose weights are matmul operands (tiled by --nz); the embedding is a lookup
 MATMUL_MODULES = ("self_attn.qkv", "self_attn.o", "mlp.gate_up", "mlp.down")
 
 
 def parameter_for(name: str) -> tuple[str, int | None]:
-    """The runtime parameter a canonical tensor fills, and its part index if the parameter is fused."""
+    """The runtime parameter a canonical tensor fills, and its part index if the parameter is fused.
+    A layer's routed experts fill one 3-D parameter each for gate/up and down (`mlp.experts.gate_up`
+    [E, 2I, H], `mlp.experts.down` [E, H, I]): expert E's gate is part 2E, its up part 2E+1, its down
+    part E (the runtime's `fused_slice` places a part)."""
+    e = _EXPERT.match(name)
+    if e is not None:
+        layer, expert, proj, tensor = e.groups()
+        target, offset = EXPERT_MODULES[proj]
+        per_expert = 2 if target.endswith("gate_up") else 1
+        return f"model.layers.{layer}.{target}.{tensor}", int(expert) * per_expert + offset
     m = _LAYER.match(name)
     if m is None or m.group(2) not in MODULES:
         return name, None

@@ -39,9 +39,12 @@ def invoke(monkeypatch):
     return run
 
 
-@pytest.mark.parametrize("family", fx.FAMILIES)
+@pytest.mark.parametrize("family", fx.FAMILIES + fx.MOE_FAMILIES)
 def test_runtime_model_is_clean_for_every_family_and_target(invoke, checkpoint, family):
+    from runtime.model.loader import open_model
+
     model = checkpoint(family)
+    layers = open_model(model).config.num_layers
     for soc, dtype in TARGETS:
         code, out = invoke("--target", "runtime", "--model", model, "--soc", soc, "--dtype", dtype, "--format", "json")
         report = json.loads(out)
@@ -52,7 +55,7 @@ def test_runtime_model_is_clean_for_every_family_and_target(invoke, checkpoint, 
         assert set(target["shapes"]) == {"prefill", "decode"}
         assert report["ops"]["distinct"] >= 25
         fusions = {f["pattern"]: f["count"] for f in report["fusions"]}  # found in the prefill program
-        assert fusions.get("attention") == 2 and fusions.get("RMSNorm", 0) >= 5  # 2 layers (+ final norm)
+        assert fusions.get("attention") == layers and fusions.get("RMSNorm", 0) >= 2 * layers + 1  # (+ final norm)
 
 
 def test_real_cli_run_names_the_runtime_model(checkpoint, tmp_path):
@@ -93,6 +96,19 @@ def test_both_phases_trace_the_paged_attention(checkpoint):
     assert "sub.Tensor" in uses  # the sliding-window half of the mask
     targets = {str(n.target) for n in prefill.graph.nodes if n.op == "call_function"}
     assert "aten.index_copy_.default" in targets  # the cache write is kept as an input mutation
+
+
+def test_moe_layers_trace_torch_npus_fused_moe_kernels(checkpoint):
+    """An MoE layer takes its NPU path under check_ops: routing, the two grouped matmuls and the
+    finalize are torch_npu's kernels (4 per sparse layer and step), not the CPU's sort / grouped_mm."""
+    from opcheck.runtime_trace import open_runtime, trace_runtime
+
+    ckpt = open_runtime(checkpoint("qwen3_moe"))  # layers 0 and 2 sparse, norm_topk_prob
+    uses, _ = trace_runtime(ckpt, "float16", 2, 8)
+    for op, per_layer in (("npu_moe_gating_top_k_softmax", 1), ("npu_moe_init_routing_v2", 1),
+                          ("npu_grouped_matmul", 2), ("npu_moe_finalize_routing", 1)):
+        assert uses[op].phases == ["prefill", "decode"] and uses[op].count == per_layer * 2 * 2, (op, uses[op].count)
+    assert not {"sort", "histc", "_grouped_mm", "topk"} & set(uses)
 
 
 def test_auto_dtype_is_the_config_dtype_as_for_hf(invoke, checkpoint):

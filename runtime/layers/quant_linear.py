@@ -5,10 +5,13 @@ through `torch._weight_int8pack_mm` (int8 weights read from memory, half the byt
 decode step is bound by weight reads); asymmetric or per-group ones are dequantized per call.
 W8A8: activations are quantized with the layer's calibrated scale and offset, the product is an
 integer matmul (`torch._int_mm`, int32 accumulation), then `(acc + quant_bias) * deq_scale` — the
-NPU's `npu_quant_matmul` arithmetic. On an NPU the same layers call torch_npu's kernels as
+NPU's `npu_quant_matmul` arithmetic. W8A8_DYNAMIC (msModelSlim's type for MoE models): per-channel
+symmetric int8 weights, activations quantized per token at run time (`dynamic_quant`: scale =
+max|x| / 127), the integer matmul, then `acc * token_scale * weight_scale`. On an NPU the same layers call torch_npu's kernels as
 vllm-ascend does: `npu_weight_quant_batchmatmul` (W8A16 per channel; `(q + offset) * scale` is its
 antiquant) and `npu_quantize` + `npu_quant_matmul` (W8A8, the fp32 deq_scale bits as int64 for fp16
-models), with the weight transposed to [in, out]. Nothing here has an NPU, so that path is checked
+models), and `npu_dynamic_quant` + `npu_quant_matmul(pertoken_scale=...)` (W8A8_DYNAMIC), with the
+weight transposed to [in, out]. Nothing here has an NPU, so that path is checked
 only by the NPU-only test beside the CPU ones; elsewhere off the CPU, W8A16 dequantizes per layer.
 
 The fused qkv and gate_up layers concatenate their parts' rows (scales are per row, so fusing
@@ -33,11 +36,21 @@ from runtime.layers.fused_ops import PLAIN, Kernels
 QUANT_SUFFIXES = ("weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale", "quant_bias")
 PER_TENSOR = ("input_scale", "input_offset")  # one value for the layer, not one per output row
 _FLOAT32 = ("weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale")
+KINDS = ("W8A16", "W8A8", "W8A8_DYNAMIC")
+
+
+def dynamic_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token symmetric int8 (`npu_dynamic_quant`'s "pertoken" mode): (int8 [rows, in], fp32
+    scale [rows, 1]) with x ≈ q * scale; an all-zero row gets scale 1 (its q is 0 anyway)."""
+    x = x.float()
+    scale = x.abs().amax(dim=-1, keepdim=True) / 127.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return torch.clamp(torch.round(x / scale), -128, 127).to(torch.int8), scale
 
 
 @dataclass(frozen=True)
 class QuantScheme:
-    kind: str  # "W8A16" or "W8A8"
+    kind: str  # "W8A16", "W8A8" or "W8A8_DYNAMIC"
     group_size: int
     float_names: frozenset[str] = frozenset()  # every tensor the description types FLOAT
     float_modules: frozenset[str] = frozenset()  # runtime linear modules left float (loader fills it)
@@ -55,8 +68,8 @@ class QuantScheme:
             kind, group = description["model_quant_type"], int(description.get("group_size", 0))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path}: not a readable quantization description ({exc})") from None
-        if kind not in ("W8A16", "W8A8"):
-            raise UserError(f"{path}: model_quant_type {kind!r}: the runtime serves W8A16 and W8A8")
+        if kind not in KINDS:
+            raise UserError(f"{path}: model_quant_type {kind!r}: the runtime serves {', '.join(KINDS)}")
         return cls(kind, group, frozenset(n for n, t in description.items() if t == "FLOAT"))
 
 
@@ -102,6 +115,8 @@ class QuantLinear(nn.Module):
         if self.scheme.kind == "W8A16":
             prepared["antiquant_scale"] = self.weight_scale.flatten().to(dtype)
             prepared["antiquant_offset"] = self.weight_offset.flatten().to(dtype)
+        elif self.scheme.kind == "W8A8_DYNAMIC":  # npu_quant_matmul wants an fp32 scale for fp16 output
+            prepared["weight_scale"] = self.weight_scale.flatten().to(torch.float32 if dtype == torch.float16 else dtype)
         else:
             width = self.in_features  # npu_quantize multiplies by a per-channel scale: the reciprocal
             prepared["input_scale_reciprocal"] = (1 / self.input_scale).repeat(width).to(dtype)
@@ -119,7 +134,7 @@ class QuantLinear(nn.Module):
         return self._prepared[key]
 
     def _host_prepare(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        if self.scheme.kind == "W8A8":
+        if self.scheme.kind in ("W8A8", "W8A8_DYNAMIC"):
             return {"weight_t": self.weight.t().contiguous()}
         per_channel = self.weight_scale.shape[1] == 1 and not bool(self.weight_offset.any())
         if per_channel and self.weight.device.type == "cpu":
@@ -142,6 +157,12 @@ class QuantLinear(nn.Module):
                 y = x2 @ prepared["dequantized"].t()
             if self.bias is not None:
                 y = y + self.bias
+        elif self.scheme.kind == "W8A8_DYNAMIC":
+            xq, token_scale = dynamic_quant(x2)
+            acc = torch._int_mm(xq, prepared["weight_t"])
+            y = (acc.float() * token_scale * self.weight_scale.t()).to(x.dtype)
+            if self.bias is not None:
+                y = y + self.bias
         else:
             xq = torch.clamp(torch.round(x2.float() / self.input_scale + self.input_offset), -128, 127)
             acc = torch._int_mm(xq.to(torch.int8), prepared["weight_t"])
@@ -158,6 +179,12 @@ class QuantLinear(nn.Module):
                 x=x, weight=prepared["npu_weight"], antiquant_scale=prepared["antiquant_scale"],
                 antiquant_offset=prepared["antiquant_offset"],
                 bias=self.bias.to(x.dtype) if self.bias is not None else None)
+        if self.scheme.kind == "W8A8_DYNAMIC":
+            xq, token_scale = torch_npu.npu_dynamic_quant(x)
+            return torch_npu.npu_quant_matmul(xq, prepared["npu_weight"], prepared["weight_scale"],
+                                              pertoken_scale=token_scale.flatten(),
+                                              bias=self.bias.to(x.dtype) if self.bias is not None else None,
+                                              output_dtype=x.dtype)
         xq = torch_npu.npu_quantize(x, prepared["input_scale_reciprocal"], prepared["input_offset"], torch.qint8, -1,
                                     False)
         return torch_npu.npu_quant_matmul(xq, prepared["npu_weight"], prepared["deq_scale"], bias=self.quant_bias,

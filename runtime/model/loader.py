@@ -117,7 +117,7 @@ def _float_modules(path: Path, spec: ArchSpec, cfg: dict, scheme: QuantScheme) -
             target, part = parameter_for(canonical)
             parts.setdefault(target.removesuffix(".weight"), set()).add(part)
     for module, found_parts in parts.items():
-        if not CausalLM.fully_filled(f"{module}.weight", found_parts):
+        if not CausalLM.fully_filled(f"{module}.weight", found_parts, cfg.get("num_experts") or 0):
             raise UserError(f"{path}: {QUANT_DESCRIPTION_NAME} leaves only some parts of {module} FLOAT; the runtime "
                             f"fuses them into one layer, which must be all float or all {scheme.kind}")
     return frozenset(parts)
@@ -186,7 +186,8 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
             raise UserError(f"{ckpt.path}: tensor {name} has no place in the runtime's {ckpt.config.family} model")
         with torch.no_grad():
             per_layer = target.rsplit(".", 1)[1] in PER_TENSOR
-            dest = param if part is None or per_layer else param.narrow(0, *model.fused_slice(target, part))
+            rows = param.flatten(0, 1) if param.dim() == 3 else param  # experts [E, out, in]: [E*out, in]
+            dest = param if part is None or per_layer else rows.narrow(0, *model.fused_slice(target, part))
             if per_layer and filled.get(target) and not torch.equal(dest, tensor.to(dest.dtype)):
                 raise UserError(f"{ckpt.path}: the parts of {target.rsplit('.', 1)[0]} have different "
                                 f"{target.rsplit('.', 1)[1]} values; the runtime fuses them into one layer")
@@ -198,7 +199,8 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     if ckpt.config.tie_word_embeddings:
         filled.setdefault("lm_head.weight", {None})
     whole = ckpt.config.tp is not None  # a rank's tensors come fused already
-    missing = [n for n in params if n not in filled or not (whole or model.fully_filled(n, filled[n]))]
+    experts = ckpt.config.num_experts
+    missing = [n for n in params if n not in filled or not (whole or model.fully_filled(n, filled[n], experts))]
     if missing:
         raise UserError(f"{ckpt.path}: weights missing for {', '.join(missing[:5])}"
                         f"{' ...' if len(missing) > 5 else ''}")
