@@ -6,10 +6,11 @@ The routing follows transformers 5.24 (`models/{qwen3_moe,qwen2_moe,mixtral}/mod
 logits in the model dtype, softmax in fp32, top-k, renormalised when `norm_topk_prob` (Mixtral
 always); Qwen's routers then cast the weights back to the model dtype, Mixtral's keep them fp32. The
 experts follow transformers' default CPU implementation (`integrations/moe.py`,
-`grouped_mm_experts_forward`): the (token, expert) pairs sorted by expert, one grouped matmul for
-gate/up and one for down over the experts' 3-D weights (`torch.nn.functional.grouped_mm`, the same
-kernel, so bf16 results are the same bits), the routing weight applied to each pair, then
-`view(T, k, H).sum(1)` in the promoted dtype and a cast to the model dtype.
+`grouped_mm_experts_forward`): the (token, expert) pairs sorted by expert, gate/up and down as one
+matmul per expert that got tokens over the experts' 3-D weights (on the CPU `F.linear` per expert
+gives the same bits as transformers' `torch.nn.functional.grouped_mm`, faster; off the CPU
+`grouped_mm` itself), the routing weight applied to each pair, then `view(T, k, H).sum(1)` in the
+promoted dtype and a cast to the model dtype. Never a loop over tokens.
 
 On an NPU (or with check_ops' stand-ins, `Kernels.npu_moe`) the same layer calls torch_npu's fused
 MoE kernels as vllm-ascend does: `npu_moe_gating_top_k_softmax`, `npu_moe_init_routing_v2`,
@@ -64,17 +65,20 @@ class ExpertWeights(nn.Module):
         return self
 
     def grouped(self, x: torch.Tensor, offsets: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """x [S, in] sorted by expert (expert e's rows end at offsets[e]) → [S, out]."""
+        """x [S, in] sorted by expert (expert e's `counts[e]` rows end at offsets[e]) → [S, out].
+
+        On the CPU one `F.linear` per expert that got rows: the same bits as transformers'
+        `grouped_mm` on the transposed 3-D weight (the layer tests check it), several times faster
+        there. Elsewhere `grouped_mm` where the device has it for the dtype (bf16)."""
         if self.quantized:
             return self._grouped_int8(x, counts)
-        weight = self.weight.transpose(-2, -1)  # what transformers passes: [E, in, out], a view
-        if x.device.type == "cpu" or x.dtype == torch.bfloat16:
-            return F.grouped_mm(x.to(weight.dtype), weight, offs=offsets)
-        out = x.new_empty(x.shape[0], weight.shape[-1])  # other devices' grouped_mm wants bf16: per expert
+        if x.device.type != "cpu" and x.dtype == torch.bfloat16:
+            return F.grouped_mm(x, self.weight.transpose(-2, -1), offs=offsets)
+        out = x.new_empty(x.shape[0], self.weight.shape[1])
         start = 0
         for e, n in enumerate(counts):
             if n:
-                torch.mm(x[start:start + n], weight[e], out=out[start:start + n])
+                out[start:start + n] = F.linear(x[start:start + n], self.weight[e])
             start += n
         return out
 
