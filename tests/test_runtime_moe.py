@@ -5,6 +5,7 @@ engine's greedy tokens for these families are in test_runtime_engine.py."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -13,12 +14,13 @@ from greedy_reference import hf_model
 
 import fixtures as fx
 from ascend_common.errors import UserError
-from runtime import LLM
+from runtime import LLM, SamplingParams
 from runtime.engine.model_runner import build_model
 from runtime.layers.moe import SparseMoE
 from runtime.model.loader import load_weights, open_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+GREEDY = SamplingParams(temperature=0, max_tokens=12)
 
 
 def runtime_model(path, dtype: torch.dtype, **config_changes):
@@ -95,7 +97,60 @@ def test_a_missing_expert_is_named(copy_checkpoint):
         LLM(path, device="cpu", dtype="float32", block_size=4, kv_cache_memory="1MiB")
 
 
-def test_tensor_parallel_on_an_moe_model_is_a_one_line_error(checkpoint):
-    with pytest.raises(UserError, match=r"tensor parallel size 2: the runtime serves qwen2_moe \(mixture of "
-                                        r"experts\) on one rank \(tensor_parallel_size=1\)"):
-        open_model(checkpoint("qwen2_moe")).with_tensor_parallel(2, 0)
+def test_tensor_parallel_splits_every_expert_by_its_width(checkpoint):
+    """Rank 1 of 2 holds rows 16:32 of each expert's gate and up, columns 16:32 of its down, half of
+    the shared expert, and the whole router and shared-expert gate."""
+    from ascend_convert.tp_layout import rank_tensors
+    from runtime.model.loader import runtime_tensors
+
+    ckpt = open_model(checkpoint("qwen2_moe")).with_tensor_parallel(2, 1)
+    assert (ckpt.config.moe_intermediate_size, ckpt.config.shared_expert_intermediate_size) == (16, 32)
+    ours = rank_tensors(runtime_tensors(ckpt), ckpt.config.tp, 1)
+    hf = hf_model(str(checkpoint("qwen2_moe")), torch.float32).model.layers[1].mlp
+    p = "model.layers.1.mlp"
+    full = hf.experts.gate_up_proj.detach()
+    assert torch.equal(ours[f"{p}.experts.gate_up.weight"].float(), torch.cat([full[:, 16:32], full[:, 48:64]], dim=1))
+    assert torch.equal(ours[f"{p}.experts.down.weight"].float(), hf.experts.down_proj.detach()[:, :, 16:32])
+    assert tuple(ours[f"{p}.shared_expert.gate_up.weight"].shape) == (64, 64)
+    assert tuple(ours[f"{p}.shared_expert.down.weight"].shape) == (64, 32)
+    assert torch.equal(ours[f"{p}.gate.weight"].float(), hf.gate.weight.detach())
+    assert torch.equal(ours[f"{p}.shared_expert_gate.weight"].float(), hf.shared_expert_gate.weight.detach())
+
+
+def test_an_expert_width_that_does_not_split_is_named(checkpoint):
+    ckpt = open_model(checkpoint("mixtral"))
+    with pytest.raises(UserError, match=r"tensor parallel size 3: the model's 4 attention heads"):
+        ckpt.with_tensor_parallel(3, 0)
+    odd = replace(ckpt, config=replace(ckpt.config, moe_intermediate_size=30))
+    with pytest.raises(UserError, match=r"tensor parallel size 4: the model's expert intermediate size 30 is not "
+                                        r"divisible by 4"):
+        odd.with_tensor_parallel(4, 0)
+
+
+def test_a_packed_moe_checkpoint_verifies_and_serves_the_tokens_of_the_source(checkpoint, tmp_path):
+    """`convert --layout packed --tp 2 --nz` on Qwen2-MoE (sparse and dense layers, a shared
+    expert): the experts' 3-D weights tiled to FRACTAL_NZ per expert, verify rebuilds every rank
+    from the source, and two ranks answer with the source's tokens."""
+    from safetensors import safe_open
+
+    from ascend_convert.converter import ConvertOptions, convert
+    from ascend_convert.verify import verify
+
+    src = checkpoint("qwen2_moe")
+    out = tmp_path / "packed"
+    convert(src, out, ConvertOptions(layout="packed", tp=2, nz=True, dtype="float32"))
+    report = verify(out, source=src)
+    assert report.ok and report.source_checked == report.tensors_checked > 0
+    with safe_open(str(out / "tp2" / "rank0.safetensors"), "pt") as f:
+        nd = json.loads(f.metadata()["nd_shapes"])
+    assert nd["model.layers.1.mlp.experts.gate_up.weight"] == [8, 32, 64]
+    assert nd["model.layers.1.mlp.experts.down.weight"] == [8, 64, 16]
+    assert "model.layers.1.mlp.gate.weight" not in nd  # the router: replicated, not a tiled operand
+    prompts = [[5, 77, 12, 190, 33], [250, 3, 3, 41, 9, 100, 200, 17, 64, 31, 8]]
+    args = {"device": "cpu", "kv_cache_memory": "2MiB"}
+    want = [o.token_ids for o in LLM(src, dtype="float32", **args).generate(prompts, GREEDY)]
+    llm = LLM(out, tensor_parallel_size=2, **args)
+    try:
+        assert [o.token_ids for o in llm.generate(prompts, GREEDY)] == want
+    finally:
+        llm.engine.shutdown()

@@ -93,16 +93,15 @@ class ModelConfig:
 
 def tp_config(cfg: ModelConfig, size: int, rank: int) -> ModelConfig:
     """Rank `rank`'s view of `cfg` split over `size` ranks: its heads, KV heads and intermediate
-    slice (the vocabulary stays the global one; `vocab_rows` is the shard). A clear error when the
-    model does not split that way."""
+    slices, the experts' and the shared expert's included (the vocabulary stays the global one;
+    `vocab_rows` is the shard). A clear error when the model does not split that way."""
     from ascend_convert.tp_layout import TPLayout
 
-    layout = TPLayout(size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size)
-    if cfg.is_moe and size > 1:
-        raise UserError(f"tensor parallel size {size}: the runtime serves {cfg.family} (mixture of experts) "
-                        f"on one rank (tensor_parallel_size=1)")
+    layout = TPLayout(size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size,
+                      cfg.num_experts, cfg.moe_intermediate_size, cfg.shared_expert_intermediate_size)
     return replace(cfg, num_heads=layout.heads, num_kv_heads=layout.kv_heads,
-                   intermediate_size=cfg.intermediate_size // size, tp=layout, tp_rank=rank)
+                   intermediate_size=cfg.intermediate_size // size, moe_intermediate_size=cfg.moe_intermediate_size // size,
+                   shared_expert_intermediate_size=cfg.shared_expert_intermediate_size // size, tp=layout, tp_rank=rank)
 
 
 def _rope(raw: dict) -> tuple[str, dict]:
