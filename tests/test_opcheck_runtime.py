@@ -111,6 +111,27 @@ def test_moe_layers_trace_torch_npus_fused_moe_kernels(checkpoint):
     assert not {"sort", "histc", "_grouped_mm", "topk"} & set(uses)
 
 
+def test_a_w8a8_dynamic_moe_model_traces_per_token_quantization_and_is_clean(invoke, checkpoint, tmp_path):
+    """`convert --quantize w8a8-dynamic` on Qwen2-MoE: its linears call npu_dynamic_quant +
+    npu_quant_matmul, its int8 experts npu_moe_init_routing_v2 (quantizing) and npu_grouped_matmul
+    with per-token scales, npu_dynamic_quant between the two; every target is clean."""
+    from ascend_convert.converter import ConvertOptions, convert
+    from opcheck.runtime_trace import open_runtime, trace_runtime
+
+    model = tmp_path / "w8a8-dynamic"
+    convert(checkpoint("qwen2_moe"), model, ConvertOptions(quantize="w8a8-dynamic"))
+    uses, _ = trace_runtime(open_runtime(model), "float16", 2, 8)
+    layers, sparse = 4, 2  # qwen2_moe: layers 1 and 3 sparse, each with a shared expert
+    linears = layers * 2 + (layers - sparse) * 2 + sparse * 2  # qkv, o; the dense MLPs; the shared experts
+    assert uses["npu_quant_matmul"].count == linears * 2  # both steps
+    assert uses["npu_dynamic_quant"].count == (linears + sparse) * 2  # + one between each layer's expert matmuls
+    assert uses["npu_grouped_matmul"].count == sparse * 2 * 2
+    assert "_int_mm" not in uses
+    for soc, dtype in TARGETS:
+        code, out = invoke("--target", "runtime", "--model", model, "--soc", soc, "--dtype", dtype, "--format", "json")
+        assert code == 0 and json.loads(out)["findings"] == [], (soc, dtype, out)
+
+
 def test_auto_dtype_is_the_config_dtype_as_for_hf(invoke, checkpoint):
     """auto: the checkpoint's dtype (bf16 here), as the HF path picks it; on a chip without bf16
     that is an `unsupported` finding in both phases, exit 1."""

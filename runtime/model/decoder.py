@@ -122,11 +122,16 @@ class MLP(nn.Module):
 
 
 def sparse_mlp(cfg: ModelConfig, kernels: Kernels, layer: int) -> SparseMoE:
-    """Layer `layer`'s MoE block; its experts (and shared expert) are int8 when the checkpoint's
-    description quantizes them (W8A8_DYNAMIC), float when it keeps them FLOAT."""
-    prefix = f"model.layers.{layer}.mlp"
-    quant = cfg.quant
-    experts_int8 = quant is not None and f"{prefix}.experts.gate_up" not in quant.float_modules
+    """Layer `layer`'s MoE block; its routed experts are int8 when the checkpoint's description
+    makes them W8A8_DYNAMIC (vllm-ascend's one quantized fused-MoE method for them), float when it
+    keeps them FLOAT. The shared expert is a pair of linears like any other."""
+    module = f"model.layers.{layer}.mlp.experts.gate_up"
+    kind = cfg.quant.type_of(module) if cfg.quant is not None else "FLOAT"
+    if kind not in ("FLOAT", "W8A8_DYNAMIC"):
+        from ascend_common.errors import UserError
+
+        raise UserError(f"{module}: {kind} experts: the runtime serves routed experts FLOAT or W8A8_DYNAMIC")
+    experts_int8 = kind == "W8A8_DYNAMIC"
     shared = None
     if cfg.shared_expert_intermediate_size:
         shared = MLP(cfg, kernels, cfg.shared_expert_intermediate_size, bias=False, reduce=False)
@@ -168,12 +173,24 @@ class CausalLM(nn.Module):
         self.rotary = Rotary(inv_freq, rope_scaling)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_rows, bias=False)
-        for name in sorted(cfg.quant.float_modules if cfg.quant is not None else ()):
-            # a layer the quantized checkpoint keeps in float (convert --keep-float)
-            parent, _, child = name.rpartition(".")
+        self._retype_linears(kernels)
+
+    def _retype_linears(self, kernels: Kernels) -> None:
+        """Give each linear of a quantized checkpoint its own type from the description: float where it
+        keeps FLOAT (convert --keep-float), or a type other than `model_quant_type` (msModelSlim's MoE
+        recipe: W8A8 attention, W8A8_DYNAMIC shared experts)."""
+        from runtime.layers.quant_linear import QuantLinear
+
+        scheme = self.cfg.quant
+        for name, kind in sorted(scheme.module_types.items() if scheme is not None else ()):
             old = self.get_submodule(name)
-            setattr(self.get_submodule(parent), child,
-                    nn.Linear(old.in_features, old.out_features, bias=old.bias is not None))
+            if not isinstance(old, QuantLinear) or old.kind == kind:
+                continue  # routed experts are typed when built (`sparse_mlp`)
+            bias = old.bias is not None
+            new = (nn.Linear(old.in_features, old.out_features, bias=bias) if kind == "FLOAT"
+                   else QuantLinear(old.in_features, old.out_features, bias, scheme, kernels, kind))
+            parent, _, child = name.rpartition(".")
+            setattr(self.get_submodule(parent), child, new)
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
