@@ -194,7 +194,7 @@ def test_w8a8_dynamic_linear_and_experts_are_the_per_token_int8_matmul():
         experts.weight.copy_(torch.stack([q for q, _ in ws]))
         experts.weight_scale.copy_(torch.stack([s for _, s in ws]))
         experts.weight_offset.zero_()
-    counts = [3, 0, 4]  # rows sorted by expert; expert 1 got none
+    counts = torch.tensor([3, 0, 4])  # rows sorted by expert; expert 1 got none
     got = experts.grouped(x, torch.tensor([3, 3, 7], dtype=torch.int32), counts)
     want = torch.cat([_dynamic_reference(x[:3], *ws[0]), _dynamic_reference(x[3:], *ws[2])])
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)

@@ -6,10 +6,10 @@ The routing follows transformers 5.24 (`models/{qwen3_moe,qwen2_moe,mixtral}/mod
 logits in the model dtype, softmax in fp32, top-k, renormalised when `norm_topk_prob` (Mixtral
 always); Qwen's routers then cast the weights back to the model dtype, Mixtral's keep them fp32. The
 experts follow transformers' default CPU implementation (`integrations/moe.py`,
-`grouped_mm_experts_forward`): the (token, expert) pairs sorted by expert, gate/up and down as one
-matmul per expert that got tokens over the experts' 3-D weights (on the CPU `F.linear` per expert
-gives the same bits as transformers' `torch.nn.functional.grouped_mm`, faster; off the CPU
-`grouped_mm` itself), the routing weight applied to each pair, then `view(T, k, H).sum(1)` in the
+`grouped_mm_experts_forward`): the (token, expert) pairs sorted by expert, gate/up and down each one
+grouped matmul over the experts' 3-D weights (`torch.nn.functional.grouped_mm`, transformers' own
+kernel and call, so bf16 results are the same bits; one matmul per expert that got tokens where a
+device lacks it), the routing weight applied to each pair, then `view(T, k, H).sum(1)` in the
 promoted dtype and a cast to the model dtype. Never a loop over tokens.
 
 On an NPU (or with check_ops' stand-ins, `Kernels.npu_moe`) the same layer calls torch_npu's fused
@@ -64,29 +64,30 @@ class ExpertWeights(nn.Module):
         self._npu.clear()
         return self
 
-    def grouped(self, x: torch.Tensor, offsets: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    def grouped(self, x: torch.Tensor, offsets: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x [S, in] sorted by expert (expert e's `counts[e]` rows end at offsets[e]) → [S, out].
 
-        On the CPU one `F.linear` per expert that got rows: the same bits as transformers'
-        `grouped_mm` on the transposed 3-D weight (the layer tests check it), several times faster
-        there. Elsewhere `grouped_mm` where the device has it for the dtype (bf16)."""
+        `grouped_mm` on the transposed 3-D weight, as transformers calls it (its CPU kernel takes any
+        float dtype; other devices' take bf16), else one `F.linear` per expert that got rows (the
+        same bits on the CPU; measured no faster there, and many small multi-threaded ops degrade
+        badly on a loaded machine where one grouped call does not)."""
         if self.quantized:
             return self._grouped_int8(x, counts)
-        if x.device.type != "cpu" and x.dtype == torch.bfloat16:
+        if x.device.type == "cpu" or x.dtype == torch.bfloat16:
             return F.grouped_mm(x, self.weight.transpose(-2, -1), offs=offsets)
         out = x.new_empty(x.shape[0], self.weight.shape[1])
         start = 0
-        for e, n in enumerate(counts):
+        for e, n in enumerate(counts.tolist()):  # one host sync
             if n:
                 out[start:start + n] = F.linear(x[start:start + n], self.weight[e])
             start += n
         return out
 
-    def _grouped_int8(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    def _grouped_int8(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         xq, token_scale = dynamic_quant(x)
         out = torch.empty(x.shape[0], self.weight.shape[1], dtype=torch.float32, device=x.device)
         start = 0
-        for e, n in enumerate(counts):  # one int8 matmul per expert that got tokens
+        for e, n in enumerate(counts.tolist()):  # one int8 matmul per expert that got tokens
             if n:
                 rows = slice(start, start + n)
                 acc = torch._int_mm(xq[rows], self.weight[e].t())
@@ -137,9 +138,8 @@ def grouped_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, e
     sample_weights = weights.reshape(-1)[perm]
     counts = torch.histc(sorted_ids.float(), bins=experts.num_experts, min=0, max=experts.num_experts - 1)
     offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
-    per_expert = counts.to(torch.int64).tolist()  # one host sync, for the per-expert paths
-    out = experts.down.grouped(kernels.swiglu(experts.gate_up.grouped(rows, offsets, per_expert)), offsets,
-                               per_expert)
+    counts = counts.to(torch.int64)
+    out = experts.down.grouped(kernels.swiglu(experts.gate_up.grouped(rows, offsets, counts)), offsets, counts)
     weighted = out * sample_weights.unsqueeze(-1)
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(perm.shape[0], device=perm.device)
