@@ -76,10 +76,12 @@ def test_each_family_keeps_its_routing_weights_dtype(checkpoint, family):
     assert not torch.equal(wrong, theirs)
 
 
-def test_experts_fill_3d_parameters_from_per_expert_names(checkpoint):
+@pytest.mark.parametrize("variant", ["safetensors", fx.FUSED_EXPERTS])
+def test_experts_fill_3d_parameters_from_per_expert_names(checkpoint, variant):
     """Expert 5's gate, up and down (Hub names `experts.5.gate_proj` ...) land in rows 5 of the
-    runtime's `experts.gate_up` [E, 2I, H] and `experts.down` [E, H, I], as transformers v5 holds them."""
-    path = checkpoint("qwen3_moe")
+    runtime's `experts.gate_up` [E, 2I, H] and `experts.down` [E, H, I], as transformers v5 holds them
+    — from the Hub's per-expert files and from v5's fused 3-D ones (split by the readers) alike."""
+    path = checkpoint("qwen3_moe", variant)
     model, hf = runtime_model(path, torch.float32), hf_model(str(path), torch.float32)
     ours, theirs = model.model.layers[0].mlp.experts, hf.model.layers[0].mlp.experts
     assert tuple(ours.gate_up.weight.shape) == (8, 64, 64) and tuple(ours.down.weight.shape) == (8, 64, 32)
