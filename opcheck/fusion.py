@@ -232,6 +232,7 @@ class MoEBlock:
     nodes: tuple[Node, ...]
     finalize: Node | None
     weighted: frozenset[Node]
+    dynamic_experts: bool = False  # the checkpoint's experts are W8A8_DYNAMIC (not in a float graph)
 
 
 def _topk_output(topk: Node, index: int) -> Node | None:
@@ -271,7 +272,7 @@ def _is_expert_mm(node: Node) -> bool:
     return _is(node, *_EXPERT_MM) or (name is not None and ("matmul" in name or "grouped" in name))
 
 
-def moe_blocks(nodes: list[Node]) -> list[MoEBlock]:
+def moe_blocks(nodes: list[Node], dynamic_experts: bool = False) -> list[MoEBlock]:
     """The graph's MoE layers, in order: a gating top-k whose indices route tokens through expert
     matmuls, up to the reduction that sums them per token (before the next layer's router)."""
     order = {n: i for i, n in enumerate(nodes)}
@@ -296,7 +297,7 @@ def moe_blocks(nodes: list[Node]) -> list[MoEBlock]:
         values = _topk_output(topk, 0)
         weighted = _descendants(values, order, end + 1) if values is not None else set()
         block = tuple(n for n in nodes[order[topk]:end + 1] if n in below)
-        blocks.append(MoEBlock(topk, block, finalize, frozenset(weighted)))
+        blocks.append(MoEBlock(topk, block, finalize, frozenset(weighted), dynamic_experts))
     return blocks
 
 
@@ -348,7 +349,10 @@ def _per_token_int8(amax: Node) -> bool:
 
 def _dynamic_quant(block: MoEBlock) -> Node | None:
     """W8A8 dynamic: the routed tokens quantized to int8 per token at run time (torch_npu's
-    `npu_dynamic_quant` already, or written out as absmax / 127 → round → int8)."""
+    `npu_dynamic_quant` already, or written out as absmax / 127 → round → int8), or experts the
+    checkpoint says are W8A8_DYNAMIC (a float graph, pointed at at its experts' matmul)."""
+    if block.dynamic_experts:
+        return _grouped_matmul(block)
     return next((n for n in block.nodes if _stand_in_name(n) == "npu_dynamic_quant"
                  or (_is(n, A.amax.default) and _per_token_int8(n))), None)
 
@@ -385,8 +389,8 @@ MOE_PATTERNS: tuple[MoEPattern, ...] = (
 )
 
 
-def _moe_fusions(nodes: list[Node], npu_custom: frozenset[str] | None) -> list[Fusion]:
-    blocks = moe_blocks(nodes)
+def _moe_fusions(nodes: list[Node], npu_custom: frozenset[str] | None, dynamic_experts: bool) -> list[Fusion]:
+    blocks = moe_blocks(nodes, dynamic_experts)
     out = []
     for pattern in MOE_PATTERNS:
         found = [node for node in map(pattern.finds, blocks) if node is not None]
@@ -410,12 +414,13 @@ def _locations(anchors: list[Node]) -> tuple[str, ...]:
     return tuple(locations)
 
 
-def find_fusions(program: torch.export.ExportedProgram, npu_custom: frozenset[str] | set[str] | None = None
-                 ) -> list[Fusion]:
+def find_fusions(program: torch.export.ExportedProgram, npu_custom: frozenset[str] | set[str] | None = None,
+                 dynamic_experts: bool = False) -> list[Fusion]:
     """Every pattern in `PATTERNS` that occurs in `program`, in that order, with its count and the first
     few distinct source locations of its anchors; then the parts of its MoE layers (`MOE_PATTERNS`).
     `npu_custom`: the target torch_npu's custom ops (a manifest's `npu_custom`), to say whether the
-    release has each MoE kernel."""
+    release has each MoE kernel. `dynamic_experts`: the checkpoint's experts are W8A8_DYNAMIC
+    (`hf_trace.dynamic_experts`), which a float graph cannot show."""
     nodes = [n for n in program.graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
     out = []
     for pattern in PATTERNS:
@@ -423,4 +428,4 @@ def find_fusions(program: torch.export.ExportedProgram, npu_custom: frozenset[st
         if anchors:
             out.append(Fusion(pattern.name, pattern.fused_op, len(anchors), _locations(anchors), pattern.note))
     every = [n for n in program.graph.nodes if n.op == "call_function"]
-    return out + _moe_fusions(every, None if npu_custom is None else frozenset(npu_custom))
+    return out + _moe_fusions(every, None if npu_custom is None else frozenset(npu_custom), dynamic_experts)

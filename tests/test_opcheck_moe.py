@@ -203,3 +203,28 @@ def test_reports_name_the_experts_implementation(checkpoint, tmp_path):
     assert all("in_release" not in f for f in report["fusions"] if not f["pattern"].startswith("MoE"))
     assert ("| MoE init routing | 2 | `torch_npu.npu_moe_init_routing_v2` (not in torch_npu 2.14.0) |"
             in (tmp_path / "summary.md").read_text())
+
+
+def test_w8a8_dynamic_experts_add_npu_dynamic_quant(copy_checkpoint):
+    """A converted checkpoint whose routed experts are W8A8_DYNAMIC (msModelSlim's description): the
+    float model traced from config.json cannot show the per-token quantization, the description does."""
+    from ascend_common.errors import UserError
+    from opcheck.check import run_check
+
+    model = copy_checkpoint("mixtral")
+    description = {"model_quant_type": "W8A8_DYNAMIC", "model.layers.0.self_attn.q_proj.weight": "W8A8_DYNAMIC",
+                   "model.layers.0.block_sparse_moe.gate.weight": "FLOAT"}
+    (model / "quant_model_description.json").write_text(json.dumps(description))
+    dense_only = {f.pattern for f in run_check(str(model), dtype="float16").fusions}
+    assert "MoE dynamic quant" not in dense_only and "MoE grouped matmul" in dense_only  # no expert is dynamic
+
+    description["model.layers.1.block_sparse_moe.experts.3.w1.weight"] = "W8A8_DYNAMIC"
+    (model / "quant_model_description.json").write_text(json.dumps(description))
+    fusions = {f.pattern: f for f in run_check(str(model), dtype="float16").fusions}
+    quant = fusions["MoE dynamic quant"]
+    assert (quant.count, quant.fused_op, quant.in_release) == (2, "torch_npu.npu_dynamic_quant", True)
+    assert quant.locations == fusions["MoE grouped matmul"].locations
+
+    (model / "quant_model_description.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"quant_model_description\.json: invalid JSON \("):
+        run_check(str(model), dtype="float16")
