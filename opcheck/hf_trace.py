@@ -96,7 +96,12 @@ def build_model(model_dir: Path, config, dtype: str, trust_remote_code: bool = F
         raise UserError(f"{model_dir / 'config.json'}: transformers cannot build a model from it "
                         f"({type(exc).__name__}: {first_line(exc)})") from None
     if experts_modules(model):
-        model.set_experts_implementation(TRACED_EXPERTS)
+        try:
+            model.set_experts_implementation(TRACED_EXPERTS)
+        except (ValueError, KeyError) as exc:  # a model class that does not dispatch on the implementation
+            raise UserError(f"{model_dir / 'config.json'}: transformers cannot run this model's experts as "
+                            f"{TRACED_EXPERTS}, the one implementation that exports on meta "
+                            f"({type(exc).__name__}: {first_line(exc)})") from None
     return model.eval()
 
 
