@@ -316,7 +316,8 @@ def _init_routing(block: MoEBlock) -> Node | None:
 
 
 def _grouped_matmul(block: MoEBlock) -> Node | None:
-    return next((n for n in block.nodes if _is_expert_mm(n)), None)
+    """The first expert matmul that is not torch_npu's grouped matmul already."""
+    return next((n for n in block.nodes if _is_expert_mm(n) and _stand_in_name(n) != "npu_grouped_matmul"), None)
 
 
 def _finalize_routing(block: MoEBlock) -> Node | None:
@@ -348,13 +349,14 @@ def _per_token_int8(amax: Node) -> bool:
 
 
 def _dynamic_quant(block: MoEBlock) -> Node | None:
-    """W8A8 dynamic: the routed tokens quantized to int8 per token at run time (torch_npu's
-    `npu_dynamic_quant` already, or written out as absmax / 127 → round → int8), or experts the
-    checkpoint says are W8A8_DYNAMIC (a float graph, pointed at at its experts' matmul)."""
+    """W8A8 dynamic: the routed tokens quantized to int8 per token at run time, written out as
+    absmax / 127 → round → int8, or experts the checkpoint says are W8A8_DYNAMIC (a float graph:
+    pointed at at its experts' matmul). A block that calls `npu_dynamic_quant` already needs nothing."""
+    if any(_stand_in_name(n) == "npu_dynamic_quant" for n in block.nodes):
+        return None
     if block.dynamic_experts:
-        return _grouped_matmul(block)
-    return next((n for n in block.nodes if _stand_in_name(n) == "npu_dynamic_quant"
-                 or (_is(n, A.amax.default) and _per_token_int8(n))), None)
+        return next((n for n in block.nodes if _is_expert_mm(n)), None)
+    return next((n for n in block.nodes if _is(n, A.amax.default) and _per_token_int8(n)), None)
 
 
 @dataclass(frozen=True)
