@@ -90,20 +90,24 @@ def _check_torch(subject, soc: str, dtype: str, version: str, manifest_file: Pat
 
     manifest, manifest_file = _manifest(manifest_file, version, "torch_npu")
     shapes: dict = {}
+    experts, dynamic = None, False
     if subject.kind == HF:
-        from .hf_trace import config_dtype, load_config, trace_hf
+        from .hf_trace import config_dtype, dynamic_experts, load_config, trace_hf
 
         config = load_config(subject.path, trust_remote_code)
+        dynamic = dynamic_experts(subject.path)
         trace_dtype = config_dtype(subject.path) if dtype == "auto" else dtype
-        uses, program = trace_hf(subject.path, config, trace_dtype, batch, seq_len, trust_remote_code)
+        uses, program, experts = trace_hf(subject.path, config, trace_dtype, batch, seq_len, trust_remote_code)
         shapes = {"prefill": [batch, seq_len], "decode": [batch, 1, seq_len]}
     else:
         program = load_pt2(subject.path, trust_remote_code) if subject.kind == PT2 else export_function(subject.value)
         uses, trace_dtype = ops_in(program), "as traced"
     found = findings(uses, Classifier(manifest), get_soc(soc).dtypes)
-    fusions = find_fusions(program)
+    fusions = find_fusions(program, manifest["npu_custom"], dynamic)
     target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
               "shapes": shapes}
+    if experts:  # an MoE model: which of transformers' experts implementations the graph holds
+        target["experts"] = experts
     return target, uses, found, fusions
 
 
@@ -138,7 +142,7 @@ def _check_runtime(path: Path, soc: str, dtype: str, version: str, manifest_file
     trace_dtype = ckpt.config.dtype if dtype == "auto" else dtype
     uses, program = trace_runtime(ckpt, trace_dtype, batch, seq_len)
     found = findings(uses, Classifier(manifest), get_soc(soc).dtypes)
-    fusions = find_fusions(program)
+    fusions = find_fusions(program, manifest["npu_custom"])
     target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
               "model": "runtime", "block_size": BLOCK_SIZE,
               "shapes": {"prefill": [batch, seq_len], "decode": [batch, 1, seq_len]}}

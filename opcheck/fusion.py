@@ -8,6 +8,14 @@ gives (not decomposed: `aten.linear`, `aten.silu`, `aten.scaled_dot_product_atte
 Patterns are data (`PATTERNS`): a matcher that says whether a node is the pattern's anchor, the fused
 op and a note. Matchers walk producers through `node.args`, stepping over views and casts
 (`_PASS`), because HF code upcasts to fp32 around norms and reshapes around attention.
+
+A mixture-of-experts block is found as a whole (`moe_blocks`), then its parts (`MOE_PATTERNS`) are
+named against torch_npu's MoE kernels, once per MoE layer: gating (softmax + top-k, renormalised or
+not), init routing (the (token, expert) pairs laid out by expert: a sort of the expert ids, or the
+tokens repeated top-k times), the experts' matmuls (grouped, batched over gathered expert weights, or
+one per expert) and finalize routing (the weighted sum back to one row per token). Each names its
+torch_npu kernels newest first; with the target release's custom-op list, the first the release has
+is suggested and `in_release` says whether it has any.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class Fusion:
     count: int
     locations: tuple[str, ...]
     note: str
+    in_release: bool | None = None  # MoE kernels: whether the target torch_npu has it (None: not asked)
 
 
 @dataclass(frozen=True)
@@ -203,19 +212,222 @@ PATTERNS: tuple[Pattern, ...] = (
 )
 
 
-def find_fusions(program: torch.export.ExportedProgram) -> list[Fusion]:
+# Mixture of experts. A block starts at the router's top-k and ends at the first reduction that
+# brings the experts' outputs back to one row per token.
+_TOPK = {A.topk.default}
+_SORT = {A.sort.default, A.sort.stable, A.argsort.default, A.argsort.stable}
+_EXPAND = {A.repeat_interleave.self_int, A.repeat_interleave.self_Tensor}
+_EXPERT_MM = {A._grouped_mm.default, A.bmm.default, A.mm.default, A.matmul.default, A.linear.default,
+              A.baddbmm.default, A.einsum.default, A._int_mm.default}
+_REDUCE = {A.sum.dim_IntList, A.index_add.default, A.index_add_.default, A.scatter_add.default,
+           A.scatter_add_.default, A.scatter_reduce.two, A.scatter_reduce_.two}
+
+
+@dataclass(frozen=True)
+class MoEBlock:
+    """One MoE layer in a graph: the router's top-k, the nodes between it and `finalize` that descend
+    from it (in graph order), and the top-k weights' descendants among them."""
+
+    topk: Node
+    nodes: tuple[Node, ...]
+    finalize: Node | None
+    weighted: frozenset[Node]
+    dynamic_experts: bool = False  # the checkpoint's experts are W8A8_DYNAMIC (not in a float graph)
+
+
+def _topk_output(topk: Node, index: int) -> Node | None:
+    return next((u for u in topk.users if u.target is operator.getitem and u.args[1] == index), None)
+
+
+def _is_gating(topk: Node) -> bool:
+    """softmax → top-k (Qwen-MoE, Mixtral in transformers v5), or top-k → softmax over the k logits."""
+    if _is(_source(topk.args[0]), *_SOFTMAX):
+        return True
+    values = _topk_output(topk, 0)
+    return values is not None and any(_is(u, *_SOFTMAX) for u in _users(values))
+
+
+def _descendants(start: Node, order: dict[Node, int], stop: int) -> set[Node]:
+    """`start` and every node computed from it, up to graph position `stop` (exclusive)."""
+    seen, todo = {start}, [start]
+    while todo:
+        for user in todo.pop().users:
+            if user not in seen and order.get(user, stop) < stop:
+                seen.add(user)
+                todo.append(user)
+    return seen
+
+
+def _stand_in_name(node: Node) -> str | None:
+    from .npu_stand_ins import NAMESPACE
+
+    target = node.target
+    if node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target.namespace == NAMESPACE:
+        return target._schema.name.split("::", 1)[1]
+    return None
+
+
+def _is_expert_mm(node: Node) -> bool:
+    name = _stand_in_name(node)
+    return _is(node, *_EXPERT_MM) or (name is not None and ("matmul" in name or "grouped" in name))
+
+
+def moe_blocks(nodes: list[Node], dynamic_experts: bool = False) -> list[MoEBlock]:
+    """The graph's MoE layers, in order: a gating top-k whose indices route tokens through expert
+    matmuls, up to the reduction that sums them per token (before the next layer's router)."""
+    order = {n: i for i, n in enumerate(nodes)}
+    routers = [n for n in nodes if _is(n, *_TOPK) and _is_gating(n)]
+    blocks = []
+    for i, topk in enumerate(routers):
+        stop = order[routers[i + 1]] if i + 1 < len(routers) else len(nodes)
+        below = _descendants(topk, order, stop)
+        routed: set[Node] = set()  # descendants of an expert matmul fed by the routing
+        finalize = None
+        for node in nodes[order[topk] + 1:stop]:
+            if node not in below:
+                continue
+            if _is_expert_mm(node) or any(a in routed for a in node.all_input_nodes):
+                routed.add(node)
+                if _is(node, *_REDUCE) and not _is_expert_mm(node):
+                    finalize = node
+                    break
+        if not routed:
+            continue  # a top-k over a softmax that feeds no matmul: not a router
+        end = order[finalize] if finalize is not None else stop
+        values = _topk_output(topk, 0)
+        weighted = _descendants(values, order, end + 1) if values is not None else set()
+        block = tuple(n for n in nodes[order[topk]:end + 1] if n in below)
+        blocks.append(MoEBlock(topk, block, finalize, frozenset(weighted), dynamic_experts))
+    return blocks
+
+
+def _gating(block: MoEBlock) -> Node | None:
+    return block.topk
+
+
+def _init_routing(block: MoEBlock) -> Node | None:
+    """The sort of the expert ids (tokens permuted by expert), or the tokens repeated once per chosen
+    expert (transformers' batched_mm): what npu_moe_init_routing does in one kernel."""
+    sort = next((n for n in block.nodes if _is(n, *_SORT)), None)
+    if sort is not None:
+        return sort
+    fed = (_source(a) for n in block.nodes if _is_expert_mm(n) for a in n.all_input_nodes)
+    return next((a for a in fed if _is(a, *_EXPAND)), None)
+
+
+def _grouped_matmul(block: MoEBlock) -> Node | None:
+    """The first expert matmul that is not torch_npu's grouped matmul already."""
+    return next((n for n in block.nodes if _is_expert_mm(n) and _stand_in_name(n) != "npu_grouped_matmul"), None)
+
+
+def _finalize_routing(block: MoEBlock) -> Node | None:
+    """The reduction back to one row per token, over expert outputs scaled by the top-k weights."""
+    if block.finalize is None:
+        return None
+    scaled = any(_is(n, A.mul.Tensor, A.mul_.Tensor) and any(a in block.weighted for a in n.all_input_nodes)
+                 for n in block.nodes)
+    return block.finalize if scaled or not _is(block.finalize, A.sum.dim_IntList) else None
+
+
+def _per_token_int8(amax: Node) -> bool:
+    """`amax` is a per-token absmax (last dim, kept) whose tensor is then cast to int8."""
+    dims = amax.args[1] if len(amax.args) > 1 else amax.kwargs.get("dim")
+    keep = amax.args[2] if len(amax.args) > 2 else amax.kwargs.get("keepdim", False)
+    if not (keep and list(dims or ()) == [-1]):
+        return False
+    todo, seen = list(amax.users), set()
+    while todo:  # scale → x / scale → round → clamp → to(int8), within a few steps
+        node = todo.pop()
+        if node in seen or len(seen) > 16:
+            continue
+        seen.add(node)
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dtype == torch.int8:
+            return True
+        todo.extend(node.users)
+    return False
+
+
+def _dynamic_quant(block: MoEBlock) -> Node | None:
+    """W8A8 dynamic: the routed tokens quantized to int8 per token at run time, written out as
+    absmax / 127 → round → int8, or experts the checkpoint says are W8A8_DYNAMIC (a float graph:
+    pointed at at its experts' matmul). A block that calls `npu_dynamic_quant` already needs nothing."""
+    if any(_stand_in_name(n) == "npu_dynamic_quant" for n in block.nodes):
+        return None
+    if block.dynamic_experts:
+        return next((n for n in block.nodes if _is_expert_mm(n)), None)
+    return next((n for n in block.nodes if _is(n, A.amax.default) and _per_token_int8(n)), None)
+
+
+@dataclass(frozen=True)
+class MoEPattern:
+    name: str
+    finds: Callable[[MoEBlock], Node | None]  # the node to point at, or None if the block lacks it
+    fused_ops: tuple[str, ...]  # torch_npu's kernels for it, the one to prefer first
+    note: str
+
+
+MOE_PATTERNS: tuple[MoEPattern, ...] = (
+    MoEPattern("MoE gating", _gating, ("npu_moe_gating_top_k_softmax",),
+               "softmax over the router logits and top-k in one kernel: torch_npu.npu_moe_gating_top_k_softmax("
+               "router_logits, k=num_experts_per_tok) returns the weights, the expert ids and the row ids "
+               "npu_moe_init_routing takes; renormalise the k weights after it where the model does "
+               "(norm_topk_prob)"),
+    MoEPattern("MoE init routing", _init_routing, ("npu_moe_init_routing_v2", "npu_moe_init_routing"),
+               "lay the (token, expert) pairs out by expert in one kernel instead of sort/gather (or repeating "
+               "each token top-k times): it returns the permuted tokens, the row map back, and (v2) the "
+               "tokens per expert that npu_grouped_matmul takes as group_list"),
+    MoEPattern("MoE grouped matmul", _grouped_matmul, ("npu_grouped_matmul",),
+               "run every expert's gate/up and down projections as one grouped matmul each, over the tokens "
+               "sorted by expert with group_list = tokens per expert, instead of a matmul per expert or a "
+               "bmm over expert weights gathered per token"),
+    MoEPattern("MoE finalize routing", _finalize_routing, ("npu_moe_finalize_routing",),
+               "un-permute the experts' outputs, scale them by the top-k weights and sum them per token "
+               "(adding the shared expert's output as skip) in one kernel"),
+    MoEPattern("MoE dynamic quant", _dynamic_quant, ("npu_dynamic_quant",),
+               "W8A8 dynamic: quantize the routed tokens per token once (npu_dynamic_quant, or "
+               "npu_moe_init_routing_v2's quant_mode) and pass the scales to npu_grouped_matmul as "
+               "per_token_scale"),
+)
+
+
+def _moe_fusions(nodes: list[Node], npu_custom: frozenset[str] | None, dynamic_experts: bool) -> list[Fusion]:
+    blocks = moe_blocks(nodes, dynamic_experts)
+    out = []
+    for pattern in MOE_PATTERNS:
+        found = [node for node in map(pattern.finds, blocks) if node is not None]
+        if not found:
+            continue
+        fused, in_release = pattern.fused_ops[0], None
+        if npu_custom is not None:
+            fused = next((op for op in pattern.fused_ops if op in npu_custom), fused)
+            in_release = fused in npu_custom
+        out.append(Fusion(pattern.name, f"torch_npu.{fused}", len(found), _locations(found), pattern.note,
+                          in_release))
+    return out
+
+
+def _locations(anchors: list[Node]) -> tuple[str, ...]:
+    locations: list[str] = []
+    for node in anchors:
+        where = location(node)
+        if where and where not in locations and len(locations) < MAX_LOCATIONS:
+            locations.append(where)
+    return tuple(locations)
+
+
+def find_fusions(program: torch.export.ExportedProgram, npu_custom: frozenset[str] | set[str] | None = None,
+                 dynamic_experts: bool = False) -> list[Fusion]:
     """Every pattern in `PATTERNS` that occurs in `program`, in that order, with its count and the first
-    few distinct source locations of its anchors."""
+    few distinct source locations of its anchors; then the parts of its MoE layers (`MOE_PATTERNS`).
+    `npu_custom`: the target torch_npu's custom ops (a manifest's `npu_custom`), to say whether the
+    release has each MoE kernel. `dynamic_experts`: the checkpoint's experts are W8A8_DYNAMIC
+    (`hf_trace.dynamic_experts`), which a float graph cannot show."""
     nodes = [n for n in program.graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
     out = []
     for pattern in PATTERNS:
         anchors = [n for n in nodes if pattern.matches(n)]
-        if not anchors:
-            continue
-        locations: list[str] = []
-        for node in anchors:
-            where = location(node)
-            if where and where not in locations and len(locations) < MAX_LOCATIONS:
-                locations.append(where)
-        out.append(Fusion(pattern.name, pattern.fused_op, len(anchors), tuple(locations), pattern.note))
-    return out
+        if anchors:
+            out.append(Fusion(pattern.name, pattern.fused_op, len(anchors), _locations(anchors), pattern.note))
+    every = [n for n in program.graph.nodes if n.op == "call_function"]
+    return out + _moe_fusions(every, None if npu_custom is None else frozenset(npu_custom), dynamic_experts)

@@ -26,12 +26,25 @@ def _against(target: dict) -> str:
     """What the ops were checked against: a torch_npu release, or ATC's ONNX parser."""
     if target.get("atc"):
         return f"{target['soc']}, ATC's ONNX parser ({target['atc']})"
-    return f"{target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}"
+    experts = f", experts traced as {target['experts']}" if target.get("experts") else ""
+    return f"{target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}{experts}"
+
+
+def _fusion_dict(fusion) -> dict:
+    """A fusion as JSON; `in_release` only where it was asked (the MoE kernels)."""
+    return {k: v for k, v in asdict(fusion).items() if k != "in_release" or v is not None}
+
+
+def _fused_op(fusion, target: dict) -> str:
+    """The fused op, and that the target release lacks it where it does."""
+    if fusion.in_release is False:
+        return f"{fusion.fused_op} (not in torch_npu {target.get('torch_npu', '?')})"
+    return fusion.fused_op
 
 
 def report_dict(model: str, target: dict, uses: dict[str, OpUse], found: list[Finding], fusions: list = ()) -> dict:
     return {"model": model, "target": target, "ops": {"distinct": len(uses), "calls": sum(u.count for u in uses.values())},
-            "findings": [asdict(f) for f in found], "fusions": [asdict(f) for f in fusions], "clean": not found}
+            "findings": [asdict(f) for f in found], "fusions": [_fusion_dict(f) for f in fusions], "clean": not found}
 
 
 def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: list[Finding], fusions: list = ()) -> str:
@@ -39,7 +52,7 @@ def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: li
     if fmt == "json":
         return json.dumps(report_dict(model, target, uses, found, fusions), indent=2) + "\n"
     if fmt == "sarif":
-        return json.dumps(sarif(model, found), indent=2) + "\n"
+        return json.dumps(sarif(model, found, target), indent=2) + "\n"
     if fmt == "junit":
         return junit(model, uses, found)
     if fmt == "markdown":
@@ -64,7 +77,7 @@ def render(fmt: str, model: str, target: dict, uses: dict[str, OpUse], found: li
     if fusions:
         table = Table("fusion (not a finding)", "count", "torch_npu fused op", "first seen at")
         for u in fusions:  # the notes on how to use each are in the JSON and markdown reports
-            table.add_row(u.pattern, str(u.count), u.fused_op, escape(u.locations[0]) if u.locations else "-")
+            table.add_row(u.pattern, str(u.count), _fused_op(u, target), escape(u.locations[0]) if u.locations else "-")
         console.print(table)
     for f in found:
         label = "fallback op" if f.kind == "fallback" else "unsupported op"
@@ -79,7 +92,8 @@ def _message(f: Finding) -> str:
     return f"{f.kind} op: {f.op} ({f.count} calls, {', '.join(f.dtypes) or '-'}). {f.advice}"
 
 
-def sarif(model: str, found: list[Finding]) -> dict:
+def sarif(model: str, found: list[Finding], target: dict | None = None) -> dict:
+    """`target`: the check's target; an MoE model's experts implementation goes in the run's properties."""
     from ascend_common import __version__
 
     results = []
@@ -99,9 +113,11 @@ def sarif(model: str, found: list[Finding]) -> dict:
         results.append({"ruleId": f.kind, "level": "error", "message": {"text": _message(f)},
                         "locations": locations, "properties": {"op": f.op, "count": f.count, "via": list(f.via)}})
     rules = [{"id": rule, "shortDescription": {"text": text}} for rule, text in RULES.items()]
-    return {"$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0",
-            "runs": [{"tool": {"driver": {"name": "ascendkit check_ops", "version": __version__, "rules": rules}},
-                      "results": results}]}
+    run = {"tool": {"driver": {"name": "ascendkit check_ops", "version": __version__, "rules": rules}},
+           "results": results}
+    if target and target.get("experts"):
+        run["properties"] = {"experts_implementation": target["experts"]}
+    return {"$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0", "runs": [run]}
 
 
 def junit(model: str, uses: dict[str, OpUse], found: list[Finding]) -> str:
@@ -133,5 +149,6 @@ def markdown(model: str, target: dict, uses: dict[str, OpUse], found: list[Findi
         lines.append("Every op reaches an NPU kernel.")
     if fusions:
         lines += ["", "| pattern | count | NPU fused op | note |", "|---|---:|---|---|"]
-        lines += [f"| {u.pattern} | {u.count} | `{u.fused_op}` | {u.note.replace('|', '/')} |" for u in fusions]
+        lines += [f"| {u.pattern} | {u.count} | {_fused_op(u, target).replace(u.fused_op, f'`{u.fused_op}`')} | "
+                  f"{u.note.replace('|', '/')} |" for u in fusions]
     return "\n".join(lines) + "\n"

@@ -156,7 +156,11 @@ def advice_for(name: str, verdict: Verdict, kind: str, soc_dtypes: tuple[str, ..
     if kind == UNSUPPORTED:
         return f"cast the model to {soc_dtypes[0]} (convert --dtype {soc_dtypes[0]})"
     if name.startswith("npu::"):
-        return (f"this torch_npu release has no {name.split('::', 1)[1]}: the quantized layers cannot run on it; "
+        kernel = name.split("::", 1)[1]
+        if "moe" in kernel or "grouped_matmul" in kernel:
+            return (f"this torch_npu release has no {kernel}: the MoE layers cannot run on it; "
+                    f"target a torch_npu release that has the kernel")
+        return (f"this torch_npu release has no {kernel}: the quantized layers cannot run on it; "
                 f"target a torch_npu release that has the kernel, or convert without this quantization")
     via = f" (it runs {' → '.join('aten::' + v for v in verdict.via)}, which has no NPU kernel)" if verdict.via else ""
     return (f"{name} runs on the CPU with torch_npu{via}: rewrite it with NPU-supported ops, or move it "
