@@ -32,7 +32,9 @@ def convert_options(func):
         click.option("--arch-spec", "arch_specs", multiple=True, type=click.Path(path_type=Path),
                      help="Extra architecture spec (JSON), see ascend_convert/specs/."),
         click.option("--quantize", type=click.Choice(tuple(QUANT_TYPES)), default=None,
-                     help="Write int8 linear weights in msModelSlim's layout (vllm-ascend --quantization ascend)."),
+                     help="Write int8 linear weights in msModelSlim's layout (vllm-ascend --quantization ascend): "
+                          "w8a16, w8a8 (static activation scales; an MoE model's experts W8A8_DYNAMIC) or "
+                          "w8a8-dynamic (per-token activation scales at run time, no calibration)."),
         click.option("--group-size", type=click.IntRange(min=0), default=0, show_default=True,
                      help="--quantize: a scale per this many input columns (0: one per output channel)."),
         click.option("--asymmetric", is_flag=True, help="--quantize w8a16: a zero point per channel or group."),
@@ -41,8 +43,9 @@ def convert_options(func):
         click.option("--trust-remote-code", is_flag=True,
                      help="--quantize w8a8: allow calibration to run a model whose code is remote code."),
         click.option("--keep-float", default=None, metavar="ROLES",
-                     help="--quantize: linear roles left in float, comma-separated (q,k,v,o,gate,up,down; "
-                          "'none' for none) [default: down for w8a8, none for w8a16]."),
+                     help="--quantize: linear roles left in float, comma-separated (q,k,v,o,gate,up,down, "
+                          "expert_gate,expert_up,expert_down, shared_gate,shared_up,shared_down; 'none' for none; "
+                          "parts vllm-ascend fuses go together) [default: down for w8a8, none otherwise]."),
         click.option("--smooth-alpha", type=float, default=None,
                      help="--quantize w8a8: SmoothQuant migration strength, 0 to turn it off [default: 0.5]."),
         click.option("--layout", type=click.Choice(LAYOUTS), default=LAYOUTS[0], show_default=True,

@@ -16,8 +16,9 @@ from ascend_common.soc import SocProfile, get_soc
 from .quant_layout import (
     DEFAULT_ALPHA,
     DEFAULT_KEEP_FLOAT,
-    LINEAR_ROLES,
+    FUSED_GROUPS,
     QUANT_TYPES,
+    QUANTIZABLE_ROLES,
     QuantOptions,
 )
 
@@ -41,7 +42,7 @@ class ConvertOptions:
     force: bool = False
     resume: bool = False
     dry_run: bool = False
-    quantize: str | None = None  # "w8a16" or "w8a8": msModelSlim's layout (quant_layout.py)
+    quantize: str | None = None  # "w8a16", "w8a8" or "w8a8-dynamic": msModelSlim's layout (quant_layout.py)
     group_size: int = 0
     symmetric: bool = True
     calib: Path | None = None  # w8a8: calibration texts, one per line (None: built-in)
@@ -61,21 +62,31 @@ class ConvertOptions:
             raise UserError(f"--quantize {self.quantize}: choose one of {', '.join(QUANT_TYPES)}")
         if self.group_size < 0:
             raise UserError(f"--group-size {self.group_size}: must be 0 (per channel) or a positive group size")
-        if self.quantize == "w8a8" and (self.group_size or not self.symmetric):
-            raise UserError("--quantize w8a8 quantizes weights symmetrically per channel: drop --group-size and "
-                            "--asymmetric (they are for w8a16)")
+        if self.quantize != "w8a16" and (self.group_size or not self.symmetric):
+            raise UserError(f"--quantize {self.quantize} quantizes weights symmetrically per channel: drop "
+                            f"--group-size and --asymmetric (they are for w8a16)")
         if self.quantize == "w8a16" and self.calib is not None:
             raise UserError("--calib is for --quantize w8a8 (w8a16 needs no calibration)")
+        if self.quantize == "w8a8-dynamic" and self.calib is not None:
+            raise UserError("--calib is for --quantize w8a8 (w8a8-dynamic quantizes activations per token at run "
+                            "time: no calibration)")
         if self.quantize == "w8a16" and self.smooth_alpha:
             raise UserError("--smooth-alpha is for --quantize w8a8 (w8a16 keeps activations in float)")
+        if self.quantize == "w8a8-dynamic" and self.smooth_alpha:
+            raise UserError("--smooth-alpha is for --quantize w8a8 (w8a8-dynamic's per-token scales need no smoothing)")
         alpha = DEFAULT_ALPHA if self.smooth_alpha is None else self.smooth_alpha
         if not 0 <= alpha < 1:
             raise UserError(f"--smooth-alpha {alpha}: must be in [0, 1) (0 turns smoothing off)")
         keep = DEFAULT_KEEP_FLOAT[self.quantize] if self.keep_float is None else tuple(self.keep_float)
-        unknown = sorted(set(keep) - LINEAR_ROLES)
+        unknown = sorted(set(keep) - QUANTIZABLE_ROLES)
         if unknown:
             raise UserError(f"--keep-float {','.join(unknown)}: not a linear layer role (choose from "
-                            f"{', '.join(sorted(LINEAR_ROLES))})")
+                            f"{', '.join(sorted(QUANTIZABLE_ROLES))})")
+        for group in FUSED_GROUPS:  # vllm-ascend loads each group as one module: one type for all of it
+            if 0 < len(set(group) & set(keep)) < len(group):
+                raise UserError(f"--keep-float {','.join(r for r in group if r in keep)}: vllm-ascend loads "
+                                f"{'/'.join(group)} as one module, so they are kept float together or not at all "
+                                f"(name all of {','.join(group)})")
         return QuantOptions(self.quantize, self.group_size, self.symmetric,
                             str(Path(self.calib).resolve()) if self.calib is not None else None,
                             tuple(sorted(set(keep))), alpha if self.quantize == "w8a8" else 0.0)

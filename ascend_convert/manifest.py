@@ -123,14 +123,15 @@ def quantized_records(plan: ConversionPlan, job: TensorJob, file: str, error: di
     from .cast import CastStats
 
     quant = plan.quant
-    details: dict = {"type": quant.quant_type, "group_size": quant.group_size, "symmetric": quant.symmetric}
+    quant_type = quant.type_of(job.role)  # a model may mix types (W8A8 attention, W8A8_DYNAMIC experts)
+    details: dict = {"type": quant_type, "group_size": quant.group_size, "symmetric": quant.symmetric}
     if act is not None:
         details.update(input_scale=act.scale, input_offset=act.offset, input_range=list(plan.calibration[job.info.name]))
     records = {}
     for part in job.parts:
         record = tensor_record(plan, job, file, CastStats().to_dict())
         kept = [t for t in record["transforms"] if not t.startswith("cast:")]
-        record.update(dtype=part.dtype, shape=list(part.shape), transforms=[*kept, f"quantize:{quant.quant_type}"])
+        record.update(dtype=part.dtype, shape=list(part.shape), transforms=[*kept, f"quantize:{quant_type}"])
         record["quant"] = {**details, "part": part.name.rsplit(".", 1)[1]}
         records[part.name] = record
     records[job.parts[0].name]["quant"]["error"] = error

@@ -12,11 +12,11 @@ from pathlib import Path
 from ascend_common.errors import UserError
 from ascend_common.soc import resolve_dtype
 
-from .arch import ArchSpec, load_spec_file
+from .arch import EXPERT_ROLES, ArchSpec, load_spec_file
 from .convert_options import ConvertOptions
 from .dtypes import FLOAT_NAMES
 from .layout_names import CONFIG_NAME, quant_shard_names, shard_names
-from .quant_layout import LINEAR_ROLES, QuantOptions, quantized_parts
+from .quant_layout import QuantOptions, quantized_parts
 from .readers import CheckpointReader, TensorInfo, open_checkpoint
 from .safetensors_writer import PlannedTensor
 from .smoothing import Smoothing
@@ -156,11 +156,17 @@ def _split(jobs: list[TensorJob], max_shard: int) -> list[list[TensorJob]]:
 
 
 def _quantized_parts(src: Path, info: TensorInfo, role: str, quant: QuantOptions, dtype: str) -> list[PlannedTensor]:
-    """A linear weight's int8 weight, scale and offset; [] for a tensor that stays float."""
-    if role not in LINEAR_ROLES or role in quant.keep_float or info.dtype not in FLOAT_NAMES:
+    """A linear weight's int8 weight, scale and offset (and W8A8's activation parts) in the type
+    `quant.type_of` gives its role; [] for a tensor that stays float."""
+    quant_type = quant.type_of(role)
+    if quant_type is None or info.dtype not in FLOAT_NAMES:
         return []
+    if quant_type == "W8A16" and role in EXPERT_ROLES:
+        raise UserError(f"{src / info.file}: tensor {info.name} is a routed expert, and --quantize w8a16 cannot serve "
+                        f"it: vllm-ascend has W8A16 for linear layers only, no W8A16 method for MoE layers (use "
+                        f"--quantize w8a8-dynamic or w8a8, or --keep-float {','.join(EXPERT_ROLES)})")
     width = info.shape[-1]
     if len(info.shape) != 2 or (quant.group_size and width % quant.group_size):
         raise UserError(f"{src / info.file}: tensor {info.name} of shape {list(info.shape)} cannot be quantized "
                         f"with --group-size {quant.group_size} (it must divide the {width} input columns)")
-    return quantized_parts(info.name, info.shape, quant, dtype)
+    return quantized_parts(info.name, info.shape, quant, quant_type, dtype)

@@ -72,7 +72,8 @@ class ShardWriter(LayoutWriter):
         if stats.nan or stats.inf:
             raise UserError(f"{plan.src / job.info.file}: tensor {job.info.name} holds {stats.nan} NaN and "
                             f"{stats.inf} Inf values; it cannot be quantized")
-        act = ActivationQuant.from_range(*plan.calibration[job.info.name]) if quant.kind == "w8a8" else None
+        static = quant.type_of(job.role) == "W8A8"  # W8A8_DYNAMIC experts: no activation scale
+        act = ActivationQuant.from_range(*plan.calibration[job.info.name]) if static else None
         values, error = quantized_tensors(job.info.name, tensor, symmetric=quant.symmetric,
                                           group_size=quant.group_size, act=act,
                                           bias=self._bias_of(job) if act is not None else None,

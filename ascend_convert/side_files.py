@@ -1,6 +1,7 @@
 """The small files beside the weights: the source's tokenizer and generation config (copied, or
 built from GGUF metadata), config.json with the target dtype, the shard index past one shard, the
-quantized layout's description, and W8A8's smoothing scales. All rewritten on every run, resumed or
+quantized layout's description (each tensor's type as `QuantOptions.type_of` gives its role), and
+W8A8's smoothing scales. All rewritten on every run, resumed or
 not, so they always match the weights they sit beside."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .layout_names import (
     SMOOTHING_NAME,
 )
 from .plan import ConversionPlan
-from .quant_layout import LINEAR_BIAS_ROLES, description
+from .quant_layout import FLOAT, LINEAR_BIAS_ROLES, bias_type, description
 from .workdir import WorkDir
 
 
@@ -39,10 +40,9 @@ def write_side_files(plan: ConversionPlan, work: WorkDir, weight_files: list[str
         _write_json(work.path / index_name, index, sort_keys=True)
         written.append(index_name)
     if plan.quant is not None:
-        kept = plan.quant.keep_float
-        types = {p.name: plan.quant.quant_type if (j.quantized or (
-            j.role in LINEAR_BIAS_ROLES and j.role.removesuffix("_bias") not in kept)) else "FLOAT"
-                 for j in plan.jobs for p in j.parts}
+        quant = plan.quant
+        types = {p.name: quant.type_of(j.role) if j.quantized else bias_type(quant.type_of(j.role.removesuffix("_bias")))
+                 if j.role in LINEAR_BIAS_ROLES else FLOAT for j in plan.jobs for p in j.parts}
         _write_json(work.path / QUANT_DESCRIPTION_NAME, description(types, plan.quant))
         written.append(QUANT_DESCRIPTION_NAME)
     if plan.smoothing:

@@ -10,7 +10,10 @@ are summed across ranks, so a row-parallel bias lives on rank 0 only), the embed
 split by vocabulary rows after padding the vocabulary to a multiple of N·16 (zero rows; the padding
 is recorded). When N exceeds the KV heads, each KV head is duplicated on the N/kv ranks whose query
 heads use it. Names are the runtime's fused ones (`self_attn.qkv`, `self_attn.o`, `mlp.gate_up`,
-`mlp.down`). Norms are replicated.
+`mlp.down`). Norms are replicated. A mixture-of-experts layer splits like the dense MLP: every routed
+expert's gate/up rows and down columns by its intermediate size (the rank's `mlp.experts.gate_up`
+[E, 2I/N, H] and `mlp.experts.down` [E, H, I/N]), the shared expert likewise, the router and the
+shared expert's sigmoid gate replicated; each rank's partial sums meet in the layer's one all-reduce.
 
 FRACTAL_NZ (`--nz`, ACL format 29) as the packed layout stores it: ND [..., H, W] →
 [..., ceil(W/w0), ceil(H/16), 16, w0] with w0 = 32 bytes / element size, zero-padded; the ND shape
@@ -39,14 +42,33 @@ MODULES = {
     "self_attn.q_proj": ("self_attn.qkv", 0), "self_attn.k_proj": ("self_attn.qkv", 1),
     "self_attn.v_proj": ("self_attn.qkv", 2), "self_attn.o_proj": ("self_attn.o", None),
     "mlp.gate_proj": ("mlp.gate_up", 0), "mlp.up_proj": ("mlp.gate_up", 1), "mlp.down_proj": ("mlp.down", None),
+    "mlp.shared_expert.gate_proj": ("mlp.shared_expert.gate_up", 0),
+    "mlp.shared_expert.up_proj": ("mlp.shared_expert.gate_up", 1),
+    "mlp.shared_expert.down_proj": ("mlp.shared_expert.down", None),
 }
-FUSED_PARTS = {"self_attn.qkv": 3, "mlp.gate_up": 2}
+FUSED_PARTS = {"self_attn.qkv": 3, "mlp.gate_up": 2, "mlp.shared_expert.gate_up": 2}
+#: A routed expert's canonical tensor: its layer, expert, projection and tensor (weight, weight_scale, ...).
+_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.(\w+)$")
+#: expert projection → (the runtime's 3-D module of all experts, parts per expert in it)
+EXPERT_MODULES = {"gate_proj": ("mlp.experts.gate_up", 0), "up_proj": ("mlp.experts.gate_up", 1),
+                  "down_proj": ("mlp.experts.down", 0)}
+EXPERT_PARTS = {"mlp.experts.gate_up": 2, "mlp.experts.down": 1}
 #: runtime modules whose weights are matmul operands (tiled by --nz); the embedding is a lookup
-MATMUL_MODULES = ("self_attn.qkv", "self_attn.o", "mlp.gate_up", "mlp.down")
+MATMUL_MODULES = ("self_attn.qkv", "self_attn.o", "mlp.gate_up", "mlp.down", "mlp.experts.gate_up", "mlp.experts.down",
+                  "mlp.shared_expert.gate_up", "mlp.shared_expert.down")
 
 
 def parameter_for(name: str) -> tuple[str, int | None]:
-    """The runtime parameter a canonical tensor fills, and its part index if the parameter is fused."""
+    """The runtime parameter a canonical tensor fills, and its part index if the parameter is fused.
+    A layer's routed experts fill one 3-D parameter each for gate/up and down (`mlp.experts.gate_up`
+    [E, 2I, H], `mlp.experts.down` [E, H, I]): expert E's gate is part 2E, its up part 2E+1, its down
+    part E (the runtime's `fused_slice` places a part)."""
+    e = _EXPERT.match(name)
+    if e is not None:
+        layer, expert, proj, tensor = e.groups()
+        target, offset = EXPERT_MODULES[proj]
+        per_expert = 2 if target.endswith("gate_up") else 1
+        return f"model.layers.{layer}.{target}.{tensor}", int(expert) * per_expert + offset
     m = _LAYER.match(name)
     if m is None or m.group(2) not in MODULES:
         return name, None
@@ -79,6 +101,9 @@ class TPLayout:
     head_dim: int
     intermediate_size: int
     vocab_size: int
+    num_experts: int = 0  # mixture of experts (0: a dense model)
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
 
     def __post_init__(self) -> None:
         n = self.size
@@ -91,14 +116,18 @@ class TPLayout:
         if (n <= kv and kv % n) or (n > kv and n % kv):
             raise UserError(f"tensor parallel size {n}: the model's {kv} KV heads can be neither divided among "
                             f"{n} ranks nor duplicated evenly over them")
-        if self.intermediate_size % n:
-            raise UserError(f"tensor parallel size {n}: the model's intermediate size {self.intermediate_size} "
-                            f"is not divisible by {n}")
+        for what, width in (("intermediate size", self.intermediate_size),
+                            ("expert intermediate size", self.moe_intermediate_size),
+                            ("shared expert intermediate size", self.shared_expert_intermediate_size)):
+            if width % n:
+                raise UserError(f"tensor parallel size {n}: the model's {what} {width} is not divisible by {n}")
 
     @classmethod
     def of(cls, canonical: dict, size: int) -> TPLayout:
+        moe = [int(canonical.get(k) or 0) for k in ("num_experts", "moe_intermediate_size",
+                                                     "shared_expert_intermediate_size")]
         return cls(size, canonical["num_attention_heads"], canonical["num_key_value_heads"], canonical["head_dim"],
-                   canonical["intermediate_size"], canonical["vocab_size"])
+                   canonical["intermediate_size"] or 0, canonical["vocab_size"], *moe)
 
     @property
     def heads(self) -> int:
@@ -126,7 +155,13 @@ class TPLayout:
     def shard(self, name: str, tensor: torch.Tensor, rank: int) -> torch.Tensor:
         """Rank `rank`'s part of canonical tensor `name` (unfused, Llama-named)."""
         d = self.head_dim
+        expert = _EXPERT.match(name)
+        if expert is not None:  # a routed expert: split like the dense MLP, by the expert width
+            return self._split_mlp(f"mlp.{expert.group(3)}", tensor, rank, self.moe_intermediate_size)
         module = name.rsplit(".", 1)[0].split(".", 3)[-1] if name.startswith("model.layers.") else name
+        if module.startswith("mlp.shared_expert."):
+            return self._split_mlp(module.replace("shared_expert.", ""), tensor, rank,
+                                   self.shared_expert_intermediate_size)
         is_bias = name.endswith(".bias")
         if module == "self_attn.q_proj":
             return _rows(tensor, rank * self.heads * d, self.heads * d)
@@ -134,8 +169,7 @@ class TPLayout:
             heads = self.kv_head_range(rank)
             return _rows(tensor, heads.start * d, len(heads) * d)
         if module in ("mlp.gate_proj", "mlp.up_proj"):
-            part = self.intermediate_size // self.size
-            return _rows(tensor, rank * part, part)
+            return self._split_mlp(module, tensor, rank, self.intermediate_size)
         if module in ("self_attn.o_proj", "mlp.down_proj"):
             if is_bias:  # summed over ranks by the all-reduce: added once
                 return tensor if rank == 0 else torch.zeros_like(tensor)
@@ -145,7 +179,14 @@ class TPLayout:
             padded = torch.zeros(self.padded_vocab, *tensor.shape[1:], dtype=tensor.dtype)
             padded[:tensor.shape[0]] = tensor
             return _rows(padded, rank * self.vocab_shard, self.vocab_shard)
-        return tensor  # norms (and q/k norms, per head_dim) are replicated
+        return tensor  # norms (and q/k norms, per head_dim), the router, the shared expert's gate: replicated
+
+    def _split_mlp(self, module: str, tensor: torch.Tensor, rank: int, width: int) -> torch.Tensor:
+        """A SwiGLU projection's share: gate/up rows (column-parallel), down columns (row-parallel)."""
+        part = width // self.size
+        if module in ("mlp.gate_proj", "mlp.up_proj"):
+            return _rows(tensor, rank * part, part)
+        return tensor.narrow(1, rank * part, part).contiguous()
 
 
 def _rows(tensor: torch.Tensor, start: int, length: int) -> torch.Tensor:
@@ -164,7 +205,13 @@ def rank_tensors(named: Iterable[tuple[str, torch.Tensor]], layout: TPLayout, ra
             continue
         parts.setdefault(target, {})[part] = piece
         module = target.rsplit(".", 1)[0].split(".", 3)[-1]
-        if len(parts[target]) == FUSED_PARTS[module]:
+        if module in EXPERT_PARTS:  # every expert's parts, stacked [E, rows, cols]
+            per_expert = EXPERT_PARTS[module]
+            if len(parts[target]) == per_expert * layout.num_experts:
+                got = parts.pop(target)
+                out[target] = torch.stack([torch.cat([got[e * per_expert + j] for j in range(per_expert)])
+                                           for e in range(layout.num_experts)])
+        elif len(parts[target]) == FUSED_PARTS[module]:
             out[target] = torch.cat([parts[target][i] for i in range(FUSED_PARTS[module])]).contiguous()
             del parts[target]
     if parts:

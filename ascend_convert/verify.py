@@ -217,8 +217,9 @@ def _check_source(source: Path, manifest: dict, read_back: dict[str, str], repor
 def _requantize(name: str, quant: dict, src: torch.Tensor, bias: torch.Tensor | None,
                 model_dtype: str) -> tuple[dict[str, torch.Tensor], dict]:
     """What quantizing the source gives, part by part (deterministic; W8A8 with the recorded
-    activation scale and offset), and the weight's quantization error."""
-    act = None if quant["type"] == "W8A16" else ActivationQuant(quant["input_scale"], quant["input_offset"])
+    activation scale and offset; W8A16 and W8A8_DYNAMIC from the weight alone), and the weight's
+    quantization error."""
+    act = ActivationQuant(quant["input_scale"], quant["input_offset"]) if quant["type"] == "W8A8" else None
     parts, error = quantized_tensors(name, src, symmetric=quant["symmetric"], group_size=quant["group_size"], act=act,
                                      bias=bias, model_dtype=model_dtype)
     return parts, error.to_dict()

@@ -25,7 +25,8 @@ def calibrate_plan(plan: ConversionPlan) -> None:
     from .calibrate import calibrate, calibration_texts
 
     texts = calibration_texts(Path(plan.quant.calib) if plan.quant.calib else None)
-    names = {j.info.name for j in plan.jobs if j.quantized}
+    # only the static W8A8 linears: an MoE model's experts are W8A8_DYNAMIC (scaled per token at run time)
+    names = {j.info.name for j in plan.jobs if j.quantized and plan.quant.type_of(j.role) == "W8A8"}
     channels = calibrate(plan.src, names, texts, plan.source_dtype, plan.options.trust_remote_code)
     if plan.quant.smooth_alpha:
         plan.smoothing = _smoothing(plan, channels)
@@ -49,7 +50,8 @@ def _smoothing(plan: ConversionPlan, channels: dict[str, tuple[torch.Tensor, tor
         for norm_role, linear_roles in SMOOTH_GROUPS:
             norm = by_layer.get((layer, norm_role))
             linears = [by_layer[(layer, r)] for r in linear_roles if (layer, r) in by_layer]
-            if norm is None or not linears or not all(j.quantized for j in linears):
+            if norm is None or not linears or not all(plan.quant.type_of(j.role) == "W8A8" and j.quantized
+                                                      for j in linears):
                 continue
             act = torch.stack([torch.maximum(channels[j.info.name][0].abs(), channels[j.info.name][1].abs())
                                for j in linears]).amax(0)

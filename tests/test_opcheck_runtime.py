@@ -39,9 +39,12 @@ def invoke(monkeypatch):
     return run
 
 
-@pytest.mark.parametrize("family", fx.FAMILIES)
+@pytest.mark.parametrize("family", fx.FAMILIES + fx.MOE_FAMILIES)
 def test_runtime_model_is_clean_for_every_family_and_target(invoke, checkpoint, family):
+    from runtime.model.loader import open_model
+
     model = checkpoint(family)
+    layers = open_model(model).config.num_layers
     for soc, dtype in TARGETS:
         code, out = invoke("--target", "runtime", "--model", model, "--soc", soc, "--dtype", dtype, "--format", "json")
         report = json.loads(out)
@@ -52,7 +55,7 @@ def test_runtime_model_is_clean_for_every_family_and_target(invoke, checkpoint, 
         assert set(target["shapes"]) == {"prefill", "decode"}
         assert report["ops"]["distinct"] >= 25
         fusions = {f["pattern"]: f["count"] for f in report["fusions"]}  # found in the prefill program
-        assert fusions.get("attention") == 2 and fusions.get("RMSNorm", 0) >= 5  # 2 layers (+ final norm)
+        assert fusions.get("attention") == layers and fusions.get("RMSNorm", 0) >= 2 * layers + 1  # (+ final norm)
 
 
 def test_real_cli_run_names_the_runtime_model(checkpoint, tmp_path):
@@ -93,6 +96,40 @@ def test_both_phases_trace_the_paged_attention(checkpoint):
     assert "sub.Tensor" in uses  # the sliding-window half of the mask
     targets = {str(n.target) for n in prefill.graph.nodes if n.op == "call_function"}
     assert "aten.index_copy_.default" in targets  # the cache write is kept as an input mutation
+
+
+def test_moe_layers_trace_torch_npus_fused_moe_kernels(checkpoint):
+    """An MoE layer takes its NPU path under check_ops: routing, the two grouped matmuls and the
+    finalize are torch_npu's kernels (4 per sparse layer and step), not the CPU's sort / grouped_mm."""
+    from opcheck.runtime_trace import open_runtime, trace_runtime
+
+    ckpt = open_runtime(checkpoint("qwen3_moe"))  # layers 0 and 2 sparse, norm_topk_prob
+    uses, _ = trace_runtime(ckpt, "float16", 2, 8)
+    for op, per_layer in (("npu_moe_gating_top_k_softmax", 1), ("npu_moe_init_routing_v2", 1),
+                          ("npu_grouped_matmul", 2), ("npu_moe_finalize_routing", 1)):
+        assert uses[op].phases == ["prefill", "decode"] and uses[op].count == per_layer * 2 * 2, (op, uses[op].count)
+    assert not {"sort", "histc", "_grouped_mm", "topk"} & set(uses)
+
+
+def test_a_w8a8_dynamic_moe_model_traces_per_token_quantization_and_is_clean(invoke, checkpoint, tmp_path):
+    """`convert --quantize w8a8-dynamic` on Qwen2-MoE: its linears call npu_dynamic_quant +
+    npu_quant_matmul, its int8 experts npu_moe_init_routing_v2 (quantizing) and npu_grouped_matmul
+    with per-token scales, npu_dynamic_quant between the two; every target is clean."""
+    from ascend_convert.converter import ConvertOptions, convert
+    from opcheck.runtime_trace import open_runtime, trace_runtime
+
+    model = tmp_path / "w8a8-dynamic"
+    convert(checkpoint("qwen2_moe"), model, ConvertOptions(quantize="w8a8-dynamic"))
+    uses, _ = trace_runtime(open_runtime(model), "float16", 2, 8)
+    layers, sparse = 4, 2  # qwen2_moe: layers 1 and 3 sparse, each with a shared expert
+    linears = layers * 2 + (layers - sparse) * 2 + sparse * 2  # qkv, o; the dense MLPs; the shared experts
+    assert uses["npu_quant_matmul"].count == linears * 2  # both steps
+    assert uses["npu_dynamic_quant"].count == (linears + sparse) * 2  # + one between each layer's expert matmuls
+    assert uses["npu_grouped_matmul"].count == sparse * 2 * 2
+    assert "_int_mm" not in uses
+    for soc, dtype in TARGETS:
+        code, out = invoke("--target", "runtime", "--model", model, "--soc", soc, "--dtype", dtype, "--format", "json")
+        assert code == 0 and json.loads(out)["findings"] == [], (soc, dtype, out)
 
 
 def test_auto_dtype_is_the_config_dtype_as_for_hf(invoke, checkpoint):

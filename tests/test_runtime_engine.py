@@ -46,10 +46,11 @@ def make_llm(path, dtype="float32", **kwargs) -> LLM:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("family", fx.FAMILIES)
+@pytest.mark.parametrize("family", fx.FAMILIES + fx.MOE_FAMILIES)
 def test_greedy_tokens_equal_transformers(checkpoint, fixture_root, family, dtype):
     """Alone, then in one batch of mixed lengths where the 70-token prompt is prefilled in chunks of
-    at most 32 tokens (Mistral's sliding window is 32: the chunk boundary crosses it)."""
+    at most 32 tokens (Mistral's and Mixtral's sliding window is 32: the chunk boundary crosses it).
+    The MoE families route each chunk's and each batch's tokens together, as transformers does not."""
     path = checkpoint(family)
     ref_path = fx.reference(family, fixture_root)
     llm = make_llm(path, dtype, max_num_batched_tokens=32)
@@ -86,8 +87,9 @@ def test_prefix_cache_hits_are_counted_and_change_no_token(checkpoint):
         assert_greedy_equal(out.token_ids, hf_greedy(path, torch.float32, prompt, 12), torch.float32, "prefix")
 
 
-def test_a_pool_too_small_for_the_batch_preempts_and_still_answers_right(checkpoint):
-    path = checkpoint("llama")
+@pytest.mark.parametrize("family", ("llama", *fx.MOE_FAMILIES))
+def test_a_pool_too_small_for_the_batch_preempts_and_still_answers_right(checkpoint, family):
+    path = checkpoint(family)
     cfg = open_model(path).config
     block_bytes = 2 * cfg.num_layers * 4 * cfg.kv_size * 4
     llm = make_llm(path, kv_cache_memory=14 * block_bytes)  # 56 token slots for 4 sequences of ~21

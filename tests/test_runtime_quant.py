@@ -145,16 +145,16 @@ def test_w8a8_fused_parts_must_share_their_input_scale_and_their_type(checkpoint
     description = json.loads(path.read_text())
     description["model.layers.1.self_attn.k_proj.weight"] = "FLOAT"
     path.write_text(json.dumps(description))
-    with pytest.raises(UserError, match=r"quant_model_description\.json leaves only some parts of "
-                                        r"model\.layers\.1\.self_attn\.qkv FLOAT; the runtime fuses them"):
+    with pytest.raises(UserError, match=r"quant_model_description\.json: layer 1 mixes quant types in one fused "
+                                        r"module: q W8A8, k FLOAT, v W8A8; vllm-ascend needs one type"):
         LLM(quantized, device="cpu", kv_cache_memory="16MiB")
 
 
 @pytest.mark.skipif(not torch.__dict__.get("npu"), reason="torch_npu's quantized matmuls need an Ascend NPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_torch_npu_quantized_matmuls_match_the_cpu_layers(dtype):
-    """On an NPU, W8A16 runs npu_weight_quant_batchmatmul and W8A8 npu_quantize + npu_quant_matmul;
-    both give what the CPU layers give."""
+    """On an NPU, W8A16 runs npu_weight_quant_batchmatmul, W8A8 npu_quantize + npu_quant_matmul and
+    W8A8_DYNAMIC npu_dynamic_quant + npu_quant_matmul(pertoken_scale); each gives what the CPU layer gives."""
     g = torch.Generator().manual_seed(2)
     w, bias, x = torch.randn(48, 64, generator=g) * 0.05, torch.randn(48, generator=g), torch.randn(5, 64, generator=g)
     qw = quantize_weight(w)
@@ -165,7 +165,11 @@ def test_torch_npu_quantized_matmuls_match_the_cpu_layers(dtype):
         "weight": ref.weight, "weight_scale": ref.weight_scale, "weight_offset": ref.weight_offset,
         "input_scale": ref.input_scale, "input_offset": ref.input_offset, "deq_scale": ref.deq_scale,
         "quant_bias": ref.quant_bias}, bias)
-    for layer in (w8a16, w8a8):
+    dynamic_scale = w.abs().amax(dim=-1, keepdim=True) / 127
+    w8a8_dynamic = _layer(QuantScheme("W8A8_DYNAMIC", 0), {
+        "weight": torch.round(w / dynamic_scale).to(torch.int8), "weight_scale": dynamic_scale,
+        "weight_offset": torch.zeros_like(dynamic_scale)}, bias)
+    for layer in (w8a16, w8a8, w8a8_dynamic):
         want = layer.to(dtype)(x.to(dtype)).float()
         got = layer.to("npu")(x.to("npu", dtype)).float().cpu()
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)

@@ -32,9 +32,10 @@ def alive(pids: list[int]) -> list[int]:
     return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
 
-@pytest.mark.parametrize("family", fx.FAMILIES)
+@pytest.mark.parametrize("family", fx.FAMILIES + fx.MOE_FAMILIES)
 def test_two_ranks_give_the_tokens_of_one(checkpoint, family):
-    """fp32, a mixed batch whose 40-token prompt is prefilled in chunks of 16."""
+    """fp32, a mixed batch whose 40-token prompt is prefilled in chunks of 16. MoE families: each
+    rank holds half of every expert's (and the shared expert's) width, the router replicated."""
     args = {"device": "cpu", "dtype": "float32", "block_size": 4, "kv_cache_memory": "2MiB",
             "max_num_batched_tokens": 16}
     want = tokens(LLM(checkpoint(family), **args))
@@ -42,7 +43,9 @@ def test_two_ranks_give_the_tokens_of_one(checkpoint, family):
     try:
         pids = llm.engine.runner.pids
         assert len(alive(pids)) == 1
-        assert llm.engine.runner.cfg.num_heads == 2 and llm.engine.runner.cfg.num_kv_heads in (1, 2)
+        cfg = llm.engine.runner.cfg
+        assert cfg.num_heads == 2 and cfg.num_kv_heads in (1, 2)
+        assert cfg.moe_intermediate_size == (16 if family in fx.MOE_FAMILIES else 0)
         assert tokens(llm) == want
         llm.engine.block_manager.check_whole()
     finally:

@@ -50,8 +50,31 @@ class NpuQuantOps(Protocol):
                      axis: int = -1, div_mode: bool = True) -> torch.Tensor: ...
 
     def npu_quant_matmul(self, x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor,
-                         bias: torch.Tensor | None = None, output_dtype: torch.dtype | None = None
-                         ) -> torch.Tensor: ...
+                         bias: torch.Tensor | None = None, output_dtype: torch.dtype | None = None,
+                         pertoken_scale: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def npu_dynamic_quant(self, input: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class NpuMoeOps(Protocol):
+    """torch_npu's mixture-of-experts kernels, as `runtime.layers.moe` calls them (vllm-ascend's
+    fused-MoE path; the torch_npu module itself fits). Signatures: op-plugin's op_plugin_functions.yaml."""
+
+    def npu_moe_gating_top_k_softmax(self, x: torch.Tensor, finished: torch.Tensor | None = None, k: int = 1
+                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def npu_moe_init_routing_v2(self, x: torch.Tensor, expert_idx: torch.Tensor, **kwargs
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def npu_grouped_matmul(self, x: list[torch.Tensor], weight: list[torch.Tensor], **kwargs
+                           ) -> list[torch.Tensor]: ...
+
+    def npu_moe_finalize_routing(self, expanded_permuted_rows: torch.Tensor, skip1: torch.Tensor | None,
+                                 skip2: torch.Tensor | None, bias: torch.Tensor | None, scales: torch.Tensor | None,
+                                 expanded_src_to_dst_row: torch.Tensor, export_for_source_row: torch.Tensor | None,
+                                 drop_pad_mode: int = 0) -> torch.Tensor: ...
+
+    def npu_dynamic_quant(self, input: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -61,13 +84,15 @@ class Kernels:
     `npu_quant`, when given, are the quantized matmuls `QuantLinear` calls on its NPU path whatever
     device its weights are on: check_ops passes traceable stand-ins of torch_npu's kernels, so a model
     built on meta traces what an NPU runs. None (serving): torch_npu's own, imported when the weights
-    are on an NPU."""
+    are on an NPU. `npu_moe` likewise for the mixture-of-experts layers (routing, grouped matmuls,
+    W8A8_DYNAMIC's per-token quantization)."""
 
     rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
     rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     swiglu: Callable[[torch.Tensor], torch.Tensor]
     name: str = "plain"
     npu_quant: NpuQuantOps | None = None
+    npu_moe: NpuMoeOps | None = None
 
 
 PLAIN = Kernels(rms_norm, rotary, swiglu)

@@ -2,13 +2,15 @@
 of `ascend_convert` (one JSON per family), so the runtime serves every family `convert` writes.
 
 Read from config.json (or a GGUF's metadata) and from the tensor names present: a family's optional
-parts (qkv bias, q/k norms) exist exactly when their tensors do.
+parts (qkv bias, q/k norms, a shared expert) exist exactly when their tensors do. A mixture-of-experts
+family (the spec has a router) adds its experts, top-k, expert width, renormalisation and which layers
+are sparse (`ArchSpec.moe_layers`); the rest of the decoder is the same.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +44,24 @@ class ModelConfig:
     dtype: str = "float32"  # what the checkpoint says it computes in
     eos_token_ids: tuple[int, ...] = ()
     quant: Any = None  # a QuantScheme for msModelSlim's int8 layout (runtime.layers.quant_linear), else None
+    # mixture of experts (num_experts 0: a dense model)
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0  # 0: no shared expert (Qwen2-MoE has one)
+    norm_topk_prob: bool = False  # renormalise the top-k routing weights to sum to 1
+    moe_layers: tuple[bool, ...] = ()  # per layer: sparse (experts) or the dense MLP
+    routing_weights_fp32: bool = False  # the weighted sum takes fp32 routing weights (Mixtral) or model-dtype ones
     tp: Any = None  # tensor parallel: the TPLayout this rank's sizes come from (None: one rank)
     tp_rank: int = 0
 
     @property
     def tp_size(self) -> int:
         return self.tp.size if self.tp is not None else 1
+
+    @property
+    def is_moe(self) -> bool:
+        return any(self.moe_layers)
 
     @property
     def vocab_rows(self) -> int:
@@ -79,15 +93,15 @@ class ModelConfig:
 
 def tp_config(cfg: ModelConfig, size: int, rank: int) -> ModelConfig:
     """Rank `rank`'s view of `cfg` split over `size` ranks: its heads, KV heads and intermediate
-    slice (the vocabulary stays the global one; `vocab_rows` is the shard). A clear error when the
-    model does not split that way."""
-    from dataclasses import replace
-
+    slices, the experts' and the shared expert's included (the vocabulary stays the global one;
+    `vocab_rows` is the shard). A clear error when the model does not split that way."""
     from ascend_convert.tp_layout import TPLayout
 
-    layout = TPLayout(size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size)
+    layout = TPLayout(size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size,
+                      cfg.num_experts, cfg.moe_intermediate_size, cfg.shared_expert_intermediate_size)
     return replace(cfg, num_heads=layout.heads, num_kv_heads=layout.kv_heads,
-                   intermediate_size=cfg.intermediate_size // size, tp=layout, tp_rank=rank)
+                   intermediate_size=cfg.intermediate_size // size, moe_intermediate_size=cfg.moe_intermediate_size // size,
+                   shared_expert_intermediate_size=cfg.shared_expert_intermediate_size // size, tp=layout, tp_rank=rank)
 
 
 def _rope(raw: dict) -> tuple[str, dict]:
@@ -131,7 +145,7 @@ def model_config(raw: dict, spec: ArchSpec, tensor_names: set[str], model_dir: P
     if raw.get("use_sliding_window") is False:  # Qwen2 configs name a window but switch it off
         window = None
     dtype = raw.get("dtype") or raw.get("torch_dtype") or "float32"
-    return ModelConfig(
+    return replace(ModelConfig(
         family=spec.family,
         hidden_size=c["hidden_size"], num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
         num_kv_heads=c["num_key_value_heads"], head_dim=c["head_dim"], intermediate_size=c["intermediate_size"],
@@ -146,4 +160,21 @@ def model_config(raw: dict, spec: ArchSpec, tensor_names: set[str], model_dir: P
         rope_type=rope_type, rope_parameters=rope_params,
         dtype=dtype if dtype in DTYPES else "float32",
         eos_token_ids=_eos(raw, model_dir),
-    )
+    ), **_moe_fields(spec, c, tensor_names))
+
+
+#: A spec's `config_defaults` key: the dtype its routing weights keep into the weighted sum of the
+#: experts ("float32": Mixtral's router never casts them back; absent: the model's dtype, as Qwen's do).
+ROUTING_WEIGHTS_DTYPE = "moe_routing_weights_dtype"
+
+
+def _moe_fields(spec: ArchSpec, c: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
+    """The MoE fields of a mixture-of-experts family's config (none for a dense one)."""
+    if not spec.is_moe:
+        return {}
+    shared = any(".mlp.shared_expert." in n for n in tensor_names)
+    return {"num_experts": c["num_experts"], "num_experts_per_tok": c["num_experts_per_tok"],
+            "moe_intermediate_size": c["moe_intermediate_size"],
+            "shared_expert_intermediate_size": int(c["shared_expert_intermediate_size"] or 0) if shared else 0,
+            "norm_topk_prob": bool(c["norm_topk_prob"]), "moe_layers": tuple(spec.moe_layers(c)),
+            "routing_weights_fp32": spec.config_defaults.get(ROUTING_WEIGHTS_DTYPE) == "float32"}

@@ -1,6 +1,7 @@
 """The runtime's decoder: one model for every family `convert` supports (Llama 1/2/3, Mistral, Qwen v1,
-Qwen2, Qwen3, Baichuan/Baichuan2, Phi-3). Their differences are data in `ModelConfig` — qkv bias, q/k
-norms, tied embeddings, sliding window, RoPE type — not subclasses.
+Qwen2, Qwen3, Baichuan/Baichuan2, Phi-3, and the mixture-of-experts Qwen3-MoE, Qwen2-MoE, Mixtral).
+Their differences are data in `ModelConfig` — qkv bias, q/k norms, tied embeddings, sliding window,
+RoPE type, which layers are sparse and how they route (`runtime.layers.moe`) — not subclasses.
 
 Fused `qkv` and `gate_up` projections (one GEMM each instead of three and two). The numerics follow
 transformers' modeling code step for step (RMSNorm in fp32, RoPE tables in fp32 cast to the model
@@ -16,6 +17,7 @@ from torch import nn
 from runtime.layers import parallel
 from runtime.layers.attention import AttentionMetadata, causal_mask, paged_attention
 from runtime.layers.fused_ops import PLAIN, Kernels
+from runtime.layers.moe import SparseMoE
 from runtime.model.config import ModelConfig
 
 
@@ -100,24 +102,50 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, kernels: Kernels) -> None:
+    """SwiGLU MLP with fused gate/up. `reduce=False` for a shared expert, whose partial sums under
+    tensor parallel join the routed experts' before the MoE layer's one all-reduce."""
+
+    def __init__(self, cfg: ModelConfig, kernels: Kernels, width: int | None = None, bias: bool | None = None,
+                 reduce: bool = True) -> None:
         super().__init__()
-        self.gate_up = linear(cfg, cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias, kernels)
-        self.down = linear(cfg, cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, kernels)
+        width = cfg.intermediate_size if width is None else width
+        bias = cfg.mlp_bias if bias is None else bias
+        self.gate_up = linear(cfg, cfg.hidden_size, 2 * width, bias, kernels)
+        self.down = linear(cfg, width, cfg.hidden_size, bias, kernels)
         self.kernels = kernels
         self.cfg = cfg
+        self.reduce = reduce
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return parallel.all_reduce(self.down(self.kernels.swiglu(self.gate_up(x))), self.cfg)
+        out = self.down(self.kernels.swiglu(self.gate_up(x)))
+        return parallel.all_reduce(out, self.cfg) if self.reduce else out
+
+
+def sparse_mlp(cfg: ModelConfig, kernels: Kernels, layer: int) -> SparseMoE:
+    """Layer `layer`'s MoE block; its routed experts are int8 when the checkpoint's description
+    makes them W8A8_DYNAMIC (vllm-ascend's one quantized fused-MoE method for them), float when it
+    keeps them FLOAT. The shared expert is a pair of linears like any other."""
+    module = f"model.layers.{layer}.mlp.experts.gate_up"
+    kind = cfg.quant.type_of(module) if cfg.quant is not None else "FLOAT"
+    if kind not in ("FLOAT", "W8A8_DYNAMIC"):
+        from ascend_common.errors import UserError
+
+        raise UserError(f"{module}: {kind} experts: the runtime serves routed experts FLOAT or W8A8_DYNAMIC")
+    experts_int8 = kind == "W8A8_DYNAMIC"
+    shared = None
+    if cfg.shared_expert_intermediate_size:
+        shared = MLP(cfg, kernels, cfg.shared_expert_intermediate_size, bias=False, reduce=False)
+    return SparseMoE(cfg, kernels, experts_int8, shared)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, kernels: Kernels) -> None:
+    def __init__(self, cfg: ModelConfig, kernels: Kernels, layer: int = 0) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
         self.self_attn = Attention(cfg, kernels)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
-        self.mlp = MLP(cfg, kernels)
+        sparse = cfg.moe_layers[layer] if cfg.moe_layers else False
+        self.mlp = sparse_mlp(cfg, kernels, layer) if sparse else MLP(cfg, kernels)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
                 masks: list[torch.Tensor], cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -129,7 +157,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig, kernels: Kernels) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_rows, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, kernels) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, kernels, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
 
 
@@ -145,12 +173,24 @@ class CausalLM(nn.Module):
         self.rotary = Rotary(inv_freq, rope_scaling)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_rows, bias=False)
-        for name in sorted(cfg.quant.float_modules if cfg.quant is not None else ()):
-            # a layer the quantized checkpoint keeps in float (convert --keep-float)
-            parent, _, child = name.rpartition(".")
+        self._retype_linears(kernels)
+
+    def _retype_linears(self, kernels: Kernels) -> None:
+        """Give each linear of a quantized checkpoint its own type from the description: float where it
+        keeps FLOAT (convert --keep-float), or a type other than `model_quant_type` (msModelSlim's MoE
+        recipe: W8A8 attention, W8A8_DYNAMIC shared experts)."""
+        from runtime.layers.quant_linear import QuantLinear
+
+        scheme = self.cfg.quant
+        for name, kind in sorted(scheme.module_types.items() if scheme is not None else ()):
             old = self.get_submodule(name)
-            setattr(self.get_submodule(parent), child,
-                    nn.Linear(old.in_features, old.out_features, bias=old.bias is not None))
+            if not isinstance(old, QuantLinear) or old.kind == kind:
+                continue  # routed experts are typed when built (`sparse_mlp`)
+            bias = old.bias is not None
+            new = (nn.Linear(old.in_features, old.out_features, bias=bias) if kind == "FLOAT"
+                   else QuantLinear(old.in_features, old.out_features, bias, scheme, kernels, kind))
+            parent, _, child = name.rpartition(".")
+            setattr(self.get_submodule(parent), child, new)
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -166,13 +206,28 @@ class CausalLM(nn.Module):
         return parallel.gather_vocab(F.linear(hidden, weight).float(), self.cfg)
 
     def fused_slice(self, name: str, part: int) -> tuple[int, int]:
-        """(start, length) along dim 0 of part `part` of the fused parameter `name`."""
+        """(start, length) along dim 0 of part `part` of the fused parameter `name`; for a 3-D
+        experts parameter, of its [E * rows, cols] view (expert E's gate is part 2E, see
+        `tp_layout.parameter_for`)."""
         cfg = self.cfg
-        sizes = (cfg.q_size, cfg.kv_size, cfg.kv_size) if ".qkv." in name else (cfg.intermediate_size,) * 2
+        if ".experts.gate_up." in name:
+            return part * cfg.moe_intermediate_size, cfg.moe_intermediate_size
+        if ".experts.down." in name:
+            return part * cfg.hidden_size, cfg.hidden_size
+        if ".qkv." in name:
+            sizes = (cfg.q_size, cfg.kv_size, cfg.kv_size)
+        elif ".shared_expert." in name:
+            sizes = (cfg.shared_expert_intermediate_size,) * 2
+        else:
+            sizes = (cfg.intermediate_size,) * 2
         return sum(sizes[:part]), sizes[part]
 
     @staticmethod
-    def fully_filled(name: str, parts: set[int | None]) -> bool:
+    def fully_filled(name: str, parts: set[int | None], num_experts: int = 0) -> bool:
+        if ".experts.gate_up." in name:
+            return parts == set(range(2 * num_experts))
+        if ".experts.down." in name:
+            return parts == set(range(num_experts))
         if ".qkv." in name:
             return parts == {0, 1, 2}
         if ".gate_up." in name:

@@ -23,7 +23,7 @@ from ascend_convert.layout_names import (
     RANK_FILE_GLOB,
     parse_rank_file,
 )
-from ascend_convert.quant_layout import LINEAR_ROLES
+from ascend_convert.quant_layout import QUANTIZABLE_ROLES, check_description
 from ascend_convert.quantize import loaded_deq_scale
 from ascend_convert.readers import CheckpointReader, open_checkpoint, read_config
 from ascend_convert.tp_layout import canonical_of, from_nz, parameter_for, rank_tensors
@@ -77,7 +77,7 @@ def open_model(path: str | Path) -> Checkpoint:
         names.update(canonical_names(found))
     model_dir = path if path.is_dir() else path.parent
     if scheme is not None:
-        scheme = replace(scheme, float_modules=_float_modules(path, spec, cfg, scheme))
+        scheme = replace(scheme, module_types=_module_types(path, spec, cfg, scheme))
     config = replace(model_config(raw, spec, names, model_dir, where), quant=scheme)
     return Checkpoint(path, reader, spec, config, raw)
 
@@ -105,22 +105,29 @@ def _open_packed(path: Path, packed: dict[tuple[int, int], Path]) -> Checkpoint:
     return Checkpoint(path, None, spec, model_config(raw, spec, names, path, where), raw, packed)
 
 
-def _float_modules(path: Path, spec: ArchSpec, cfg: dict, scheme: QuantScheme) -> frozenset[str]:
-    """The runtime's linear modules whose weights the description leaves FLOAT (msModelSlim's
-    disable_names; `convert --keep-float`). A fused module must be float or int8 as a whole."""
-    parts: dict[str, set[int | None]] = {}
-    for name in scheme.float_names:
-        found = spec.role_of(name) if name.endswith(".weight") else None
-        if found is None or found.role not in LINEAR_ROLES:
+def _module_types(path: Path, spec: ArchSpec, cfg: dict, scheme: QuantScheme) -> dict[str, str]:
+    """Each runtime linear module's type from the description's weights (FLOAT: msModelSlim's
+    disable_names, `convert --keep-float`). The description must be one vllm-ascend loads
+    (`quant_layout.check_description`: fused parts, and all experts of a layer, in one type); a module
+    the runtime fuses from parts must then be one type as a whole."""
+    check_description(scheme.description, spec, str(path / QUANT_DESCRIPTION_NAME))
+    parts: dict[str, dict[str, set[int | None]]] = {}
+    for name, qtype in scheme.description.items():
+        found = spec.role_of(name) if name.endswith(".weight") and isinstance(qtype, str) else None
+        if found is None or found.role not in QUANTIZABLE_ROLES:
             continue
         for canonical in canonical_names(found):
             target, part = parameter_for(canonical)
-            parts.setdefault(target.removesuffix(".weight"), set()).add(part)
-    for module, found_parts in parts.items():
-        if not CausalLM.fully_filled(f"{module}.weight", found_parts):
-            raise UserError(f"{path}: {QUANT_DESCRIPTION_NAME} leaves only some parts of {module} FLOAT; the runtime "
-                            f"fuses them into one layer, which must be all float or all {scheme.kind}")
-    return frozenset(parts)
+            parts.setdefault(target.removesuffix(".weight"), {}).setdefault(qtype, set()).add(part)
+    types = {}
+    for module, by_type in parts.items():
+        qtype, found_parts = next(iter(by_type.items()))
+        if len(by_type) > 1 or not CausalLM.fully_filled(f"{module}.weight", found_parts, cfg.get("num_experts") or 0):
+            listed = " and ".join(sorted(by_type))
+            raise UserError(f"{path}: {QUANT_DESCRIPTION_NAME} gives the parts of {module} {listed}; the runtime "
+                            f"fuses them into one layer, which must be of one type")
+        types[module] = qtype
+    return types
 
 
 def _quant_part(name: str) -> tuple[str, str] | None:
@@ -186,7 +193,8 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
             raise UserError(f"{ckpt.path}: tensor {name} has no place in the runtime's {ckpt.config.family} model")
         with torch.no_grad():
             per_layer = target.rsplit(".", 1)[1] in PER_TENSOR
-            dest = param if part is None or per_layer else param.narrow(0, *model.fused_slice(target, part))
+            rows = param.flatten(0, 1) if param.dim() == 3 else param  # experts [E, out, in]: [E*out, in]
+            dest = param if part is None or per_layer else rows.narrow(0, *model.fused_slice(target, part))
             if per_layer and filled.get(target) and not torch.equal(dest, tensor.to(dest.dtype)):
                 raise UserError(f"{ckpt.path}: the parts of {target.rsplit('.', 1)[0]} have different "
                                 f"{target.rsplit('.', 1)[1]} values; the runtime fuses them into one layer")
@@ -198,7 +206,8 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     if ckpt.config.tie_word_embeddings:
         filled.setdefault("lm_head.weight", {None})
     whole = ckpt.config.tp is not None  # a rank's tensors come fused already
-    missing = [n for n in params if n not in filled or not (whole or model.fully_filled(n, filled[n]))]
+    experts = ckpt.config.num_experts
+    missing = [n for n in params if n not in filled or not (whole or model.fully_filled(n, filled[n], experts))]
     if missing:
         raise UserError(f"{ckpt.path}: weights missing for {', '.join(missing[:5])}"
                         f"{' ...' if len(missing) > 5 else ''}")
