@@ -228,3 +228,24 @@ def test_w8a8_dynamic_experts_add_npu_dynamic_quant(copy_checkpoint):
     (model / "quant_model_description.json").write_text("{not json")
     with pytest.raises(UserError, match=r"quant_model_description\.json: invalid JSON \("):
         run_check(str(model), dtype="float16")
+
+
+def test_runtime_moe_layers_call_the_fused_kernels_already(checkpoint, tmp_path):
+    """`--target runtime`: the runtime's MoE layers call torch_npu's MoE kernels on an NPU (traced
+    through check_ops' stand-ins), so nothing is left to fuse; a release without one of them is a
+    finding, with the MoE layers named in its advice."""
+    from opcheck.check import run_check
+
+    model = str(checkpoint("qwen3_moe"))  # layers 0 and 2 sparse
+    r = run_check(model, "runtime", dtype="float16")
+    assert r.found == [] and [f.pattern for f in r.fusions if f.pattern.startswith("MoE")] == []
+    assert r.uses["npu_moe_init_routing_v2"].count == 4  # 2 sparse layers, prefill and decode
+    assert "experts" not in r.target  # the runtime's own layer: no transformers experts implementation
+
+    lacking = dict(MANIFEST, npu_custom=[op for op in MANIFEST["npu_custom"] if op != "npu_moe_init_routing_v2"])
+    (tmp_path / "old.json").write_text(json.dumps(lacking))
+    r = run_check(model, "runtime", dtype="float16", manifest_file=tmp_path / "old.json")
+    assert [(f.op, f.kind, f.count, f.phases) for f in r.found] == [
+        ("npu::npu_moe_init_routing_v2", "fallback", 4, ("prefill", "decode"))]
+    assert r.found[0].advice == ("this torch_npu release has no npu_moe_init_routing_v2: the MoE layers cannot "
+                                 "run on it; target a torch_npu release that has the kernel")
