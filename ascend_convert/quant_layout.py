@@ -19,12 +19,15 @@ embeddings and lm_head.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ascend_common.errors import UserError
 
 from .arch import EXPERT_ROLES, SHARED_EXPERT_ROLES
+from .layout_names import QUANT_DESCRIPTION_NAME
 
 if TYPE_CHECKING:  # torch stays unimported until tensors are planned: options are checked without it
     from .arch import ArchSpec
@@ -133,6 +136,21 @@ def description(types: dict[str, str], options: QuantOptions) -> dict:
     """Every tensor name → its type, then the model-level keys."""
     return {**dict(sorted(types.items())), "model_quant_type": model_quant_type(types, options),
             "version": DESCRIPTION_VERSION, "group_size": options.group_size}
+
+
+def read_description(model_dir: Path) -> dict | None:
+    """A converted directory's `quant_model_description.json` (None without one). One reader for
+    verify, the runtime's loader and check_ops, so a broken file is the same one-line error in each."""
+    path = Path(model_dir) / QUANT_DESCRIPTION_NAME
+    if not path.is_file():
+        return None
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable quantization description ({exc})") from None
+    if not isinstance(description, dict):
+        raise UserError(f"{path}: not a quantization description (a JSON object of tensor name -> type)")
+    return description
 
 
 def check_description(description: dict, spec: ArchSpec, where: str) -> None:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from .layout_names import (
     WEIGHT_FILE_GLOBS,
 )
 from .manifest import file_record, read_manifest
-from .quant_layout import check_description
+from .quant_layout import check_description, read_description
 from .quantize import ActivationQuant, quantized_tensors
 from .readers import CheckpointReader, open_checkpoint, read_config
 from .safetensors_writer import sha256_bytes, tensor_bytes
@@ -122,12 +121,13 @@ def _check_description(out: Path, fail) -> None:
     """The quant description as vllm-ascend's loader will judge it (one type per fused module and
     per layer's experts): a description edited after conversion, or regenerated with its manifest,
     is caught here rather than at load time on the NPU."""
-    path = out / QUANT_DESCRIPTION_NAME
     try:
-        description = json.loads(path.read_text(encoding="utf-8"))
-        check_description(description, find_spec(read_config(out), where=str(out / CONFIG_NAME)), str(path))
-    except (OSError, ValueError) as exc:
-        fail(f"{path}: unreadable ({exc})")
+        description = read_description(out)
+        if description is None:
+            fail(f"{out / QUANT_DESCRIPTION_NAME}: missing (a quantized output needs its description)")
+            return
+        spec = find_spec(read_config(out), where=str(out / CONFIG_NAME))
+        check_description(description, spec, str(out / QUANT_DESCRIPTION_NAME))
     except UserError as exc:
         fail(str(exc))
 

@@ -18,7 +18,6 @@ def config_dtype(model_dir: Path) -> str:
     return value if value in ("float16", "bfloat16", "float32") else "float32"
 
 
-QUANT_DESCRIPTION = "quant_model_description.json"  # msModelSlim's, beside a converted quantized checkpoint
 _ROUTED_EXPERT = re.compile(r"\.experts\.\d+\.")  # Hub names: mlp.experts.{E}.*, block_sparse_moe.experts.{E}.*
 
 
@@ -27,15 +26,9 @@ def dynamic_experts(model_dir: Path) -> bool:
     `w8a8_dynamic`, and its Qwen3-MoE `w8a8` recipe's experts): their tokens are quantized per token
     at run time, which the float model built from config.json does not show. False without a
     description."""
-    path = model_dir / QUANT_DESCRIPTION
-    if not path.is_file():
-        return False
-    try:
-        description = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: invalid JSON ({exc})") from None
-    if not isinstance(description, dict):
-        raise UserError(f"{path}: not a quantization description (a JSON object of tensor name -> type)")
+    from ascend_convert.quant_layout import read_description
+
+    description = read_description(model_dir) or {}
     return any(t == "W8A8_DYNAMIC" and _ROUTED_EXPERT.search(name) for name, t in description.items())
 
 

@@ -3,9 +3,11 @@ and a helper that runs the real console scripts in a subprocess."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +93,39 @@ def assert_one_line_error(result: CliResult, *fragments: str, code: int = 2) -> 
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def conversion_cache(root: Path, checkpoint) -> Callable[..., Path]:
+    """get(family, variant="safetensors", **ConvertOptions) -> the fixture converted into `root`, once per
+    distinct request (a module-scoped fixture holds one, so its tests share the conversions)."""
+    from ascend_convert.converter import ConvertOptions, convert
+
+    cache: dict[tuple, Path] = {}
+
+    def get(family: str, variant: str = "safetensors", **options) -> Path:
+        key = (family, variant, *sorted(options.items()))
+        if key not in cache:
+            out = root / "-".join([family, variant, *(str(v) for _, v in sorted(options.items()))])
+            convert(checkpoint(family, variant), out, ConvertOptions(**options))
+            cache[key] = out
+        return cache[key]
+    return get
+
+
+def assert_resume_after_kill_is_byte_identical(src: Path, tmp_path: Path, args: list[str], weight_glob: str) -> None:
+    """A conversion SIGKILLed after its 2nd weight file resumes (`--resume`: both files reused) into
+    exactly the bytes of an uninterrupted run, and verifies against its source."""
+    reference = tmp_path / "reference"
+    assert run_cli("convert", src, reference, *args).code == 0
+    assert len(list(reference.glob(weight_glob))) >= 3
+    out = tmp_path / "out"
+    killed = run_cli("convert", src, out, *args, env={"ASCENDKIT_FAILPOINT": "kill-after-shard:2"})
+    assert killed.code == -9 and not out.exists()
+    resumed = run_cli("convert", src, out, *args, "--resume", "--json")
+    assert resumed.code == 0, resumed.stderr
+    assert len(json.loads(resumed.stdout)["resumed_shards"]) == 2
+    files = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert all((reference / f).read_bytes() == (out / f).read_bytes() for f in files)
+    assert run_cli("verify", out, "--source", src).code == 0
+

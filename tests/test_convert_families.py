@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import conversion_cache
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -25,17 +26,8 @@ PROMPTS = ("Hello world, this is a test", "The quick brown fox")
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, checkpoint):
     """converted(family, soc, variant) -> output dir, converted once per module."""
-    cache: dict[tuple, Path] = {}
-    root = tmp_path_factory.mktemp("converted")
-
-    def get(family: str, soc: str = "ascend910a", variant: str = "safetensors") -> Path:
-        key = (family, soc, variant)
-        if key not in cache:
-            out = root / f"{family}-{variant}-{soc}"
-            convert(checkpoint(family, variant), out, ConvertOptions(soc=soc))
-            cache[key] = out
-        return cache[key]
-    return get
+    get = conversion_cache(tmp_path_factory.mktemp("converted"), checkpoint)
+    return lambda family, soc="ascend910a", variant="safetensors": get(family, variant, soc=soc)
 
 
 def logits_of(model, tokenizer) -> list[torch.Tensor]:

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import (
+    assert_one_line_error,
+    assert_resume_after_kill_is_byte_identical,
+    conversion_cache,
+    run_cli,
+)
 from safetensors.torch import load_file, save_file
 from test_convert_bad_input import assert_nothing_written
-from test_convert_cli import tree_bytes
 from test_convert_families import logits_of
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -32,17 +36,8 @@ EXPERTS = 8  # every MoE fixture has 8 experts, top-2
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, checkpoint):
     """converted(family, variant, soc) -> output dir, converted once per module."""
-    cache: dict[tuple, Path] = {}
-    root = tmp_path_factory.mktemp("moe")
-
-    def get(family: str, variant: str = "safetensors", soc: str = "ascend910b") -> Path:
-        key = (family, variant, soc)
-        if key not in cache:
-            out = root / f"{family}-{variant}-{soc}"
-            convert(checkpoint(family, variant), out, ConvertOptions(soc=soc))
-            cache[key] = out
-        return cache[key]
-    return get
+    get = conversion_cache(tmp_path_factory.mktemp("moe"), checkpoint)
+    return lambda family, variant="safetensors", soc="ascend910b": get(family, variant, soc=soc)
 
 
 def spec_and_config(src: Path):
@@ -149,19 +144,8 @@ def test_a_fused_expert_is_read_alone(tmp_path, checkpoint, variant):
 
 
 def test_resume_after_kill_is_byte_identical(tmp_path, checkpoint):
-    src = checkpoint("qwen2_moe", fx.FUSED_EXPERTS)
-    args = ["--max-shard-size", "40KB", "--no-progress"]
-    reference = tmp_path / "reference"
-    assert run_cli("convert", src, reference, *args).code == 0
-    assert len(list(reference.glob("model-*.safetensors"))) >= 4
-    out = tmp_path / "out"
-    killed = run_cli("convert", src, out, *args, env={"ASCENDKIT_FAILPOINT": "kill-after-shard:2"})
-    assert killed.code == -9 and not out.exists()
-    resumed = run_cli("convert", src, out, *args, "--resume", "--json")
-    assert resumed.code == 0, resumed.stderr
-    assert len(json.loads(resumed.stdout)["resumed_shards"]) == 2
-    assert tree_bytes(out) == tree_bytes(reference)
-    assert run_cli("verify", out, "--source", src).code == 0
+    assert_resume_after_kill_is_byte_identical(checkpoint("qwen2_moe", fx.FUSED_EXPERTS), tmp_path,
+                                               ["--max-shard-size", "40KB", "--no-progress"], "model-*.safetensors")
 
 
 # ---------------------------------------------------------------------------------------- bad input

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import (
+    assert_one_line_error,
+    assert_resume_after_kill_is_byte_identical,
+    run_cli,
+)
 from safetensors.torch import load_file
 
 import fixtures as fx
@@ -249,17 +253,6 @@ def test_verify_refuses_a_description_that_mixes_a_layers_expert_types(checkpoin
 
 @pytest.mark.slow
 def test_resume_after_kill_is_byte_identical(checkpoint, tmp_path):
-    src = checkpoint("qwen3_moe", "sharded")
-    args = ["--quantize", "w8a8-dynamic", "--max-shard-size", "40KB", "--no-progress"]
-    reference = tmp_path / "reference"
-    assert run_cli("convert", src, reference, *args).code == 0
-    assert len(list(reference.glob("quant_model_weights*.safetensors"))) >= 3
-    out = tmp_path / "out"
-    killed = run_cli("convert", src, out, *args, env={"ASCENDKIT_FAILPOINT": "kill-after-shard:2"})
-    assert killed.code == -9 and not out.exists()
-    resumed = run_cli("convert", src, out, *args, "--resume", "--json")
-    assert resumed.code == 0, resumed.stderr
-    assert len(json.loads(resumed.stdout)["resumed_shards"]) == 2
-    files = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
-    assert all((reference / f).read_bytes() == (out / f).read_bytes() for f in files)
+    assert_resume_after_kill_is_byte_identical(
+        checkpoint("qwen3_moe", "sharded"), tmp_path,
+        ["--quantize", "w8a8-dynamic", "--max-shard-size", "40KB", "--no-progress"], "quant_model_weights*.safetensors")

@@ -226,7 +226,7 @@ def test_w8a8_dynamic_experts_add_npu_dynamic_quant(copy_checkpoint):
     assert quant.locations == fusions["MoE grouped matmul"].locations
 
     (model / "quant_model_description.json").write_text("{not json")
-    with pytest.raises(UserError, match=r"quant_model_description\.json: invalid JSON \("):
+    with pytest.raises(UserError, match=r"quant_model_description\.json: not a readable quantization description \("):
         run_check(str(model), dtype="float16")
 
 

@@ -21,7 +21,6 @@ scale and offset, which the loader checks.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,14 +76,15 @@ class QuantScheme:
     def read(cls, model_dir: Path) -> QuantScheme | None:
         """The scheme of a converted directory's `quant_model_description.json` (None without one)."""
         from ascend_common.errors import UserError
+        from ascend_convert.quant_layout import read_description
 
-        path = Path(model_dir) / DESCRIPTION_NAME
-        if not path.is_file():
+        description = read_description(model_dir)
+        if description is None:
             return None
+        path = Path(model_dir) / DESCRIPTION_NAME
         try:
-            description = json.loads(path.read_text(encoding="utf-8"))
             kind, group = description["model_quant_type"], int(description.get("group_size", 0))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path}: not a readable quantization description ({exc})") from None
         if kind not in KINDS:
             raise UserError(f"{path}: model_quant_type {kind!r}: the runtime serves {', '.join(KINDS)}")
