@@ -21,7 +21,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fixtures import FAMILIES, VARIANTS, build, checkpoints, reference
+from fixtures import (
+    FAMILIES,
+    FUSED_EXPERTS,
+    MOE_FAMILIES,
+    MOE_VARIANTS,
+    VARIANTS,
+    build,
+    checkpoints,
+    reference,
+)
 from fixtures.tokenizer import IM_END, IM_START, TOKENIZER_VOCAB_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -305,3 +314,33 @@ def test_remote_code_stand_in_reproduces_reference_logits(root: Path, family: st
     # baichuan2 re-normalizes bf16-rounded rows, so it only matches to bf16 precision
     atol = 0.05 if family == "baichuan2" else 1e-4
     torch.testing.assert_close(got, want, atol=atol, rtol=0)
+
+
+# --------------------------------------------------------------------------- mixture of experts
+
+#: (class, sparse layers) of each MoE fixture, as fixtures/families.py documents them.
+MOE_EXPECTED = {"qwen3_moe": ("Qwen3MoeForCausalLM", [0, 2]), "qwen2_moe": ("Qwen2MoeForCausalLM", [1, 3]),
+                "mixtral": ("MixtralForCausalLM", [0, 1])}
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_moe_family_loads_the_same_model_from_every_layout(checkpoint, family: str) -> None:
+    """Every layout (the Hub's per-expert names, sharded, .bin, and v5's fused 3-D experts) is one
+    model: 8 experts, top-2, sparse exactly where documented, well-spread fp16-safe logits."""
+    cls, sparse = MOE_EXPECTED[family]
+    model = AutoModelForCausalLM.from_pretrained(checkpoint(family), dtype=torch.float32)
+    assert type(model).__name__ == cls and model.config.num_experts_per_tok == 2
+    layers = [i for i, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "experts")]
+    assert layers == sparse
+    assert all(model.model.layers[i].mlp.experts.gate_up_proj.shape[0] == 8 for i in sparse)
+    expected = dict(model.state_dict())
+    for variant in MOE_VARIANTS[1:]:
+        other = AutoModelForCausalLM.from_pretrained(checkpoint(family, variant), dtype=torch.float32)
+        assert_same_tensors(dict(other.state_dict()), expected)
+    names = set(read_safetensors(checkpoint(family)))  # save_pretrained: the Hub's per-expert names
+    assert any(".experts.7." in n for n in names) and not any(n.endswith("gate_up_proj") for n in names)
+    fused = set(read_safetensors(checkpoint(family, FUSED_EXPERTS)))
+    assert f"model.layers.{sparse[0]}.mlp.experts.gate_up_proj" in fused
+    with torch.no_grad():
+        logits = model(prompt_ids(checkpoint(family))).logits[0]
+    assert logits.std(dim=-1).min() > 1.0 and max(p.abs().max() for p in model.parameters()) < 10
