@@ -128,7 +128,10 @@ def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> No
             "target.soc")
     run.add("target.dtype", got["dtype"] == target.dtype, f"weights in {got['dtype']}, the policy wants "
                                                           f"{target.dtype}", "target.dtype")
-    quant = (got.get("quantize") or "none").lower()
+    from ascend_convert.quant_layout import QUANT_TYPES
+
+    recorded = got.get("quantize")  # msModelSlim's type name (W8A8_DYNAMIC); the policy spells --quantize's
+    quant = {t: kind for kind, t in QUANT_TYPES.items()}.get(recorded, (recorded or "none").lower())
     run.add("target.quantize", quant == target.quantize, f"quantization {quant}, the policy wants {target.quantize}",
             "target.quantize")
     proof = f"{report.files_checked} files and {report.tensors_checked} tensors match the manifest's sha256"

@@ -69,3 +69,22 @@ def test_the_example_gates_a_qwen3_moe_checkpoint(checkpoint, tmp_path):
     assert re.fullmatch(rf"\d+\.\d% of the greedy tokens of the source {re.escape(str(model))} reproduced "
                         r"\(minimum 0%\)", messages["smoke.min_greedy_agreement"]), messages
     assert [r["prompt"] for r in data["stages"]["smoke"]["results"]] == [PROMPT]
+
+
+def test_a_w8a8_dynamic_policy_matches_the_manifests_type_name(checkpoint, tmp_path):
+    """`quantize = "w8a8-dynamic"` in a policy (the `--quantize` spelling) matches the W8A8_DYNAMIC
+    that the manifest records (msModelSlim's type name), here on Mixtral (every layer sparse)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[target]\nsoc = "ascend910b"\ndtype = "bfloat16"\nquantize = "w8a8-dynamic"\n\n'
+                      '[ops]\nmodel = false\nruntime = false\n\n[smoke]\nmax_tokens = 4\n'
+                      'min_greedy_agreement = 0.0\n\n[[smoke.prompts]]\nprompt = "Hello"\n\n'
+                      '[smoke.load]\nrequests = 2\nconcurrency = 1\nprompt_len = 8\ntokens = 2\n\n'
+                      '[runtime]\ndevice = "cpu"\nkv_cache_memory = "64MiB"\n', encoding="utf-8")
+    report_dir = tmp_path / "reports"
+    result = run_cli("gate", checkpoint("mixtral"), "--policy", policy, "--report-dir", report_dir,
+                     "--output", tmp_path / "out", timeout=600)
+    data = json.loads((report_dir / "gate.json").read_text())
+    messages = {r["id"]: r["message"] for r in data["rules"]}
+    assert (result.code, data["failed"]) == (0, []), (result.stderr, messages)
+    assert messages["target.quantize"] == "quantization w8a8-dynamic, the policy wants w8a8-dynamic"
+    assert json.loads((tmp_path / "out" / "ascend_manifest.json").read_text())["target"]["quantize"] == "W8A8_DYNAMIC"
