@@ -84,6 +84,20 @@ def test_the_table_shows_every_workload(report, capsys):
     assert "prefix cache: TTFT p50" in out
 
 
+def test_an_moe_model_is_benched_against_transformers(checkpoint):
+    """Qwen2-MoE (routed experts, a shared expert, dense layers between) through the same bench: each
+    workload's runtime and transformers figures, their ratio, the KV pool of its attention layers."""
+    result = run_cli("bench", checkpoint("qwen2_moe"), *TINY, "--repeat", "1", "--baselines", "hf",
+                     "--workloads", "single,batch16")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["workloads"]) == {"single", "batch16"} and report["systems"]["runtime"]["kv_pool_gb"] > 0
+    for name, entry in report["workloads"].items():
+        assert set(entry["systems"]) == {"runtime", "hf"} and set(entry["ratios"]) == {"hf"}, name
+        assert entry["tokens_equal"], name
+        assert {m["generated_tokens"] for m in entry["systems"].values()} == {entry["requests"] * entry["new_tokens"]}
+
+
 def test_sweep_recommends_a_batch_size_under_the_ceiling(checkpoint):
     result = run_cli("bench", checkpoint("llama"), *TINY, "--sweep", "--sweep-sizes", "1,2,4", "--repeat", "2",
                      "--baselines", "hf", "--tpot-ms", "100000")
