@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ascend_common.errors import CheckFailed
+from ascend_common.memory import release_freed_memory
 
 from .cast import CastStats
 from .safetensors_writer import PlannedTensor, SafetensorsStreamWriter
@@ -156,6 +157,7 @@ def write_files(layout: LayoutWriter, reporter: Reporter) -> tuple[dict[str, dic
                     warnings.extend(piece.warnings)
                 reporter.advance(piece.nbytes, piece.tensor_count)
                 del piece  # the bound on memory: no written tensor outlives its hashing
+                release_freed_memory()  # and what it freed leaves the process (ascend_common.memory)
             if writer is None:
                 continue
             file_sha, size, tensor_hashes = writer.finish()
