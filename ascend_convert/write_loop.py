@@ -127,6 +127,12 @@ class LayoutWriter(ABC):
         return {}
 
 
+#: Bytes written between two returns of freed memory to the OS: often enough that the allocator's
+#: leftovers stay a fraction of the peak, rarely enough that a quantized conversion (many float32
+#: temporaries per tensor) does not pay for faulting its pages back in after every tensor.
+TRIM_EVERY = 64 << 20
+
+
 def write_files(layout: LayoutWriter, reporter: Reporter) -> tuple[dict[str, dict], list[str]]:
     """Write every file of `layout` the journal does not hold; returns the journal's record of each
     file, in the layout's order, and the warnings (NaN/Inf in the source, clamped values)."""
@@ -135,6 +141,7 @@ def write_files(layout: LayoutWriter, reporter: Reporter) -> tuple[dict[str, dic
     files = layout.files()
     reporter.begin(*layout.progress_total())
     warnings: list[str] = []
+    since_trim = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-tensors") as pool:
         for file in files:
             if file.name in done:
@@ -156,8 +163,11 @@ def write_files(layout: LayoutWriter, reporter: Reporter) -> tuple[dict[str, dic
                     records.update(piece.records)
                     warnings.extend(piece.warnings)
                 reporter.advance(piece.nbytes, piece.tensor_count)
+                since_trim += piece.nbytes
                 del piece  # the bound on memory: no written tensor outlives its hashing
-                release_freed_memory()  # and what it freed leaves the process (ascend_common.memory)
+                if since_trim >= TRIM_EVERY:  # and what it freed leaves the process (ascend_common.memory)
+                    release_freed_memory()
+                    since_trim = 0
             if writer is None:
                 continue
             file_sha, size, tensor_hashes = writer.finish()
