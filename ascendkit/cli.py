@@ -9,6 +9,7 @@ import click
 
 from ascend_common.cli_support import debug_option, debugging, output_file, run_main
 from ascend_convert.cli import convert_command, verify_command
+from ascend_convert.preflight.cli import preflight_command
 from opcheck.cli import check_ops_command, manifest_group
 from runtime.evaluation.bench.command import bench_command
 from runtime.evaluation.smoke import smoke_command
@@ -103,6 +104,7 @@ cli.add_command(convert_command)
 cli.add_command(verify_command)
 cli.add_command(manifest_group)
 cli.add_command(check_ops_command)
+cli.add_command(preflight_command)
 cli.add_command(bench_command)
 cli.add_command(serve_command)
 cli.add_command(smoke_command)
