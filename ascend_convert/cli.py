@@ -52,7 +52,12 @@ def convert_options(func):
                      help="packed: tp{N}/rank{r}.safetensors pre-split for --tp N ranks (the runtime's layout)."),
         click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True,
                      help="--layout packed: the tensor-parallel size."),
-        click.option("--nz", is_flag=True, help="--layout packed: tile matmul weights to FRACTAL_NZ (ACL format 29)."),
+        click.option("--nz", is_flag=True, help="--layout packed: tile matmul weights to FRACTAL_NZ (ACL format 29). "
+                                                "Read by ascendkit serve only, which untiles them; vllm-ascend reads "
+                                                "no NZ from disk (it casts to NZ on the device at load)."),
+        click.option("--engine", default="vllm-ascend", show_default=True, metavar="NAME[@RELEASE]|none",
+                     help="Publish only what this engine's loader takes (preflight's rules; `ascendkit preflight`); "
+                          "none: skip the check (an output for ascendkit serve or another loader)."),
         click.option("--force", is_flag=True, help="Overwrite an existing output directory."),
         click.option("--resume", is_flag=True, help="Finish an interrupted conversion."),
         click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
@@ -68,13 +73,15 @@ def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str,
                 arch_specs: tuple[Path, ...], force: bool, resume: bool, dry_run: bool, progress: bool,
                 as_json: bool, quantize: str | None = None, group_size: int = 0, asymmetric: bool = False,
                 calib: Path | None = None, trust_remote_code: bool = False, keep_float: str | None = None,
-                smooth_alpha: float | None = None, layout: str = "default", tp: int = 1, nz: bool = False) -> int:
+                smooth_alpha: float | None = None, layout: str = "default", tp: int = 1, nz: bool = False,
+                engine: str = "vllm-ascend") -> int:
     from .convert_options import ConvertOptions
 
     options = ConvertOptions(soc=soc, dtype=dtype, max_shard_size=max_shard_size, on_overflow=on_overflow,
                              arch_specs=list(arch_specs), force=force, resume=resume, dry_run=dry_run,
                              quantize=quantize, group_size=group_size, symmetric=not asymmetric, calib=calib,
                              trust_remote_code=trust_remote_code, smooth_alpha=smooth_alpha, layout=layout, tp=tp, nz=nz,
+                             engine=engine,
                              keep_float=None if keep_float is None else tuple(
                                  r.strip() for r in keep_float.split(",") if r.strip() and r.strip() != "none"))
     options.validate()  # before torch is imported: a wrong option costs a fraction of a second

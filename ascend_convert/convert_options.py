@@ -52,6 +52,9 @@ class ConvertOptions:
     layout: str = "default"  # "default" (HF names, shards) or "packed" (tp{N}/rank{r}.safetensors)
     tp: int = 1  # packed: the tensor-parallel size
     nz: bool = False  # packed: matmul weights tiled to FRACTAL_NZ
+    #: the engine whose loader rules the output must pass before it is published (preflight's
+    #: `--engine`); "none": not checked (the packed layout is read by ascendkit's runtime only)
+    engine: str = "vllm-ascend"
 
     def quant(self) -> QuantOptions | None:
         if self.quantize is None:
@@ -111,6 +114,10 @@ class ConvertOptions:
         soc = get_soc(self.soc)
         max_shard = parse_size(self.max_shard_size, _shard_size_error(self.max_shard_size))
         self.check_layout()
+        if self.engine != "none":
+            from .preflight.ruleset import load_ruleset
+
+            load_ruleset(self.engine)  # an unknown --engine is an error now, not after the conversion
         return soc, max_shard, self.quant()
 
     def recorded(self) -> dict:

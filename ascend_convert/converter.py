@@ -16,6 +16,7 @@ from .convert_options import ConvertOptions
 from .manifest import build_manifest, hash_sources
 from .packed import PackedWriter, layout_of
 from .plan import ConversionPlan, make_plan
+from .preflight.publish_check import check_before_publish
 from .shard_writer import ShardWriter
 from .side_files import write_side_files
 from .w8a8 import calibrate_plan, journal_entries
@@ -64,6 +65,9 @@ def convert(src: Path, out: Path, options: ConvertOptions, reporter: Reporter | 
         hash_thread, source_files = hash_sources(plan)
         finished, warnings = write_files(writer, reporter)
         side_files = write_side_files(plan, work, names)
+        if not plan.packed:  # the packed layout's reader is ascendkit's runtime, not an engine's loader
+            warnings += check_before_publish(work.path, plan.out, plan.options.soc, plan.options.engine,
+                                             plan.quant is not None)
         hash_thread.join()
         manifest = build_manifest(plan, work.path, finished, side_files, source_files, writer.target(),
                                   writer.source_cast())

@@ -43,6 +43,10 @@ def write_side_files(plan: ConversionPlan, work: WorkDir, weight_files: list[str
         quant = plan.quant
         types = {p.name: quant.type_of(j.role) if j.quantized else bias_type(quant.type_of(j.role.removesuffix("_bias")))
                  if j.role in LINEAR_BIAS_ROLES else FLOAT for j in plan.jobs for p in j.parts}
+        if config.get("tie_word_embeddings", True) and "lm_head.weight" not in types:
+            # vLLM builds a tied model's lm_head with the quant config all the same and looks its type up
+            # (KeyError: 'lm_head.weight', vllm-ascend #8367); msModelSlim lists it, FLOAT
+            types["lm_head.weight"] = FLOAT
         _write_json(work.path / QUANT_DESCRIPTION_NAME, description(types, plan.quant))
         written.append(QUANT_DESCRIPTION_NAME)
     if plan.smoothing:

@@ -118,7 +118,8 @@ def _both_ways(ckpt: Checkpoint, types: dict[str, str], facts: dict, out: Collec
     for names in undescribed.values():
         why = _why(names[0], ckpt, facts)
         if names == ["lm_head.weight"] and "lm_head.weight" not in ckpt.tensors:
-            why = "the LM head, tied to the embedding: the engine still builds it with the quant config and looks it up"
+            why = ("the LM head (tied to the embedding: the engine still builds it with the quant config and looks "
+                   "its type up)")
         out.add("quant.undescribed", names[0], f"{len(names)} weight(s) of {why} not in {where} "
                                                f"({listing(names)}): KeyError: '{names[0]}' at load")
     if other:
@@ -249,7 +250,8 @@ def _check_parts(ckpt: Checkpoint, stem: str, weight: TensorHeader, scheme: dict
             continue
         t = ckpt.tensors[f"{stem}.{part}"]
         want_dtype = spec["dtype"][model_dtype] if isinstance(spec["dtype"], dict) else spec["dtype"]
-        ok_dtype = t.dtype in ("float32", "float16", "bfloat16") if want_dtype == "params" else t.dtype == want_dtype
+        is_float = t.dtype in ("float32", "float16", "bfloat16")
+        ok_dtype = is_float if want_dtype == "params" else t.dtype == want_dtype or (is_float and "float_ok" in spec)
         if not ok_dtype:
             wanted = f"a float ({model_dtype} at load)" if want_dtype == "params" else want_dtype
             extra = f" for a {model_dtype} model" if isinstance(spec["dtype"], dict) else ""

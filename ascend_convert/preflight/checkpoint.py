@@ -29,6 +29,8 @@ class Checkpoint:
     #: the quantization description (None: no file of the engine's name), and where it was read
     description: dict | None = None
     description_file: str | None = None
+    #: tensors stored in more than one file (reported once, as files.duplicate)
+    duplicates: set[str] = field(default_factory=set)
 
     @property
     def model_type(self) -> str:
@@ -101,6 +103,7 @@ def load_checkpoint(root: Path, facts: dict, out: Collector) -> Checkpoint:
             if t.name in seen:
                 out.add("files.duplicate", t.name, f"stored in {seen[t.name]} and in {rel}: which one loads "
                                                    "depends on the order the files are read")
+                ckpt.duplicates.add(t.name)
                 continue
             seen[t.name] = rel
             ckpt.tensors[t.name] = t
@@ -118,7 +121,7 @@ def _check_index(ckpt: Checkpoint, name: str, out: Collector) -> None:
         return
     bad_files: set[str] = set()
     for tensor, shard in weight_map.items():
-        if shard in bad_files:
+        if shard in bad_files or tensor in ckpt.duplicates:
             continue
         if not inside(ckpt.root, shard):
             out.add("files.index", name, f"shard path {shard!r} (tensor {tensor}) leaves the checkpoint directory")

@@ -83,8 +83,10 @@ def read_header(path: Path, rel: str) -> list[TensorHeader]:
         if begin != at:
             raise HeaderError(f"tensor {name}: data at byte {begin}, expected {at} (a gap or an overlap)")
         at = end
+    if at > data_size:
+        raise HeaderError(f"truncated: its tensors need {at} bytes of data, the file holds {data_size}")
     if at != data_size:
-        raise HeaderError(f"tensors cover {at} bytes of {data_size} of data")
+        raise HeaderError(f"{data_size - at} bytes after the last tensor's data")
     return tensors
 
 
