@@ -611,11 +611,13 @@ def test_converter_output_is_clean(converted, family, soc, dtype):
     assert lines(out, soc=soc) == _expected_warnings(family, soc)
 
 
-@pytest.mark.parametrize("family,quantize", [("llama", "w8a8-dynamic"), ("qwen3_moe", "w8a8-dynamic"),
-                                             ("qwen3", "w8a16"), ("llama", "w8a8")])
-def test_quantized_converter_output_is_clean(converted, family, quantize):
-    out = converted(family, quantize=quantize)
-    assert lines(out) == []
+@pytest.mark.parametrize("family,quantize,soc", [("llama", "w8a8-dynamic", "ascend910b"),
+                                                 ("qwen3_moe", "w8a8-dynamic", "ascend910b"),
+                                                 ("qwen3", "w8a8-dynamic", "ascend310p"),
+                                                 ("qwen3", "w8a16", "ascend910b"), ("llama", "w8a8", "ascend910b")])
+def test_quantized_converter_output_is_clean(converted, family, quantize, soc):
+    out = converted(family, quantize=quantize, soc=soc)
+    assert lines(out, soc=soc) == _expected_warnings(family, soc)
 
 
 def test_cli_on_a_converter_output(converted):
