@@ -71,9 +71,9 @@ def test_issue_8367_tied_lm_head_not_in_description(tmp_path):
         del tensors["lm_head.weight"], types["lm_head.weight"]
     model = quantized_dir(tmp_path / "tied", untie, cfg=pd.config(tie_word_embeddings=True))
     assert lines(model) == [
-        "error quant.undescribed: lm_head.weight: 1 weight(s) of the LM head (tied to the embedding: the engine still "
+        ("error quant.undescribed: lm_head.weight: 1 weight(s) of the LM head (tied to the embedding: the engine still "
         "builds it with the quant config and looks its type up) not in quant_model_description.json (lm_head.weight): "
-        "KeyError: 'lm_head.weight' at load"]
+        "KeyError: 'lm_head.weight' at load")]
     described = quantized_dir(tmp_path / "described", lambda t, types: t.pop("lm_head.weight"),
                               cfg=pd.config(tie_word_embeddings=True))
     assert lines(described) == []
