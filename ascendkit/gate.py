@@ -1,6 +1,6 @@
 """`ascendkit gate`: the pre-deployment CI step. One run does what a release review does by hand —
-doctor, convert (or verify a converted directory), check_ops on the model and on the runtime, the
-smoke test — and decides each policy rule, so CI gets a verdict and every failed rule by name.
+doctor, convert (or verify a converted directory), preflight (would the engine load it), check_ops on
+the model and on the runtime, the smoke test — and decides each policy rule, so CI gets a verdict and every failed rule by name.
 
 The stages themselves (convert + verify, check_ops, smoke, the sweep's bench) are `stages.py`'s, shared
 with `ascendkit demo`, and run by the same `StageRunner`; this module is the gate's pipeline: which
@@ -112,7 +112,8 @@ def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> No
     else:
         conversion = stages.convert(run.model, output, label="convert", progress=progress, soc=target.soc,
                                     dtype=target.dtype, quantize=None if target.quantize == "none" else target.quantize,
-                                    on_overflow=options.on_overflow, force=force)
+                                    on_overflow=options.on_overflow, force=force,
+                                    engine="none")  # the preflight stage judges it: every finding, as rules
     run.converted, run.source = conversion.output, conversion.source
     # every mismatch collected: a tampered file is the `convert.verify` rule failing (exit 1), not an error
     report = stages.verify(conversion, against_source=options.verify_source)
@@ -141,6 +142,29 @@ def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> No
         proof += f"; source {manifest['source']['path']} not found, so not compared with it"
     run.add("convert.verify", report.ok, proof if report.ok else "; ".join(report.failures[:3]),
             "convert.verify_source")
+
+
+def stage_preflight(run: GateRun) -> None:
+    """The converted (or brought) directory against the engine's loader rules, for the policy's
+    target: one rule per finding (an error fails; a warning fails only with `strict`)."""
+    target, options = run.policy.target, run.policy.preflight
+    allowed = [a.model_dump() for a in options.allow]
+    result = stages.preflight(run.converted, soc=target.soc, dtype=target.dtype, tp=target.tp, ep=target.ep,
+                              engine=options.engine, nz_mode=options.nz_mode, allowed=allowed)
+    from ascend_convert.preflight.report import report_dict
+
+    run.stages["preflight"] = report_dict(result)
+    failing = result.findings if options.strict else result.errors
+    said = (f"{result.tensors} tensors in {result.files} weight file(s) against {result.rules.name}, TP {target.tp}"
+            + (f", EP {target.ep}" if target.ep > 1 else ""))
+    if result.accepted:
+        said += "; accepted by the policy: " + ", ".join(f"{a['rule']} {a['subject']} ({a['reason']})"
+                                                          for a in result.accepted)
+    run.add("preflight", not failing, (f"{len(failing)} finding(s) — " if failing else "the loader's rules hold: ")
+            + said, "preflight")
+    for f in result.findings:
+        run.add(f"preflight.{f.rule}", f not in failing, f"{f.severity}: {f.subject}: {f.message} (the loader: "
+                                                        f"{f.action}; {f.source})", "preflight")
 
 
 def stage_check_ops(run: GateRun, which: str) -> None:
@@ -267,6 +291,8 @@ def run_gate(model: Path, policy_path: Path, policy: Policy, report_dir: Path, o
         ("doctor", lambda: stage_doctor(run)),
         ("convert", lambda: stage_convert(run, output, force, progress)),
     ]
+    if policy.preflight.check:
+        pipeline.append(("preflight", lambda: stage_preflight(run)))
     pipeline += [(f"check_ops {w}", lambda w=w: stage_check_ops(run, w))
                for w in ("model", "runtime") if getattr(policy.ops, w)]
     pipeline.append(("smoke", lambda: stage_smoke(run)))

@@ -31,6 +31,8 @@ class Target(_Section):
     dtype: Literal["bfloat16", "float16", "float32"]
     quantize: Literal["none", "w8a16", "w8a8", "w8a8-dynamic"] = "none"
     torch_npu: str = DEFAULT_TORCH_NPU
+    tp: int = Field(default=1, ge=1)  # the deployment's tensor-parallel size (preflight's TP rules)
+    ep: int = Field(default=1, ge=1)  # its expert-parallel size
 
     @field_validator("torch_npu")
     @classmethod
@@ -58,6 +60,29 @@ class AllowedOp(_Section):
         if not value.strip():
             raise ValueError("every accepted op needs a reason")
         return value
+
+
+class AllowedFinding(_Section):
+    rule: str = Field(min_length=1)
+    subject: str = "*"  # a glob over the finding's subject (`model.layers.*.mlp.experts`)
+    reason: str = Field(min_length=1)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_says_something(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("every accepted finding needs a reason")
+        return value
+
+
+class Preflight(_Section):
+    """Would the target engine load the converted directory (`ascendkit preflight`'s rules)?"""
+
+    check: bool = True
+    engine: str = "vllm-ascend"  # NAME[@RELEASE]: the shipped rule set
+    strict: bool = False  # warnings fail too
+    nz_mode: int | None = Field(default=None, ge=0, le=2)  # VLLM_ASCEND_ENABLE_NZ (None: the engine's default)
+    allow: list[AllowedFinding] = []
 
 
 class Ops(_Section):
@@ -127,6 +152,7 @@ class Sweep(_Section):
 class Policy(_Section):
     target: Target
     convert: Convert = Convert()
+    preflight: Preflight = Preflight()
     ops: Ops = Ops()
     smoke: Smoke = Smoke()
     performance: Performance = Performance()
@@ -189,6 +215,13 @@ def load_policy(path: Path) -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         raise UserError(describe_error(path, exc)) from None
+    if policy.preflight.check:
+        from ascend_convert.preflight.ruleset import load_ruleset
+
+        try:
+            load_ruleset(policy.preflight.engine)
+        except UserError as exc:
+            raise UserError(f"{path}: preflight.engine: {exc}") from None
     soc = SOCS[policy.target.soc]
     if not soc.supports(policy.target.dtype):
         raise UserError(f"{path}: target.dtype: {soc.name} ({soc.product}) has no {policy.target.dtype}; "

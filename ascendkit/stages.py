@@ -69,6 +69,15 @@ def convert(source: Path, output: Path, *, label: str, progress: bool, **options
     return Conversion(output, source, "converted", result.manifest, reader=result.plan.reader)
 
 
+def preflight(model: Path, *, soc: str, dtype: str, tp: int = 1, ep: int = 1, engine: str = "vllm-ascend",
+              nz_mode: int | None = None, allowed: list[dict] | None = None):
+    """`ascendkit preflight` on `model` for the deployment: a `PreflightResult`."""
+    from ascend_convert.preflight.run import run_preflight
+
+    return run_preflight(model, soc=soc, dtype=dtype if dtype in ("bfloat16", "float16") else "auto", tp=tp, ep=ep,
+                         engine=engine, nz_mode=nz_mode, allowed=allowed)
+
+
 def open_converted(model: Path) -> Conversion:
     """An already converted directory, with the source its manifest names if that is still there."""
     from ascend_convert.manifest import read_manifest, recorded_source

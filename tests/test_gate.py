@@ -23,10 +23,10 @@ PROMPT = "Hello [/INST] [b]world"  # brackets: text, never markup, in the termin
 MAX_TOKENS = 8
 
 FIRST_RULES = ["doctor", "target.torch_npu", "target.soc", "target.dtype", "target.quantize", "convert.verify",
-               "ops.model", "ops.runtime", "smoke.prompts[1]", "smoke.same_weights", "smoke.min_greedy_agreement",
+               "preflight", "ops.model", "ops.runtime", "smoke.prompts[1]", "smoke.same_weights", "smoke.min_greedy_agreement",
                "smoke.load", "performance.min_throughput_tok_s", "performance.max_memory_gb"]
 SECOND_RULES = ["doctor", "target.torch_npu", "target.soc", "target.dtype", "target.quantize", "convert.verify",
-                "smoke.same_weights", "smoke.load"]
+                "preflight", "preflight.model.tensor_dtype", "smoke.same_weights", "smoke.load"]
 
 
 def greedy_answer(model: Path, prompt: str, max_tokens: int) -> str:
@@ -116,9 +116,9 @@ def test_first_run_fails_exactly_the_impossible_ceiling(first):
     result, report_dir = first["result"], first["report_dir"]
     assert result.code == 1, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
-    stages = ["doctor", "convert", "check_ops model", "check_ops runtime", "smoke", "sweep"]
+    stages = ["doctor", "convert", "preflight", "check_ops model", "check_ops runtime", "smoke", "sweep"]
     progress = [line for line in result.stderr.splitlines() if line.startswith("[")]
-    assert progress == [f"[{i}/6] {name}" for i, name in enumerate(stages, 1)]
+    assert progress == [f"[{i}/7] {name}" for i, name in enumerate(stages, 1)]
     fails = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("FAIL")]
     assert len(fails) == 1 and re.fullmatch(r"FAIL performance\.max_memory_gb: memory \d+\.\d\d GB, ceiling 0\.001",
                                             fails[0]), result.stderr
@@ -138,9 +138,11 @@ def test_first_run_gate_json(first):
     status = {r["id"]: r["status"] for r in data["rules"]}
     assert status == {rule: "fail" if rule == "performance.max_memory_gb" else "pass" for rule in FIRST_RULES}
     assert (data["model"], data["policy"], data["converted"]) == (str(model), str(first["policy"]), str(output))
-    assert data["target"] == {"soc": "ascend910b", "dtype": "bfloat16", "quantize": "none", "torch_npu": "2.14.0"}
+    assert data["target"] == {"soc": "ascend910b", "dtype": "bfloat16", "quantize": "none", "torch_npu": "2.14.0",
+                              "tp": 1, "ep": 1}
     assert data["plot"] == str(first["report_dir"] / "sweep.png")
-    assert list(data["seconds"]) == ["doctor", "convert", "check_ops model", "check_ops runtime", "smoke", "sweep"]
+    assert list(data["seconds"]) == ["doctor", "convert", "preflight", "check_ops model", "check_ops runtime", "smoke",
+                                     "sweep"]
     messages = {r["id"]: r["message"] for r in data["rules"]}
     keys = {r["id"]: r["key"] for r in data["rules"]}
     assert messages["target.soc"] == "converted for ascend910b, the policy targets ascend910b"
@@ -187,7 +189,7 @@ def test_first_run_replaced_the_existing_output_with_force(first):
 
 def test_first_run_junit_has_one_case_per_rule(first):
     suite = reports(first["report_dir"])["junit"].find("testsuite")
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("14", "1", "0", "0")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("15", "1", "0", "0")
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == FIRST_RULES
     assert [c.get("classname") for c in cases][:3] == ["gate.doctor", "gate.target", "gate.target"]
@@ -299,7 +301,7 @@ def test_second_run_verifies_the_converted_directory_and_fails_its_dtype_and_the
     result, report_dir, model = second["result"], second["report_dir"], second["model"]
     assert result.code == 1, (result.stdout, result.stderr)
     progress = [line for line in result.stderr.splitlines() if line.startswith("[")]
-    assert progress == ["[1/3] doctor", "[2/3] convert", "[3/3] smoke"]
+    assert progress == ["[1/4] doctor", "[2/4] convert", "[3/4] preflight", "[4/4] smoke"]
     weights = model / "model.safetensors"
     fails = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("FAIL")]
     assert fails[0] == "FAIL target.dtype: weights in bfloat16, the policy wants float16"
@@ -310,6 +312,11 @@ def test_second_run_verifies_the_converted_directory_and_fails_its_dtype_and_the
     assert [r["id"] for r in data["rules"]] == SECOND_RULES
     messages = {r["id"]: r["message"] for r in data["rules"]}
     assert messages["target.dtype"] == "weights in bfloat16, the policy wants float16"
+    # served as the policy says (fp16) the bf16 weights are cast at load: preflight's warning, not a failure
+    assert messages["preflight.model.tensor_dtype"] == (
+        "warning: lm_head.weight, model.embed_tokens.weight, model.layers.0.input_layernorm.weight and 18 more: 21 "
+        "bfloat16 tensor(s) in a float16 model: cast to float16 at load (the loader: cast (to the model's dtype at "
+        "load); vLLM weight loaders: param.data.copy_(loaded_weight) converts the dtype)")
     assert messages["smoke.same_weights"] == "1/1 prompts give transformers' greedy tokens on the same weights"
     assert messages["smoke.load"] == "2/2 load requests answered"
     convert = data["stages"]["convert"]
@@ -367,7 +374,7 @@ def test_existing_output_without_force_is_an_error(refused):
     assert result.code == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        "[1/3] doctor", "[2/3] convert", f"error: {error}"]
+        "[1/4] doctor", "[2/4] convert", f"error: {error}"]
     assert f"ERROR {error}" in result.stdout
     data = reports(report_dir)["json"]
     assert (data["verdict"], data["exit_code"], data["error"], data["failed"]) == ("ERROR", 2, error, [])
@@ -406,7 +413,7 @@ POLICY_ERRORS = {
     "unknown key in a prompt": (TARGET + '[[smoke.prompts]]\nprompt = "Hi"\nexpected = ["x"]\n',
                                 "smoke.prompts[1].expected: unknown key (known: prompt, chat, expect, ignore_case)"),
     "unknown section": (TARGET + "[smoke_test]\nmax_tokens = 4\n",
-                        "smoke_test: unknown key (known: target, convert, ops, smoke, performance, runtime, sweep)"),
+                        "smoke_test: unknown key (known: target, convert, preflight, ops, smoke, performance, runtime, sweep)"),
     "wrong type": (TARGET + '[smoke]\nmax_tokens = "16"\n',
                    "smoke.max_tokens: input should be a valid integer (got '16')"),
     "missing soc": ('[target]\ndtype = "bfloat16"\n', "target.soc: missing (required)"),

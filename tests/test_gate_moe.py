@@ -59,7 +59,8 @@ def test_the_example_gates_a_qwen3_moe_checkpoint(checkpoint, tmp_path):
     messages = {r["id"]: r["message"] for r in data["rules"]}
     assert (result.code, data["verdict"]) == (0, "PASS"), (result.stdout, result.stderr, messages)
     assert status == {**dict.fromkeys(status, "pass"), "smoke.same_weights": "skip"}, messages
-    assert data["target"] == {"soc": "ascend910b", "dtype": "bfloat16", "quantize": "w8a8", "torch_npu": "2.14.0"}
+    assert data["target"] == {"soc": "ascend910b", "dtype": "bfloat16", "quantize": "w8a8", "torch_npu": "2.14.0",
+                              "tp": 4, "ep": 1}
     description = json.loads((tmp_path / "out" / "quant_model_description.json").read_text())
     assert description["model.layers.0.self_attn.q_proj.weight"] == "W8A8"
     assert description["model.layers.0.mlp.experts.7.down_proj.weight"] == "W8A8_DYNAMIC"
@@ -73,7 +74,10 @@ def test_the_example_gates_a_qwen3_moe_checkpoint(checkpoint, tmp_path):
 
 def test_a_w8a8_dynamic_policy_matches_the_manifests_type_name(checkpoint, tmp_path):
     """`quantize = "w8a8-dynamic"` in a policy (the `--quantize` spelling) matches the W8A8_DYNAMIC
-    that the manifest records (msModelSlim's type name), here on Mixtral (every layer sparse)."""
+    that the manifest records (msModelSlim's type name), here on Mixtral (every layer sparse). And the
+    gate says what vllm-ascend@182b75e would do with it: its packed map has no `experts` entry for
+    mixtral, so it looks each layer's type up as `<layer>.experts.weight` (KeyError) — one failed rule
+    per layer, every other rule passing."""
     policy = tmp_path / "policy.toml"
     policy.write_text('[target]\nsoc = "ascend910b"\ndtype = "bfloat16"\nquantize = "w8a8-dynamic"\n\n'
                       '[ops]\nmodel = false\nruntime = false\n\n[smoke]\nmax_tokens = 4\n'
@@ -85,6 +89,11 @@ def test_a_w8a8_dynamic_policy_matches_the_manifests_type_name(checkpoint, tmp_p
                      "--output", tmp_path / "out", timeout=600)
     data = json.loads((report_dir / "gate.json").read_text())
     messages = {r["id"]: r["message"] for r in data["rules"]}
-    assert (result.code, data["failed"]) == (0, []), (result.stderr, messages)
+    assert (result.code, data["failed"]) == (1, ["preflight", "preflight.quant.experts_lookup",
+                                                 "preflight.quant.experts_lookup"]), (result.stderr, messages)
     assert messages["target.quantize"] == "quantization w8a8-dynamic, the policy wants w8a8-dynamic"
+    lookups = [r["message"] for r in data["rules"] if r["id"] == "preflight.quant.experts_lookup"]
+    assert lookups[0].startswith("error: model.layers.0.block_sparse_moe.experts: no 'experts' entry in the engine's "
+                                 "packed map for model_type mixtral: it looks up "
+                                 "model.layers.0.block_sparse_moe.experts.weight")
     assert json.loads((tmp_path / "out" / "ascend_manifest.json").read_text())["target"]["quantize"] == "W8A8_DYNAMIC"

@@ -120,10 +120,11 @@ def _check_index(ckpt: Checkpoint, name: str, out: Collector) -> None:
         out.add("files.index", name, str(exc))
         return
     bad_files: set[str] = set()
+    outside = {shard for shard in set(weight_map.values()) if not inside(ckpt.root, shard)}  # once per shard
     for tensor, shard in weight_map.items():
         if shard in bad_files or tensor in ckpt.duplicates:
             continue
-        if not inside(ckpt.root, shard):
+        if shard in outside:
             out.add("files.index", name, f"shard path {shard!r} (tensor {tensor}) leaves the checkpoint directory")
             bad_files.add(shard)
         elif not (ckpt.root / shard).is_file():
