@@ -82,7 +82,8 @@ def test_issue_8367_tied_lm_head_not_in_description(tmp_path):
 def test_issue_7350_embedding_described_under_another_name(tmp_path):
     def rename(_t, types):
         types["embed_tokens.weight"] = types.pop("model.embed_tokens.weight")
-    assert lines(quantized_dir(tmp_path, rename)) == [
+    cfg = pd.config("kimi_k2", architectures=["DeepseekV3ForCausalLM"])  # its embedding is looked up by name
+    assert lines(quantized_dir(tmp_path, rename, cfg=cfg)) == [
         undescribed("model.embed_tokens.weight", "the embedding"),
         (f"warning quant.absent: embed_tokens.weight: 1 tensor(s) {DESC} lists are in no weight file "
         "(embed_tokens.weight)")]
@@ -98,15 +99,32 @@ def test_issue_3534_deepseek_v3_fp8_e4m3_weights(tmp_path):
     assert lines(pd.write_dir(tmp_path, cfg, tensors)) == [
         ("error model.tensor_dtype: model.layers.0.mlp.down_proj.weight, model.layers.0.mlp.gate_proj.weight, "
         "model.layers.0.mlp.up_proj.weight and 11 more: 14 float8_e4m3fn tensor(s): Atlas 800 A2 / 910B has no FP8 "
-        "matmul; quantize from bf16 with msModelSlim (W8A8) instead"),
-        ("error quant.leftover_config: config.json quantization_config.quant_method: 'fp8': vLLM loads the checkpoint "
-        "as fp8 (or, with --quantization ascend, refuses: the model config's method does not match); delete the "
-        "block from a ModelSlim checkpoint")]
+        "matmul; quantize from bf16 with msModelSlim (W8A8) instead")]  # fp8 itself is a method the NPU has (950)
 
 
 def test_issue_4835_embed_tokens_not_in_description(tmp_path):
-    model = quantized_dir(tmp_path, lambda t, types: types.pop("model.embed_tokens.weight"))
+    cfg = pd.config("deepseek_v32", architectures=["DeepseekV32ForCausalLM"])
+    model = quantized_dir(tmp_path, lambda t, types: types.pop("model.embed_tokens.weight"), cfg=cfg)
     assert lines(model) == [undescribed("model.embed_tokens.weight", "the embedding")]
+
+
+def test_a_llama_embedding_is_looked_up_without_its_name(tmp_path):
+    """vLLM builds Llama's embedding with no prefix: the loader asks for '' and finds it FLOAT when any
+    weight is, so a description without the embedding loads; one without any FLOAT raises KeyError '.weight'."""
+    model = quantized_dir(tmp_path / "a", lambda t, types: types.pop("model.embed_tokens.weight"))
+    assert lines(model) == []
+
+    def no_float(tensors, types):
+        for name in [n for n, t in types.items() if t == "FLOAT"]:
+            del types[name]
+    assert lines(quantized_dir(tmp_path / "b", no_float)) == [
+        ("error quant.undescribed: model.embed_tokens.weight: the llama embedding is looked up without a name: with no "
+         "FLOAT entry in quant_model_description.json, KeyError: '.weight' at load"),
+        ("error quant.undescribed: lm_head.weight: 1 weight(s) of the LM head not in quant_model_description.json "
+         "(lm_head.weight): KeyError: 'lm_head.weight' at load"),
+        ("warning quant.undescribed_other: model.layers.0.input_layernorm.weight, "
+         "model.layers.0.post_attention_layernorm.weight, model.layers.1.input_layernorm.weight and 2 more: 5 tensor(s) "
+         "not in quant_model_description.json")]
 
 
 def test_issue_4313_vision_tower_weight_not_in_description(tmp_path):
@@ -124,17 +142,21 @@ def _mtp_dir(root: Path, cfg: dict) -> Path:
 
 
 MTP_LINES = [
-    ("error quant.undescribed: model.layers.2.mlp.down_proj.weight: 7 weight(s) of the MTP layer (layer 2 >= "
-    "num_hidden_layers 2; the engine's note: add it to the description as FLOAT) not in quant_model_description.json "
-    "(model.layers.2.mlp.down_proj.weight, model.layers.2.mlp.gate_proj.weight, model.layers.2.mlp.up_proj.weight "
-    "and 4 more): KeyError: 'model.layers.2.mlp.down_proj.weight' at load"),
+    ("warning quant.undescribed_mtp: model.layers.2.mlp.down_proj.weight: 7 weight(s) of the MTP layer (layer 2 >= "
+    "num_hidden_layers 2) not in quant_model_description.json (model.layers.2.mlp.down_proj.weight, "
+    "model.layers.2.mlp.gate_proj.weight, model.layers.2.mlp.up_proj.weight and 4 more): served with MTP speculative "
+    "decoding, KeyError: 'model.layers.2.mlp.down_proj.weight'; add them as FLOAT"),
     ("warning quant.undescribed_other: model.layers.2.mlp.down_proj.weight_offset, "
     "model.layers.2.mlp.down_proj.weight_scale, model.layers.2.mlp.gate_proj.weight_offset and 13 more: "
     "16 tensor(s) not in quant_model_description.json")]
 
 
 def test_issue_5794_mtp_layer_not_in_description(tmp_path):
-    assert lines(_mtp_dir(tmp_path, pd.config())) == MTP_LINES
+    """The main model skips the MTP layer, so it loads; served with MTP speculative decoding it raises
+    KeyError (#5794): a warning, which --strict makes fail."""
+    model = _mtp_dir(tmp_path, pd.config())
+    assert lines(model) == MTP_LINES
+    assert run_cli("preflight", model).code == 0 and run_cli("preflight", model, "--strict").code == 1
 
 
 def test_issue_5794_deepseek_msmodelslim_output_without_its_mtp_layer(tmp_path):
@@ -174,6 +196,9 @@ def test_issue_12907_w8a8_dynamic_in_a_float16_model_on_910b(tmp_path):
 LEFTOVER_NO_METHOD = (
     "error quant.leftover_config: config.json quantization_config: present without quant_method: on an NPU the engine "
     "takes this block as the quantization description and never reads quant_model_description.json; delete it")
+LEFTOVER_NO_DESCRIPTION = (
+    "error quant.leftover_config: config.json quantization_config: present without quant_method: on an NPU the engine "
+    "takes this block as the quantization description; delete it")
 
 
 def test_issue_2296_msmodelslim_mindie_format_output(tmp_path):
@@ -185,7 +210,7 @@ def test_issue_2296_msmodelslim_mindie_format_output(tmp_path):
         "vllm-ascend #2296, #1270)"),
         ("warning model.support: model_type deepseekv2: not in the engine's supported-models matrix: vLLM's own model "
         "class runs it, untested on NPU"),
-        LEFTOVER_NO_METHOD,
+        LEFTOVER_NO_DESCRIPTION,
         ("error quant.description: quant_model_description_w8a8_dynamic.json: the engine reads "
         "quant_model_description.json only: rename quant_model_description_w8a8_dynamic.json to "
         "quant_model_description.json")]
@@ -341,14 +366,16 @@ def test_quantized_weight_with_one_output_row_is_cast_to_nz(tmp_path):
     assert lines(model, nz_mode=0) == []
 
 
-def test_float16_weight_with_one_output_row_is_cast_on_310p_only(tmp_path):
+def test_float_weight_with_one_output_row_is_cast_in_nz_mode_2_only(tmp_path):
+    """#10014: with VLLM_ASCEND_ENABLE_NZ=2 float weights are cast too, a [1, hidden] gate among them. 310P
+    casts every weight but keeps float n = 1 / k = 1 ones in ND (vllm_ascend/ops/linear.py)."""
     tensors, _ = pd.model_tensors(dtype=torch.float16)
     tensors["model.layers.0.mlp.expert_gate.weight"] = torch.zeros(1, pd.HIDDEN, dtype=torch.float16)
     model = pd.write_dir(tmp_path, pd.config(dtype="float16"), tensors)
-    assert lines(model, soc="ascend310p") == [
-        "warning model.support: model_type llama: Llama2/3/3.1/3.2 is listed for ascend910b, not for ascend310p",
-        NZ_LINE]
+    assert lines(model, nz_mode=2) == [NZ_LINE]
     assert lines(model) == []
+    assert lines(model, soc="ascend310p") == [
+        "warning model.support: model_type llama: Llama2/3/3.1/3.2 is listed for ascend910b, not for ascend310p"]
 
 
 # --------------------------------------------------------------------------- files
@@ -622,3 +649,133 @@ def test_cli_on_a_converter_output(converted):
     result = run_cli("preflight", converted("qwen3", soc="ascend910b", dtype="bfloat16"), "--tp", "2")
     assert result.code == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "no findings: the engine's loader rules all hold"
+
+
+# --------------------------------------------------------------------------- what the loader does take (review)
+
+
+def test_registered_types_without_read_parts_are_not_refused(tmp_path):
+    """W4A8_DYNAMIC is registered for MoE layers (methods/w4a8.py): not refused, its tensors not judged."""
+    tensors, types = pd.moe_tensors(lambda n: "W8A8_DYNAMIC" if ".experts." in n else pd.FLOAT)
+    types = {n: "W4A8_DYNAMIC" if t == "W8A8_DYNAMIC" else t for n, t in types.items()}
+    model = pd.write_dir(tmp_path, pd.moe_config(), tensors, pd.description(types, "W4A8_DYNAMIC"))
+    result = run_preflight(model)
+    assert [f.line for f in result.findings] == []
+    assert ("registered, but their tensors not checked (the method's parameters were not read into the rules): "
+            "W4A8_DYNAMIC moe") in result.notes
+
+
+def test_310p_runs_its_own_loader(tmp_path):
+    """310P's ModelSlim loader registers W8A8, W8A8_DYNAMIC, W8A8S and W8A8SC (no W8A16) and never looks
+    an embedding up (_310p/quantization/modelslim_config.py)."""
+    tensors, types = pd.quantized("W8A8", dtype=torch.float16)
+    del types["model.embed_tokens.weight"], types["lm_head.weight"]
+    model = pd.write_dir(tmp_path / "w8a8", pd.config(dtype="float16"), tensors, pd.description(types, "W8A8"))
+    support = "warning model.support: model_type llama: Llama2/3/3.1/3.2 is listed for ascend910b, not for ascend310p"
+    assert lines(model, soc="ascend310p") == [
+        support, ("warning quant.undescribed_other: lm_head.weight, model.embed_tokens.weight: 2 tensor(s) not in "
+                  "quant_model_description.json")]
+    w8a16 = {n: "W8A16" if t == "W8A8_DYNAMIC" else t for n, t in pd.quantized(dtype=torch.float16)[1].items()}
+    tensors16, _ = pd.quantized(dtype=torch.float16)
+    model16 = pd.write_dir(tmp_path / "w8a16", pd.config(dtype="float16"), tensors16, pd.description(w8a16, "W8A16"))
+    assert lines(model16, soc="ascend310p") == [
+        support, ("warning quant.model_quant_type: quant_model_description.json model_quant_type: 'W8A16' is not a "
+                  "quant type the engine registers on this SoC"),
+        ("error quant.unsupported_type: model.layers.0.mlp.down_proj.weight: 14 linear layer(s) in W8A16 "
+         "(model.layers.0.mlp.down_proj.weight, model.layers.0.mlp.gate_proj.weight, model.layers.0.mlp.up_proj.weight "
+         "and 11 more): the engine registers no W8A16 method for linear layers on ascend310p")]
+
+
+def test_glm4_moe_and_mixtral_build_their_embedding_without_the_quant_config(tmp_path):
+    model = quantized_dir(tmp_path, lambda t, types: types.pop("model.embed_tokens.weight"),
+                          cfg=pd.config("glm4_moe", architectures=["Glm4MoeForCausalLM"]))
+    assert lines(model) == [  # msModelSlim lists every tensor: a warning, not a KeyError
+        "warning quant.undescribed_other: model.embed_tokens.weight: 1 tensor(s) not in quant_model_description.json"]
+
+
+def test_qwen3_moe_router_is_looked_up(tmp_path):
+    """Qwen3-MoE builds its router with the quant config (qwen3_moe.py:170-174): undescribed, a KeyError."""
+    tensors, types = pd.moe_tensors(lambda n: "W8A8_DYNAMIC" if ".experts." in n else pd.FLOAT)
+    del types["model.layers.0.mlp.gate.weight"]
+    model = pd.write_dir(tmp_path, pd.moe_config(), tensors, pd.description(types))
+    assert lines(model) == [undescribed("model.layers.0.mlp.gate.weight", "a linear layer")]
+
+
+def test_norm_biases_need_the_description_to_name_them(tmp_path):
+    """vllm-ascend gives RMSNorm a bias only when a description key names norm.bias (anti-outlier m4)."""
+    def add_bias(tensors, _types):
+        tensors["model.layers.0.input_layernorm.bias"] = torch.zeros(pd.HIDDEN, dtype=torch.bfloat16)
+    assert lines(quantized_dir(tmp_path / "a", add_bias)) == [
+        ("error quant.norm_bias: model.layers.0.input_layernorm.bias: 1 norm bias(es) "
+         "(model.layers.0.input_layernorm.bias) and no key of quant_model_description.json names norm.bias: the norms "
+         "get no bias parameter and the biases are dropped")]
+
+    def describe_bias(tensors, types):
+        add_bias(tensors, types)
+        types["model.layers.0.input_layernorm.bias"] = pd.FLOAT
+    assert lines(quantized_dir(tmp_path / "b", describe_bias)) == []
+
+
+def test_w8a16_bias_in_a_bf16_model(tmp_path):
+    """#7039: npu_weight_quant_batchmatmul refuses a bf16 bias."""
+    def w8a16_with_bias(tensors, types):
+        for name in list(types):
+            if types[name] == "W8A8_DYNAMIC":
+                types[name] = "W8A16"
+        tensors["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(pd.HIDDEN, dtype=torch.bfloat16)
+        types["model.layers.0.self_attn.q_proj.bias"] = "W8A16"
+    assert lines(quantized_dir(tmp_path, w8a16_with_bias)) == [
+        ("error quant.kernel_dtype: model.layers.0.self_attn.q_proj.weight: 1 layer(s): W8A16 with a bias in a "
+         "bfloat16 model: npu_weight_quant_batchmatmul takes the bias in the model's dtype and refuses bfloat16 "
+         "(biasOptional's dtype should be [DT_FLOAT])")]
+
+
+def test_expert_zero_parts_are_one_fused_module(tmp_path):
+    tensors, types = pd.moe_tensors(lambda n: pd.FLOAT if n.endswith("down_proj.weight") and ".experts." in n
+                                    else "W8A8_DYNAMIC" if ".experts." in n else pd.FLOAT)
+    model = pd.write_dir(tmp_path, pd.moe_config(), tensors, pd.description(types))
+    assert lines(model) == [
+        (f"error quant.fused_mixed: model.layers.{layer}.mlp.experts.0: Detected some but not all shards of "
+         f"model.layers.{layer}.mlp.experts.0 are quantized (gate_proj W8A8_DYNAMIC, up_proj W8A8_DYNAMIC, down_proj "
+         "FLOAT): all parts of a fused module need one precision") for layer in (0, 1)]
+
+
+def test_a_0d_input_scale_is_reshaped_by_the_loader(tmp_path):
+    def scalars(tensors, _types):
+        for name in [n for n in tensors if n.endswith((".input_scale", ".input_offset"))]:
+            tensors[name] = tensors[name].reshape(())
+    assert lines(quantized_dir(tmp_path, scalars, qtype="W8A8")) == []
+
+
+def test_a_compressed_tensors_config_is_not_a_leftover(tmp_path):
+    tensors, _ = pd.quantized()
+    cfg = pd.config(quantization_config={"quant_method": "compressed-tensors", "format": "int-quantized"})
+    assert lines(pd.write_dir(tmp_path, cfg, tensors)) == []
+
+
+def test_a_file_the_index_does_not_list_is_skipped_not_refused(sharded):
+    shutil.copyfile(sharded / SHARD1, sharded / "consolidated.safetensors")
+    assert lines(sharded) == [
+        f"warning files.index: consolidated.safetensors: not listed in {INDEX}: the engine skips this file"]
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"dtype": ["BF16"], "shape": [2], "data_offsets": [0, 4]}, "malformed entry"),
+    ({"dtype": "BF16", "shape": [2], "data_offsets": [0, "4"]}, "malformed entry"),
+])
+def test_odd_headers_are_findings_not_crashes(tmp_path, entry, message):
+    tensors, _ = pd.model_tensors()
+    model = pd.write_dir(tmp_path, pd.config(), tensors)
+    header = json.dumps({"x": entry}).encode()
+    (model / "odd.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    [finding] = run_preflight(model).findings
+    assert (finding.rule, finding.subject) == ("files.header", "odd.safetensors") and message in finding.message
+
+
+def test_odd_description_values_are_findings_not_crashes(tmp_path):
+    def odd(_tensors, types):
+        types["model_quant_type"] = ["W8A8_DYNAMIC"]
+    model = quantized_dir(tmp_path, odd)
+    assert lines(model) == [
+        ("warning quant.model_quant_type: quant_model_description.json model_quant_type: ['W8A8_DYNAMIC'] is not a "
+         "quant type the engine registers on this SoC")]

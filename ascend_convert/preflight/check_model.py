@@ -37,8 +37,9 @@ def _architecture(ckpt: Checkpoint, facts: dict, out: Collector) -> None:
     elif not ckpt.model_type:
         out.add("model.type", "config.json model_type", "missing: the engine cannot pick a model class")
     removed = facts["removed_architectures"]
-    for arch in ckpt.config.get("architectures") or []:
-        if arch in removed:
+    architectures = ckpt.config.get("architectures")
+    for arch in architectures if isinstance(architectures, list) else []:
+        if isinstance(arch, str) and arch in removed:
             out.add("model.architecture", f"config.json architectures {arch}",
                     f"vLLM supported {arch} until v{removed[arch]}; the engine runs on vLLM {facts['vllm_release']}")
 

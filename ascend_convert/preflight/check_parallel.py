@@ -41,10 +41,10 @@ def check_parallel(ckpt: Checkpoint, target: Deployment, facts: dict, out: Colle
             out.note(f"--ep {ep}: the model has no routed experts; expert parallel does not apply")
         elif experts[1] % ep:
             out.add("ep.experts", f"config.json {experts[0]}", f"{experts[1]} experts do not divide by --ep {ep}")
-    _groups(ckpt, tp, facts, out)
+    _groups(ckpt, tp, ep, facts, out)
 
 
-def _groups(ckpt: Checkpoint, tp: int, facts: dict, out: Collector) -> None:
+def _groups(ckpt: Checkpoint, tp: int, ep: int, facts: dict, out: Collector) -> None:
     """A per-group scale [out, in / g] of a row-parallel layer: each rank takes in / tp inputs, which
     must be whole groups. (Column-parallel layers split rows, which groups do not cross.)"""
     if tp == 1:
@@ -56,7 +56,11 @@ def _groups(ckpt: Checkpoint, tp: int, facts: dict, out: Collector) -> None:
         weight = ckpt.tensors.get(f"{stem}.weight")
         if weight is None or len(weight.shape) != 2 or stem.rsplit(".", 1)[-1] not in facts["row_parallel"]:
             continue
+        if ep > 1 and expert_of(stem + ".") is not None:
+            continue  # with expert parallel an expert is whole on its rank
         width, groups = weight.shape[1], t.shape[1]
+        if groups > width or width % groups:
+            continue  # not per-group scales of this weight (the part rules say what is wrong with them)
         group = width // groups
         if (width // tp) % group:
             out.add("tp.group", name, f"groups of {group} inputs: a rank's {width // tp} of {width} (--tp {tp}) "

@@ -13,41 +13,64 @@ from .names import expert_of, group_of, layer_of, listing, matches_any
 from .target import Deployment
 
 
+def loader_of(target: Deployment, facts: dict) -> dict:
+    """The ModelSlim loader the SoC runs (A2/A3's, or 310P's own registry and methods)."""
+    return facts["loaders"][facts["soc_loader"].get(target.soc.name, "a2")]
+
+
 def check_quant(ckpt: Checkpoint, target: Deployment, facts: dict, out: Collector) -> None:
     desc_facts = facts["description"]
-    _leftover_config(ckpt, out)
+    _leftover_config(ckpt, facts, out)
     if ckpt.description is None:
-        _no_description(ckpt, target, desc_facts, out)
+        _no_description(ckpt, target, facts, out)
         return
     float_type = desc_facts["float"]
+    loader = loader_of(target, facts)
     types = {k: v for k, v in ckpt.description.items() if k not in desc_facts["model_keys"] and isinstance(v, str)}
-    _model_keys(ckpt, desc_facts, out)
-    _both_ways(ckpt, types, facts, out)
+    _model_keys(ckpt, desc_facts, loader, out)
+    _both_ways(ckpt, types, loader, facts, out)
     packed = facts["packed_modules"].get(ckpt.model_type)
     if packed is None:
         packed = facts["vllm_packed_modules"].get(ckpt.model_type, {})
     _fused(ckpt, types, packed, float_type, out)
     _experts(ckpt, types, packed, float_type, out)
-    _parts(ckpt, types, target, facts, out)
+    _parts(ckpt, types, target, loader, facts, out)
 
 
-def _leftover_config(ckpt: Checkpoint, out: Collector) -> None:
+def _quant_method(ckpt: Checkpoint) -> str | None:
     qcfg = ckpt.config.get("quantization_config")
-    if qcfg is None:
-        return
     method = qcfg.get("quant_method") if isinstance(qcfg, dict) else None
-    if not method:
-        out.add("quant.leftover_config", "config.json quantization_config",
+    return method if isinstance(method, str) and method else None
+
+
+def _leftover_config(ckpt: Checkpoint, facts: dict, out: Collector) -> None:
+    """A `quantization_config` beside a ModelSlim description fights it (#2296, #1270); one of a
+    method the NPU has (compressed-tensors, fp8) is that method's own checkpoint, not a leftover."""
+    if "quantization_config" not in ckpt.config:
+        return
+    method = _quant_method(ckpt)
+    subject = "config.json quantization_config"
+    if method is None:
+        out.add("quant.leftover_config", subject,
                 "present without quant_method: on an NPU the engine takes this block as the quantization "
-                "description and never reads quant_model_description.json; delete it")
-    elif method != "ascend":
-        out.add("quant.leftover_config", "config.json quantization_config.quant_method",
-                f"{method!r}: vLLM loads the checkpoint as {method} (or, with --quantization ascend, refuses: "
-                f"the model config's method does not match); delete the block from a ModelSlim checkpoint")
+                "description" + (" and never reads " + ckpt.description_file if ckpt.description else "")
+                + "; delete it")
+    elif method == "ascend":
+        return
+    elif ckpt.description is not None:
+        out.add("quant.leftover_config", f"{subject}.quant_method",
+                f"{method!r} beside {ckpt.description_file}: vLLM loads the checkpoint as {method}, or with "
+                f"--quantization ascend refuses it (the model config's method does not match); delete the block")
+    elif method not in facts["supported_quant_methods"]:
+        out.add("quant.leftover_config", f"{subject}.quant_method",
+                f"{method!r}: not a quantization the engine has on an NPU "
+                f"({', '.join(facts['supported_quant_methods'])})")
 
 
-def _no_description(ckpt: Checkpoint, target: Deployment, desc_facts: dict, out: Collector) -> None:
-    name = desc_facts["file"]
+def _no_description(ckpt: Checkpoint, target: Deployment, facts: dict, out: Collector) -> None:
+    name = facts["description"]["file"]
+    if _quant_method(ckpt) in facts["supported_quant_methods"]:
+        return  # compressed-tensors or fp8: that method's loader reads the config, not a description
     others = sorted(p.name for p in ckpt.root.glob("quant_model_description*.json") if p.name != name)
     quant_parts = [n for n, t in ckpt.tensors.items() if t.dtype == "int8"
                    or n.rsplit(".", 1)[-1] in ("deq_scale", "quant_bias", "input_scale", "input_offset")]
@@ -61,9 +84,11 @@ def _no_description(ckpt: Checkpoint, target: Deployment, desc_facts: dict, out:
                                            "Not Found)")
 
 
-def _model_keys(ckpt: Checkpoint, desc_facts: dict, out: Collector) -> None:
+def _model_keys(ckpt: Checkpoint, desc_facts: dict, loader: dict, out: Collector) -> None:
     desc, where = ckpt.description, ckpt.description_file
     version = desc.get("version")
+    if not isinstance(version, (str, type(None))):
+        version = repr(version)
     if version is None:
         out.add("quant.version", f"{where} version", "missing: msModelSlim's v1 saver writes it; readers cannot "
                                                      "tell the format")
@@ -71,29 +96,42 @@ def _model_keys(ckpt: Checkpoint, desc_facts: dict, out: Collector) -> None:
         out.add("quant.version", f"{where} version", f"{version!r} is not a format version the engine was read "
                                                      f"against ({', '.join(desc_facts['versions'])})")
     model_type = desc.get("model_quant_type")
-    known = set(desc_facts["model_quant_types"])
+    known = {desc_facts["float"], *loader["registered"]["linear"], *loader["registered"]["moe"]}
     if model_type is None:
         out.add("quant.model_quant_type", f"{where} model_quant_type", "missing")
-    elif model_type not in known:
-        out.add("quant.model_quant_type", f"{where} model_quant_type", f"{model_type!r} is not a quant type "
-                                                                       "msModelSlim writes")
+    elif not isinstance(model_type, str) or model_type not in known:
+        out.add("quant.model_quant_type", f"{where} model_quant_type", f"{model_type!r} is not a quant type the "
+                                                                       "engine registers on this SoC")
 
 
-def _looked_up(name: str, t: TensorHeader, facts: dict) -> bool:
-    """Whether the loader asks the description for this tensor: the weight of a linear or embedding
-    module (2-D), unless the model builds that module without the quant config (routers, gates)."""
-    return name.endswith(".weight") and len(t.shape) == 2 and not matches_any(name, facts["unquantized_modules"])
-
-
-def _why(name: str, ckpt: Checkpoint, facts: dict) -> str:
-    """What kind of module an undescribed weight belongs to, in the words of the issues users file."""
+def _mtp_layer(name: str, ckpt: Checkpoint) -> int | None:
+    """The layer index of an MTP (multi-token prediction) layer's tensor: one past the model's layers."""
     layer = layer_of(name)
     layers = ckpt.text_config().get("num_hidden_layers")
-    if layer is not None and isinstance(layers, int) and layer >= layers:
-        return (f"the MTP layer (layer {layer} >= num_hidden_layers {layers}; the engine's note: add it to the "
-                "description as FLOAT)")
-    if matches_any(name, facts["vision_prefixes"]):
-        return "the vision tower"
+    return layer if layer is not None and isinstance(layers, int) and layer >= layers else None
+
+
+def _looked_up(name: str, t: TensorHeader, ckpt: Checkpoint, loader: dict, facts: dict) -> bool:
+    """Whether the loader asks the description for this tensor: the weight of a linear, MoE or
+    embedding module (2-D) that the model builds with the quant config."""
+    if not name.endswith(".weight") or len(t.shape) != 2:
+        return False
+    lookups, model = facts["lookups"], ckpt.model_type
+    if matches_any(name, lookups["looked_up"].get(model, [])):
+        return True
+    if matches_any(name, lookups["not_looked_up"]["*"] + lookups["not_looked_up"].get(model, [])):
+        return False
+    if not loader["embedding_lookup"] and _is_embedding(name):
+        return False
+    return not (_mtp_layer(name, ckpt) is not None and matches_any(name, lookups["mtp_not_looked_up"]))
+
+
+def _is_embedding(name: str) -> bool:
+    return name.endswith(("embed_tokens.weight", ".lm_head.weight")) or name == "lm_head.weight"
+
+
+def _why(name: str) -> str:
+    """What kind of module an undescribed weight belongs to, in the words of the issues users file."""
     if "embed_tokens" in name:
         return "the embedding"
     if name.startswith("lm_head") or ".lm_head" in name:
@@ -101,37 +139,71 @@ def _why(name: str, ckpt: Checkpoint, facts: dict) -> str:
     return "a linear layer"
 
 
-def _both_ways(ckpt: Checkpoint, types: dict[str, str], facts: dict, out: Collector) -> None:
-    where = ckpt.description_file
+def _both_ways(ckpt: Checkpoint, types: dict[str, str], loader: dict, facts: dict, out: Collector) -> None:
+    where, float_type = ckpt.description_file, facts["description"]["float"]
     undescribed: dict[str, list[str]] = {}
+    mtp: dict[str, list[str]] = {}
     other: list[str] = []
+    without_prefix = ckpt.model_type in facts["lookups"]["embedding_without_prefix"]
     for name, t in ckpt.tensors.items():
         if name in types:
             continue
-        if _looked_up(name, t, facts):
-            undescribed.setdefault(group_of(name), []).append(name)
-        else:
+        if not _looked_up(name, t, ckpt, loader, facts):
             other.append(name)
-    tied = ckpt.text_config().get("tie_word_embeddings", ckpt.config.get("tie_word_embeddings"))
-    if tied and "lm_head.weight" not in ckpt.tensors and "lm_head.weight" not in types:
+        elif _mtp_layer(name, ckpt) is not None:
+            mtp.setdefault(group_of(name), []).append(name)
+        elif without_prefix and name == "model.embed_tokens.weight":
+            if float_type not in types.values():  # looked up as '': FLOAT if any weight is FLOAT
+                out.add("quant.undescribed", name, f"the {ckpt.model_type} embedding is looked up without a name: "
+                                                   f"with no FLOAT entry in {where}, KeyError: '.weight' at load")
+        else:
+            undescribed.setdefault(group_of(name), []).append(name)
+    tied = ckpt.text_config().get("tie_word_embeddings", ckpt.config.get("tie_word_embeddings", True))
+    if (tied and loader["embedding_lookup"] and "lm_head.weight" not in ckpt.tensors
+            and "lm_head.weight" not in types):
         undescribed.setdefault("lm_head", []).append("lm_head.weight")
     for names in undescribed.values():
-        why = _why(names[0], ckpt, facts)
+        why = _why(names[0])
         if names == ["lm_head.weight"] and "lm_head.weight" not in ckpt.tensors:
             why = ("the LM head (tied to the embedding: the engine still builds it with the quant config and looks "
                    "its type up)")
+        elif matches_any(names[0], facts["vision_prefixes"]):
+            why = "the vision tower"
         out.add("quant.undescribed", names[0], f"{len(names)} weight(s) of {why} not in {where} "
                                                f"({listing(names)}): KeyError: '{names[0]}' at load")
+    layers = ckpt.text_config().get("num_hidden_layers")
+    for names in mtp.values():
+        out.add("quant.undescribed_mtp", names[0], f"{len(names)} weight(s) of the MTP layer (layer "
+                                                   f"{layer_of(names[0])} >= num_hidden_layers {layers}) not in "
+                                                   f"{where} ({listing(names)}): served with MTP speculative decoding, "
+                                                   f"KeyError: '{names[0]}'; add them as FLOAT")
+    norm_biases = [n for n in other if n.endswith("norm.bias")]
+    if norm_biases and not any("norm.bias" in key for key in ckpt.description):
+        out.add("quant.norm_bias", norm_biases[0], f"{len(norm_biases)} norm bias(es) ({listing(norm_biases)}) and no "
+                                                   f"key of {where} names norm.bias: the norms get no bias parameter "
+                                                   "and the biases are dropped")
+        other = [n for n in other if n not in norm_biases]
     if other:
         out.add("quant.undescribed_other", listing(other), f"{len(other)} tensor(s) not in {where}")
     absent: dict[tuple[str, bool], list[str]] = {}
     for name, qtype in types.items():
         if name not in ckpt.tensors and not (name == "lm_head.weight" and tied):
-            absent.setdefault((group_of(name), qtype != facts["description"]["float"]), []).append(name)
-    for (group, quantized), names in absent.items():
+            absent.setdefault((group_of(name), qtype != float_type), []).append(name)
+    for (_, quantized), names in absent.items():
         out.add("quant.absent", names[0], f"{len(names)} tensor(s) {where} lists are in no weight file "
                                           f"({listing(names)})" + (": their quantized parameters stay unset" if quantized
                                                                    else ""), ERROR if quantized else WARNING)
+
+
+def _mixed(prefix: str, parts: list[str], got: dict[str, str], float_type: str) -> str | None:
+    """vllm-ascend's own words for a fused module whose parts differ in type, or None."""
+    if len(set(got.values())) < 2:
+        return None
+    shown = ", ".join(f"{p} {got[p]}" for p in parts if p in got)
+    if float_type in got.values():
+        return (f"Detected some but not all shards of {prefix} are quantized ({shown}): all parts of a fused module "
+                "need one precision")
+    return f"Not all shards of {prefix} are quantized with same quant type ({shown})"
 
 
 def _fused(ckpt: Checkpoint, types: dict[str, str], packed: dict, float_type: str, out: Collector) -> None:
@@ -143,35 +215,30 @@ def _fused(ckpt: Checkpoint, types: dict[str, str], packed: dict, float_type: st
         groups: dict[str, dict[str, str]] = {}
         for name, qtype in types.items():
             stem, _, last = name.removesuffix(".weight").rpartition(".")
-            if name.endswith(".weight") and last in parts:
+            if name.endswith(".weight") and last in parts and expert_of(name) is None:
                 groups.setdefault(f"{stem}.{fused}", {})[last] = qtype
         for prefix, got in sorted(groups.items()):
-            if len(set(got.values())) < 2:
-                continue
-            shown = ", ".join(f"{p} {got[p]}" for p in parts if p in got)
-            if float_type in got.values():
-                message = (f"Detected some but not all shards of {prefix} are quantized ({shown}): "
-                           "all parts of a fused module need one precision")
-            else:
-                message = f"Not all shards of {prefix} are quantized with same quant type ({shown})"
-            out.add("quant.fused_mixed", prefix, message)
+            message = _mixed(prefix, parts, got, float_type)
+            if message:
+                out.add("quant.fused_mixed", prefix, message)
 
 
 def _experts(ckpt: Checkpoint, types: dict[str, str], packed: dict, float_type: str, out: Collector) -> None:
     """One fused-MoE method per layer, chosen from expert 0's parts (the packed map's `experts`
-    entry); without that entry the loader looks up `<layer>.experts.weight`, which no description has."""
-    layers: dict[str, dict[int, set[str]]] = {}
+    entry: those parts must agree, as a fused module's); without that entry the loader looks up
+    `<layer>.experts.weight`, which no description has."""
+    layers: dict[str, dict[int, dict[str, str]]] = {}
     for name, qtype in types.items():
         expert = expert_of(name)
         if expert is not None and name.endswith(".weight"):
-            prefix = name[: name.index(f".experts.{expert}.")] + ".experts"
-            layers.setdefault(prefix, {}).setdefault(expert, set()).add(qtype)
+            cut = name.index(f".experts.{expert}.")
+            part = name[cut + len(f".experts.{expert}."):].removesuffix(".weight")
+            layers.setdefault(name[:cut] + ".experts", {}).setdefault(expert, {})[part] = qtype
     for prefix, experts in sorted(layers.items()):
-        quantized = {e for e, t in experts.items() if t - {float_type}}
-        if not quantized:
+        if all(set(parts.values()) == {float_type} for parts in experts.values()):
             continue
         if "experts" not in packed:
-            if any(float_type in t for t in experts.values()):
+            if any(float_type in parts.values() for parts in experts.values()):
                 message = (f"some experts FLOAT, others quantized: without an 'experts' entry in the packed map for "
                            f"{ckpt.model_type}, one FLOAT expert weight makes the whole layer unquantized and the int8 "
                            "experts load as floats")
@@ -180,10 +247,14 @@ def _experts(ckpt: Checkpoint, types: dict[str, str], packed: dict, float_type: 
                            f"up {prefix}.weight, which the description cannot have (KeyError)")
             out.add("quant.experts_lookup", prefix, message)
             continue
-        first = experts.get(0, set())
-        odd = sorted(e for e, t in experts.items() if t != first)
+        first = experts.get(0, {})
+        shards = [p.rsplit(".", 1)[-1].removeprefix("experts.0.") for p in packed["experts"]]
+        message = _mixed(f"{prefix}.0", shards, first, float_type)
+        if message:
+            out.add("quant.fused_mixed", f"{prefix}.0", message)
+        odd = sorted(e for e, parts in experts.items() if set(parts.values()) != set(first.values()))
         if odd:
-            shown = ", ".join(f"expert {e} {'/'.join(sorted(experts[e]))}" for e in [0, *odd[:3]])
+            shown = ", ".join(f"expert {e} {'/'.join(sorted(set(experts[e].values())))}" for e in [0, *odd[:3]])
             out.add("quant.experts_mixed", prefix, f"experts of one layer in different types ({shown}): the engine "
                                                    f"loads them all with expert 0's method")
 
@@ -192,47 +263,59 @@ def _scheme_kind(name: str) -> str:
     return "moe" if expert_of(name) is not None else "linear"
 
 
-def _parts(ckpt: Checkpoint, types: dict[str, str], target: Deployment, facts: dict, out: Collector) -> None:
-    """Each quantized weight's layer: a type the release registers for its kind, every tensor its
-    method declares (dtype and shape), nothing its method does not take; FLOAT weights stored as floats."""
+def _parts(ckpt: Checkpoint, types: dict[str, str], target: Deployment, loader: dict, facts: dict,
+           out: Collector) -> None:
+    """Each quantized weight's layer: a type the SoC's loader registers for its kind, every tensor its
+    method declares (dtype and shape, where the method was read), nothing its method does not take;
+    FLOAT weights stored as floats."""
     float_type = facts["description"]["float"]
-    schemes = facts["schemes"]
     model_dtype = target.model_dtype(ckpt.text_config())
+    loader_name = facts["soc_loader"].get(target.soc.name, "a2")
+    c8 = any(ckpt.description.get(k) for k in ("kv_cache_type", "kv_quant_type", "fa_quant_type"))
     by_stem: dict[str, list[str]] = {}
     for name in ckpt.tensors:
         stem, _, suffix = name.rpartition(".")
         by_stem.setdefault(stem, []).append(suffix)
     unsupported: dict[tuple[str, str], list[str]] = {}
+    unread: set[str] = set()
     kernel_hits: dict[str, list[str]] = {}
     for name, qtype in sorted(types.items()):
         if not name.endswith(".weight") or name not in ckpt.tensors:
             continue
         weight = ckpt.tensors[name]
         stem = name.removesuffix(".weight")
+        present = [s for s in by_stem.get(stem, []) if not (c8 and s.startswith("kv_cache_"))]
         if qtype == float_type:
             if weight.dtype == "int8":
                 out.add("quant.float_int8", name, "described FLOAT but stored int8: the unquantized method copies the "
                                                   "integers into a float weight")
-            extra = sorted(s for s in by_stem.get(stem, []) if s in facts["quant_part_names"])
+            extra = sorted(s for s in present if s in facts["quant_part_names"])
             if extra:
                 out.add("quant.part_extra", f"{stem}.{extra[0]}", f"{stem} is FLOAT but has {', '.join(extra)}: the "
                                                                   "unquantized layer has no such parameter")
             continue
         kind = _scheme_kind(name)
-        scheme = schemes.get(qtype, {}).get(kind)
-        if scheme is None:
+        if qtype not in loader["registered"][kind]:
             unsupported.setdefault((qtype, kind), []).append(name)
             continue
         for limit in facts["kernel_limits"]:
             if (limit["type"] == qtype and limit["kind"] == kind and model_dtype in limit["model_dtypes"]
-                    and target.soc.name in limit["socs"]):
+                    and limit["loader"] == loader_name and (not limit.get("with_bias") or "bias" in present)):
                 kernel_hits.setdefault(limit["message"], []).append(name)
-        _check_parts(ckpt, stem, weight, scheme, by_stem.get(stem, []), model_dtype, qtype, out)
+        scheme = loader["schemes"].get(qtype, {}).get(kind)
+        if scheme is None:
+            unread.add(f"{qtype} {kind}")
+            continue
+        _check_parts(ckpt, stem, weight, scheme, present, model_dtype, qtype, out)
     for (qtype, kind), names in sorted(unsupported.items()):
         out.add("quant.unsupported_type", names[0], f"{len(names)} {kind} layer(s) in {qtype} ({listing(names)}): the "
-                                                    f"engine registers no {qtype} method for {kind} layers")
+                                                    f"engine registers no {qtype} method for {kind} layers on "
+                                                    f"{target.soc.name}")
     for message, names in kernel_hits.items():
         out.add("quant.kernel_dtype", listing(names), f"{len(names)} layer(s): {message}")
+    if unread:
+        out.note(f"registered, but their tensors not checked (the method's parameters were not read into the rules): "
+                 f"{', '.join(sorted(unread))}")
 
 
 def _check_parts(ckpt: Checkpoint, stem: str, weight: TensorHeader, scheme: dict, present: list[str],
@@ -257,7 +340,7 @@ def _check_parts(ckpt: Checkpoint, stem: str, weight: TensorHeader, scheme: dict
             extra = f" for a {model_dtype} model" if isinstance(spec["dtype"], dict) else ""
             out.add("quant.part_dtype", t.name, f"{t.dtype}, the {qtype} method declares {wanted}{extra}")
         want_shape = [sizes.get(d, d) if isinstance(d, str) else d for d in spec["shape"]]
-        if list(t.shape) != want_shape:
+        if list(t.shape) != want_shape and not (want_shape == [1] and t.shape == ()):  # vLLM reshapes a 0-d scalar
             out.add("quant.part_shape", t.name, f"shape {list(t.shape)}, the {qtype} method declares {want_shape}")
     extra = sorted(s for s in present if s not in scheme and s != "bias")
     if extra:

@@ -16,7 +16,7 @@ from typing import Any
 from ascend_common.errors import UserError
 
 from ..layout_names import RANK_FILE_GLOB
-from .findings import Collector
+from .findings import WARNING, Collector
 from .headers import HeaderError, TensorHeader, read_header, read_index
 
 
@@ -34,7 +34,8 @@ class Checkpoint:
 
     @property
     def model_type(self) -> str:
-        return str(self.config.get("model_type", ""))
+        model_type = self.config.get("model_type")
+        return model_type if isinstance(model_type, str) else ""
 
     def text_config(self) -> dict:
         """The language model's config: a multimodal model's `text_config`, else the config itself."""
@@ -90,7 +91,7 @@ def load_checkpoint(root: Path, facts: dict, out: Collector) -> Checkpoint:
             listed = set(candidates)
         filtered = [c for c in candidates if c in listed]
         for skipped in sorted(set(candidates) - set(filtered)):
-            out.add("files.index", skipped, f"not listed in {index_name}: the engine skips this file")
+            out.add("files.index", skipped, f"not listed in {index_name}: the engine skips this file", WARNING)
     seen: dict[str, str] = {}
     for rel in filtered:
         try:

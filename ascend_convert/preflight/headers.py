@@ -64,7 +64,8 @@ def read_header(path: Path, rel: str) -> list[TensorHeader]:
             continue
         try:
             code, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-            if not all(isinstance(d, int) and d >= 0 for d in shape) or not isinstance(begin, int):
+            if (not all(isinstance(d, int) and d >= 0 for d in shape) or not isinstance(code, str)
+                    or not all(isinstance(x, int) and x >= 0 for x in (begin, end))):
                 raise TypeError
         except (KeyError, TypeError, ValueError):
             raise HeaderError(f"tensor {name}: malformed entry {entry!r}") from None
