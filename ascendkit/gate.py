@@ -104,9 +104,40 @@ def stage_doctor(run: GateRun) -> None:
                 f"NPU {npu['npu']} is a {npu['name']}, the policy targets {run.policy.target.soc}", "target.soc")
 
 
+def stage_brought(run: GateRun) -> None:
+    """MODEL is a quantized directory made elsewhere (msModelSlim's): deployed as it is, so judged as it
+    is: its dtype and quantization from its own files, nothing to verify (preflight checks its files)."""
+    import json
+
+    from ascend_convert.quant_layout import QUANT_TYPES, read_description
+
+    target = run.policy.target
+    run.converted, run.source, run.quantized = run.model, None, True
+    config = json.loads((run.model / "config.json").read_text(encoding="utf-8")) if (
+        run.model / "config.json").is_file() else {}
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    description = read_description(run.model) or {}
+    recorded = description.get("model_quant_type")
+    quant = {t: kind for kind, t in QUANT_TYPES.items()}.get(recorded, str(recorded).lower())
+    run.stages["convert"] = {"action": "brought", "output": str(run.model), "source": "",
+                             "target": {"dtype": dtype, "quantize": recorded}}
+    run.add("target.soc", None, "brought as it is (no ascend_manifest.json): no SoC is recorded; preflight checks it "
+                                f"for {target.soc}", "target.soc")
+    run.add("target.dtype", dtype == target.dtype, f"config.json says {dtype}, the policy wants {target.dtype}",
+            "target.dtype")
+    run.add("target.quantize", quant == target.quantize, f"quantization {quant} (model_quant_type {recorded!r}), the "
+                                                         f"policy wants {target.quantize}", "target.quantize")
+    run.add("convert.verify", None, "brought as it is: no manifest to verify against; preflight checks its files "
+                                    "against the engine's loader", "convert.verify_source")
+
+
 def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> None:
-    """Convert MODEL for the policy's target, or verify it when it is already converted."""
+    """Convert MODEL for the policy's target, or verify it when it is already converted (or take a
+    quantized directory made elsewhere as it is)."""
     target, options = run.policy.target, run.policy.convert
+    if stages.is_brought(run.model):
+        stage_brought(run)
+        return
     if stages.is_converted(run.model):  # already converted: verified, not converted again
         conversion = stages.open_converted(run.model)
     else:

@@ -58,6 +58,16 @@ def is_converted(model: Path) -> bool:
     return (Path(model) / MANIFEST_NAME).is_file()
 
 
+def is_brought(model: Path) -> bool:
+    """A quantized directory made elsewhere (msModelSlim's output, or by hand): it has a quantization
+    description and no manifest. Deployed as it is: preflight checks it, nothing converts it."""
+    from ascend_convert.manifest import MANIFEST_NAME
+
+    model = Path(model)
+    return (model.is_dir() and not (model / MANIFEST_NAME).is_file()
+            and any(model.glob("quant_model_description*.json")))
+
+
 def convert(source: Path, output: Path, *, label: str, progress: bool, **options: Any) -> Conversion:
     """Convert `source` into `output`; `options`: ConvertOptions' fields. Not yet verified: the
     pipelines record where the output is before verifying it, so an error there still names it."""
