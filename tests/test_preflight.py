@@ -610,8 +610,9 @@ def test_cli_unusable_input_is_one_line_exit_2(tmp_path, float_llama):
 # --------------------------------------------------------------------------- the converter's outputs
 
 
-CLEAN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "qwen3_moe")
+CLEAN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "qwen3_moe", "qwen2_moe", "mixtral")
 NOT_IN_MATRIX_310P = {"llama", "mistral", "qwen2", "phi3"}
+NOT_IN_MATRIX = {"qwen2_moe", "mixtral"}
 
 
 @pytest.fixture(scope="module")
@@ -626,6 +627,9 @@ def _expected_warnings(family: str, soc: str) -> list[str]:
     if soc == "ascend310p" and family in NOT_IN_MATRIX_310P:
         return [(f"warning model.support: model_type {family}: {rows[family]} is listed for ascend910b, not for "
                 "ascend310p")]
+    if family in NOT_IN_MATRIX:
+        return [(f"warning model.support: model_type {family}: not in the engine's supported-models matrix: vLLM's "
+                 "own model class runs it, untested on NPU")]
     return []
 
 
@@ -643,6 +647,32 @@ def test_converter_output_is_clean(converted, family, soc, dtype):
 def test_quantized_converter_output_is_clean(converted, family, quantize, soc):
     out = converted(family, quantize=quantize, soc=soc)
     assert lines(out, soc=soc) == _expected_warnings(family, soc)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+@pytest.mark.parametrize("tp", [2, 4])
+def test_converter_output_is_clean_at_the_tp_sizes_its_heads_allow(converted, family, tp):
+    """The fixtures have 4 heads and 2 KV heads: --tp 2 splits both, --tp 4 replicates the KV heads."""
+    assert lines(converted(family, soc="ascend910b", dtype="bfloat16"), tp=tp) == []
+
+
+def test_w8a8_for_310p_is_clean(converted):
+    """310P's W8A8 method declares deq_scale int64 whatever the model's dtype: the fp16 output has it."""
+    out = converted("qwen3", quantize="w8a8", soc="ascend310p")
+    assert lines(out, soc="ascend310p") == []
+
+
+@pytest.mark.parametrize("family,arch", [("baichuan", "BaiChuanForCausalLM"), ("baichuan2", "BaichuanForCausalLM"),
+                                         ("qwen", "QWenLMHeadModel")])
+def test_remote_code_families_are_no_longer_in_the_engines_vllm(converted, family, arch):
+    """The one finding on these outputs is about the deployment, not the files: vLLM dropped these
+    architectures after v0.23.0 and vllm-ascend@182b75e runs on v0.27.1 (its support matrix still lists
+    Baichuan). convert publishes them (for ascendkit serve and MindIE); preflight says so."""
+    found = run_preflight(converted(family, soc="ascend910b", dtype="bfloat16")).findings
+    assert [f.line for f in found if f.severity == "error"] == [
+        (f"error model.architecture: config.json architectures {arch}: vLLM supported {arch} until v0.23.0; the engine "
+         "runs on vLLM v0.27.1")]
+    assert {f.rule for f in found} <= {"model.architecture", "model.support"}
 
 
 def test_cli_on_a_converter_output(converted):

@@ -154,7 +154,8 @@ def facts(modelslim_config: Path) -> dict:
         "models_source": f"{D} (rows mapped to config.json model_type by ascendkit)",
         "model_type_aliases": {"deepseekv2": "DeepSeek-V2's is deepseek_v2, V3/R1's deepseek_v3 (msModelSlim's "
                                              "--mindie_format writes deepseekv2; vllm-ascend #2296, #1270)"},
-        "removed_architectures": {"BaichuanForCausalLM": "0.23.0", "BaiChuanForCausalLM": "0.23.0"},
+        "removed_architectures": {"BaichuanForCausalLM": "0.23.0", "BaiChuanForCausalLM": "0.23.0",
+                                  "QWenLMHeadModel": "0.23.0"},
         "removed_architectures_source": f"{V}: vllm/model_executor/models/registry.py:884-908 "
                                         "_PREVIOUSLY_SUPPORTED_MODELS",
         "vllm_release": "v0.27.1",
@@ -301,7 +302,7 @@ def rules() -> dict:
     rule("quant.kernel_dtype", "Each quantized layer's method runs in the model's dtype.",
          "fail at the first forward (the kernel refuses the scale's or the bias's dtype)",
          f"{Y}: apply() passes layer.weight_scale (params dtype) to npu_quant_matmul, vllm-ascend #12907, #7443; "
-         f"{W}:58-72 passes the bias, #7039")
+         f"{W}:58-72 passes the bias, #7039", scope="deployment")  # the serving --dtype decides it, not the files
     rule("quant.leftover_config", "config.json's quantization_config does not fight the ModelSlim description.",
          "refuse (vLLM: the model config's quantization method does not match --quantization ascend), or the "
          "description is never read",
