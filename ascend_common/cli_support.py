@@ -32,6 +32,41 @@ def output_file(ctx: click.Context, param: click.Parameter, path: Path | None) -
     return path
 
 
+REPORT_FORMATS = ("table", "json", "sarif", "junit", "markdown")
+
+
+def report_options(allow_entry: str):
+    """The options every check shares (check_ops, preflight): `--format`, `--output`, `--summary-file`
+    and `--allow FILE`, whose entries are `allow_entry` (`{op, reason, kind}`)."""
+    options = [
+        click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="table", show_default=True),
+        click.option("--output", type=click.Path(path_type=Path), callback=output_file,
+                     help="Write the report here instead of stdout."),
+        click.option("--summary-file", type=click.Path(path_type=Path), callback=output_file,
+                     help="Also write a markdown summary (for CI)."),
+        click.option("--allow", "allow_file", type=click.Path(path_type=Path),
+                     help=f"Accepted findings, each with a reason (YAML/JSON: allow: [{allow_entry}])."),
+    ]
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate
+
+
+def emit_report(text: str, output: Path | None, summary_file: Path | None = None, summary: str = "") -> None:
+    """A check's report to `--output` (atomically) or stdout, and its markdown to `--summary-file`."""
+    from .atomic_write import write_text_atomic
+
+    if summary_file is not None:
+        write_text_atomic(summary_file, summary)
+    if output is not None:
+        write_text_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
 _skip_teardown = False
 
 

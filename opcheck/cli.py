@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from ascend_common.cli_support import debug_option, output_file, skip_teardown
+from ascend_common.cli_support import (
+    debug_option,
+    output_file,
+    report_options,
+    skip_teardown,
+)
 from ascend_common.soc import SOC_CHOICES
 
 from .manifests import DEFAULT_TORCH_NPU
@@ -75,14 +80,7 @@ def build_command(codegen: Path | None, installed: bool, op_plugin: Path | None,
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--seq-len", default=16, show_default=True, type=click.IntRange(min=1),
               help="Prefill length, and the cached length the decode step attends to.")
-@click.option("--format", "fmt", type=click.Choice(("table", "json", "sarif", "junit", "markdown")), default="table",
-              show_default=True)
-@click.option("--output", type=click.Path(path_type=Path), callback=output_file,
-              help="Write the report here instead of stdout.")
-@click.option("--summary-file", type=click.Path(path_type=Path), callback=output_file,
-              help="Also write a markdown summary (for CI).")
-@click.option("--allow", "allow_file", type=click.Path(path_type=Path),
-              help="Accepted findings, each with a reason (YAML/JSON: allow: [{op, reason, kind}]).")
+@report_options("{op, reason, kind}")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow a model's own Python code to run, and pickled entries of a .pt2 to be read.")
 @debug_option
@@ -90,7 +88,7 @@ def check_ops_command(model: str | None, target: str, soc: str, dtype: str, vers
                       manifest_file: Path | None, batch: int, seq_len: int, fmt: str, output: Path | None,
                       summary_file: Path | None, allow_file: Path | None, trust_remote_code: bool) -> int:
     """Name every operator of a model with no NPU kernel in the target torch_npu (exit 1 if any)."""
-    from ascend_common.atomic_write import write_text_atomic
+    from ascend_common.cli_support import emit_report
 
     from .allow import load_allow
     from .check import run_check
@@ -103,12 +101,7 @@ def check_ops_command(model: str | None, target: str, soc: str, dtype: str, vers
     # the human-readable reports say which model was traced; JSON/SARIF/JUnit keep the path (and JSON the
     # target's "model" field)
     text = render(fmt, label if fmt in ("table", "markdown") else r.model, target_info, uses, found, fusions)
-    if summary_file is not None:
-        write_text_atomic(summary_file, markdown(label, target_info, uses, found, fusions))
-    if output is not None:
-        write_text_atomic(output, text)
-    else:
-        click.echo(text, nl=False)
+    emit_report(text, output, summary_file, markdown(label, target_info, uses, found, fusions) if summary_file else "")
     skip_teardown()
     return 1 if found else 0
 

@@ -16,6 +16,7 @@ from typing import Any
 from ascend_common.errors import UserError
 
 from ..layout_names import RANK_FILE_GLOB
+from ..readers.base import read_config
 from .findings import WARNING, Collector
 from .headers import HeaderError, TensorHeader, read_header, read_index
 
@@ -46,16 +47,7 @@ class Checkpoint:
 def _config(root: Path) -> dict:
     if not root.is_dir():
         raise UserError(f"{root}: not a directory (preflight checks a checkpoint directory)")
-    path = root / "config.json"
-    if not path.is_file():
-        raise UserError(f"{path}: missing (a Hugging Face checkpoint needs its config.json)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: invalid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: invalid config (expected a JSON object, got {type(config).__name__})")
-    return config
+    return read_config(root)
 
 
 def inside(root: Path, relative: str) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ascend_common.cli_support import debug_option, output_file
+from ascend_common.cli_support import debug_option, report_options
 from ascend_common.soc import SOC_CHOICES
 
 from .ruleset import DEFAULT_ENGINE
@@ -28,14 +28,7 @@ from .ruleset import DEFAULT_ENGINE
 @click.option("--nz-mode", type=click.IntRange(0, 2), default=None,
               help="VLLM_ASCEND_ENABLE_NZ (0 off, 1 quantized weights, 2 float weights too) [default: the engine's].")
 @click.option("--hash", "rehash", is_flag=True, help="Re-hash every file ascend_manifest.json records (sha256).")
-@click.option("--format", "fmt", type=click.Choice(("table", "json", "sarif", "junit", "markdown")), default="table",
-              show_default=True)
-@click.option("--output", type=click.Path(path_type=Path), callback=output_file,
-              help="Write the report here instead of stdout.")
-@click.option("--summary-file", type=click.Path(path_type=Path), callback=output_file,
-              help="Also write a markdown summary (for CI).")
-@click.option("--allow", "allow_file", type=click.Path(path_type=Path),
-              help="Accepted findings, each with a reason (YAML/JSON: allow: [{rule, subject, reason}]).")
+@report_options("{rule, subject, reason}")
 @click.option("--strict", is_flag=True, help="Warnings fail too (exit 1).")
 @debug_option
 def preflight_command(model: Path, soc: str, tp: int, ep: int, dtype: str, engine: str, rules_file: Path | None,
@@ -44,7 +37,7 @@ def preflight_command(model: Path, soc: str, tp: int, ep: int, dtype: str, engin
     """Check a checkpoint directory against the target engine's loader rules, from config.json, the
     JSON files and the safetensors headers only (exit 0 clean, 1 findings, 2 unusable input)."""
     from ascend_common.allow_file import load_allow_entries
-    from ascend_common.atomic_write import write_text_atomic
+    from ascend_common.cli_support import emit_report
 
     from .report import markdown, render
     from .run import run_preflight
@@ -52,13 +45,7 @@ def preflight_command(model: Path, soc: str, tp: int, ep: int, dtype: str, engin
     allowed = load_allow_entries(allow_file, ("rule", "reason"), ("subject",)) if allow_file else []
     result = run_preflight(model, soc=soc, dtype=dtype, tp=tp, ep=ep, quantization=quantization == "ascend" or None,
                            engine=engine, rules_file=rules_file, nz_mode=nz_mode, rehash=rehash, allowed=allowed)
-    text = render(fmt, result)
-    if summary_file is not None:
-        write_text_atomic(summary_file, markdown(result))
-    if output is not None:
-        write_text_atomic(output, text)
-    else:
-        click.echo(text, nl=False)
+    emit_report(render(fmt, result), output, summary_file, markdown(result) if summary_file else "")
     return result.exit_code(strict)
 
 

@@ -7,18 +7,19 @@ write safetensors headers up front, then stream tensors through with one in memo
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from ascend_common.errors import UserError
 
 from ..layout_names import CONFIG_NAME, HF_INDEX_NAME, MANIFEST_NAME
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only for annotations: preflight reads configs and indexes without it
+    import torch
+
     from ..arch import ArchSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
@@ -57,10 +58,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 class CheckpointReader(ABC):
