@@ -316,7 +316,8 @@ def test_second_run_verifies_the_converted_directory_and_fails_its_dtype_and_the
     assert messages["preflight.model.tensor_dtype"] == (
         "warning: lm_head.weight, model.embed_tokens.weight, model.layers.0.input_layernorm.weight and 18 more: 21 "
         "bfloat16 tensor(s) in a float16 model: cast to float16 at load (the loader: cast (to the model's dtype at "
-        "load); vLLM weight loaders: param.data.copy_(loaded_weight) converts the dtype)")
+        "load); vLLM weight loaders: param.data.copy_(loaded_weight) converts the dtype; vllm-ascend #6490, #9294, "
+        "#3534)")
     assert messages["smoke.same_weights"] == "1/1 prompts give transformers' greedy tokens on the same weights"
     assert messages["smoke.load"] == "2/2 load requests answered"
     convert = data["stages"]["convert"]
