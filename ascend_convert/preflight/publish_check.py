@@ -26,4 +26,5 @@ def check_before_publish(work: Path, out: Path, soc: str, engine: str, quantized
         more = f" (and {len(refused) - 1} more: `ascendkit preflight {work}`)" if len(refused) > 1 else ""
         raise CheckFailed(f"{out}: {result.rules.name} would not load this output, so it is not published: "
                           f"{refused[0].line}{more}; --engine none publishes it for another loader")
-    return [f"preflight ({result.rules.name}): {f.line}" for f in result.findings]
+    return [f"preflight {result.rules.name}, {f.rule}" + (" (an error where it is served)" if f.severity == "error" else "")
+            + f": {f.subject}: {f.message}" for f in result.findings]

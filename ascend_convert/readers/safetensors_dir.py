@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from .base import (
     read_config,
 )
 from .experts import part_span
+from .fp8_blocks import FP8, dequantize, present_fp8
 
 INDEX = HF_INDEX_NAME
 
@@ -92,7 +94,8 @@ class SafetensorsReader(CheckpointReader):
             for name, shard in index.items():
                 if name not in seen:
                     raise UserError(f"{root / INDEX}: lists tensor {name} in {shard}, but that file does not hold it")
-        self._infos = [info for _, _, info in sorted(infos, key=lambda t: (t[0], t[1]))]
+        ordered = [info for _, _, info in sorted(infos, key=lambda t: (t[0], t[1]))]
+        self._infos, self._fp8_scales, self._fp8_block = present_fp8(ordered, self._config, root)
 
     def config(self) -> dict:
         return self._config
@@ -104,6 +107,13 @@ class SafetensorsReader(CheckpointReader):
         return list(self._files)
 
     def load(self, info: TensorInfo) -> torch.Tensor:
+        scale = self._fp8_scales.get(info.name)
+        if scale is not None:  # block-FP8: the stored fp8 weight times its per-block scales
+            stored = replace(info, dtype=FP8, transforms=())
+            return dequantize(self._read(stored), self._read(scale), self._fp8_block)
+        return self._read(info)
+
+    def _read(self, info: TensorInfo) -> torch.Tensor:
         if self._open is None or self._open[0] != info.file:
             self.close()  # the converter reads files in order: one open file at a time
             self._open = (info.file, open(self._root / info.file, "rb", buffering=0))
