@@ -85,6 +85,15 @@ def linear(stem: str, out: int, inp: int, qtype: str, dtype: torch.dtype = torch
     return w8a8_dynamic(stem, out, inp)
 
 
+def add_linear(tensors: Tensors, types: dict[str, str], stem: str, out: int, inp: int, type_of: TypeOf,
+               dtype: torch.dtype) -> None:
+    """One linear's tensors in the type `type_of` gives its weight, each listed with that type."""
+    qtype = type_of(f"{stem}.weight")
+    parts = linear(stem, out, inp, qtype, dtype)
+    tensors.update(parts)
+    types.update({name: qtype for name in parts})
+
+
 def all_float(_name: str) -> str:
     return FLOAT
 
@@ -106,11 +115,7 @@ def model_tensors(type_of: TypeOf = all_float, dtype: torch.dtype = torch.bfloat
                 inp = intermediate
             elif short.startswith("mlp."):
                 out = intermediate
-            stem = f"model.layers.{layer}.{short}"
-            qtype = type_of(f"{stem}.weight")
-            parts = linear(stem, out, inp, qtype, dtype)
-            tensors.update(parts)
-            types.update({name: qtype for name in parts})
+            add_linear(tensors, types, f"model.layers.{layer}.{short}", out, inp, type_of, dtype)
     return tensors, types
 
 
@@ -167,11 +172,7 @@ def moe_tensors(type_of: TypeOf = all_float, experts: int = 4, moe_intermediate:
         for e in range(experts):
             for proj, (out, inp) in {"gate_proj": (moe_intermediate, HIDDEN), "up_proj": (moe_intermediate, HIDDEN),
                                      "down_proj": (HIDDEN, moe_intermediate)}.items():
-                stem = f"model.layers.{layer}.mlp.experts.{e}.{proj}"
-                qtype = type_of(f"{stem}.weight")
-                parts = linear(stem, out, inp, qtype, dtype)
-                tensors.update(parts)
-                types.update({n: qtype for n in parts})
+                add_linear(tensors, types, f"model.layers.{layer}.mlp.experts.{e}.{proj}", out, inp, type_of, dtype)
     return tensors, types
 
 
