@@ -56,7 +56,36 @@ CANONICAL_NAMES: dict[str, str] = {
     "shared_up": "model.layers.{L}.mlp.shared_expert.up_proj.weight",
     "shared_down": "model.layers.{L}.mlp.shared_expert.down_proj.weight",
     "shared_expert_gate": "model.layers.{L}.mlp.shared_expert_gate.weight",
+    # DeepSeek's router bias: added to the scores when experts are chosen, not to their weights
+    "router_bias": "model.layers.{L}.mlp.gate.e_score_correction_bias",
+    # multi-head latent attention (DeepSeek-V2/V3): the query through a low-rank pair (q_a, its norm,
+    # q_b) or one projection (V2-Lite's q_proj, canonically `mla_q_proj`: it is not a q/k/v part);
+    # keys and values through the compressed latent (kv_a: latent + rope key, its norm, kv_b)
+    "mla_q": "model.layers.{L}.self_attn.mla_q_proj.weight",
+    "q_a": "model.layers.{L}.self_attn.q_a_proj.weight",
+    "q_a_norm": "model.layers.{L}.self_attn.q_a_layernorm.weight",
+    "q_b": "model.layers.{L}.self_attn.q_b_proj.weight",
+    "kv_a": "model.layers.{L}.self_attn.kv_a_proj_with_mqa.weight",
+    "kv_a_norm": "model.layers.{L}.self_attn.kv_a_layernorm.weight",
+    "kv_b": "model.layers.{L}.self_attn.kv_b_proj.weight",
+    # a multi-token-prediction layer's own parts (layer num_hidden_layers + i; its decoder parts use
+    # the ordinary roles): the two norms, the projection of [embedding; hidden], its head
+    "mtp_enorm": "model.layers.{L}.enorm.weight",
+    "mtp_hnorm": "model.layers.{L}.hnorm.weight",
+    "mtp_eh_proj": "model.layers.{L}.eh_proj.weight",
+    "mtp_embed": "model.layers.{L}.embed_tokens.weight",
+    "mtp_head_norm": "model.layers.{L}.shared_head.norm.weight",
+    "mtp_head": "model.layers.{L}.shared_head.head.weight",
 }
+
+#: Roles of a multi-head latent attention layer (a family with `kv_a` is MLA).
+MLA_ROLES: tuple[str, ...] = ("mla_q", "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b")
+#: Roles only a multi-token-prediction layer has.
+MTP_ROLES: tuple[str, ...] = ("mtp_enorm", "mtp_hnorm", "mtp_eh_proj", "mtp_embed", "mtp_head_norm", "mtp_head")
+#: Roles written in float32 whatever the SoC's dtype: the router's correction bias decides which
+#: experts a token gets by differences far below fp16's resolution near 1 (transformers keeps it fp32,
+#: `_keep_in_fp32_modules_strict`; so do vLLM's DeepSeek layers).
+FP32_ROLES: frozenset[str] = frozenset({"router_bias"})
 
 #: Roles of one routed expert (each named with `{E}`), in the order a layer's experts are checked.
 EXPERT_ROLES: tuple[str, ...] = ("expert_gate", "expert_up", "expert_down")
@@ -91,9 +120,36 @@ DEFAULT_CONFIG_KEYS: dict[str, list[str]] = {
     "norm_topk_prob": ["norm_topk_prob"],
     "decoder_sparse_step": ["decoder_sparse_step"],
     "mlp_only_layers": ["mlp_only_layers"],
+    # DeepSeek-style mixture of experts (DeepSeek-V2/V3, GLM-4.5): dense first layers, shared experts
+    # as a multiple of the expert width, routing within groups, a scaling of the routing weights
+    "first_k_dense_replace": ["first_k_dense_replace"],
+    "n_shared_experts": ["n_shared_experts"],
+    "n_group": ["n_group"],
+    "topk_group": ["topk_group"],
+    "topk_method": ["topk_method"],
+    "scoring_func": ["scoring_func"],
+    "routed_scaling_factor": ["routed_scaling_factor"],
+    # multi-head latent attention
+    "q_lora_rank": ["q_lora_rank"],
+    "kv_lora_rank": ["kv_lora_rank"],
+    "qk_nope_head_dim": ["qk_nope_head_dim"],
+    "qk_rope_head_dim": ["qk_rope_head_dim"],
+    "v_head_dim": ["v_head_dim"],
+    "rope_interleave": ["rope_interleave"],
+    "partial_rotary_factor": ["partial_rotary_factor", "rope_parameters.partial_rotary_factor",
+                              "rope_scaling.partial_rotary_factor"],
+    # multi-token prediction: extra layers after the last decoder layer (the HF class does not load them)
+    "num_nextn_predict_layers": ["num_nextn_predict_layers"],
 }
 CONFIG_DEFAULTS: dict[str, Any] = {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
-                                   "norm_topk_prob": False, "decoder_sparse_step": 1, "mlp_only_layers": []}
+                                   "norm_topk_prob": False, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                                   "first_k_dense_replace": 0, "routed_scaling_factor": 1.0,
+                                   "scoring_func": "softmax", "topk_method": "greedy", "partial_rotary_factor": 1.0,
+                                   "num_nextn_predict_layers": 0}
+#: `topk_method`s that pick experts only within the best `topk_group` of `n_group` groups.
+GROUPED_TOPK = ("group_limited_greedy", "noaux_tc")
+#: Config keys of an MLA family that must be positive integers.
+MLA_CONFIG = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
@@ -180,6 +236,11 @@ class ArchSpec:
     def is_moe(self) -> bool:
         return "router" in self.tensors
 
+    @property
+    def is_mla(self) -> bool:
+        """Multi-head latent attention (DeepSeek-V2/V3): the family names a compressed kv projection."""
+        return "kv_a" in self.tensors
+
     def role_of(self, name: str) -> RoleMatch | None:
         """(role, layer, expert) of an HF tensor name (a v5 alias included), or None if the spec
         does not describe it."""
@@ -235,16 +296,23 @@ class ArchSpec:
         if out["head_dim"] is None:
             out["head_dim"] = out["hidden_size"] // out["num_attention_heads"]
         if self.is_moe:
+            if out["shared_expert_intermediate_size"] is None and isinstance(out["n_shared_experts"], int):
+                out["shared_expert_intermediate_size"] = out["n_shared_experts"] * (out["moe_intermediate_size"] or 0)
             _check_moe_config(out, self.family, where)
+        if self.is_mla:
+            _check_mla_config(out, self.family, where)
         return out
 
-    def moe_layers(self, cfg: dict[str, Any]) -> list[bool]:
+    def moe_layers(self, cfg: dict[str, Any], with_mtp: bool = False) -> list[bool]:
         """Which layers are mixture-of-experts (the rest have the dense MLP), by the canonical
-        config: Qwen's `mlp_only_layers` and `decoder_sparse_step`; every layer for Mixtral."""
+        config: Qwen's `mlp_only_layers` and `decoder_sparse_step`, DeepSeek's `first_k_dense_replace`;
+        every layer for Mixtral. `with_mtp`: the multi-token-prediction layers after the decoder's too."""
+        count = cfg["num_hidden_layers"] + (mtp_layer_count(cfg) if with_mtp else 0)
         if not self.is_moe:
-            return [False] * cfg["num_hidden_layers"]
+            return [False] * count
         dense, step = set(cfg["mlp_only_layers"] or ()), cfg["decoder_sparse_step"] or 1
-        return [i not in dense and (i + 1) % step == 0 for i in range(cfg["num_hidden_layers"])]
+        first = cfg["first_k_dense_replace"] or 0
+        return [i >= first and i not in dense and (i + 1) % step == 0 for i in range(count)]
 
     def split_sizes(self, fused_role: str, cfg: dict[str, Any]) -> list[int]:
         """Row counts of the parts of a fused tensor, from the canonical config."""
@@ -256,13 +324,47 @@ class ArchSpec:
         return [inter, inter]
 
 
+def mtp_layer_count(cfg: dict[str, Any]) -> int:
+    """How many multi-token-prediction layers follow the decoder's (`num_nextn_predict_layers`)."""
+    value = cfg.get("num_nextn_predict_layers") or 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _check_moe_config(cfg: dict[str, Any], family: str, where: str) -> None:
     experts, top_k = cfg["num_experts"], cfg["num_experts_per_tok"]
     for key in ("num_experts", "num_experts_per_tok", "moe_intermediate_size"):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+        if not _positive_int(cfg[key]):
             raise UserError(f"{where}: {key} must be a positive integer for a {family} model, not {cfg[key]!r}")
     if top_k > experts:
         raise UserError(f"{where}: num_experts_per_tok {top_k} is more than the {experts} experts")
+    if cfg["topk_method"] not in GROUPED_TOPK:
+        return
+    groups, chosen = cfg["n_group"], cfg["topk_group"]
+    for key, value in (("n_group", groups), ("topk_group", chosen)):
+        if not _positive_int(value):
+            raise UserError(f"{where}: {key} must be a positive integer for {family}'s group-limited routing "
+                            f"(topk_method {cfg['topk_method']!r}), not {value!r}")
+    if experts % groups:
+        raise UserError(f"{where}: n_group {groups} does not divide the {experts} routed experts")
+    if chosen > groups:
+        raise UserError(f"{where}: topk_group {chosen} is more than n_group {groups}")
+    if top_k > chosen * (experts // groups):
+        raise UserError(f"{where}: num_experts_per_tok {top_k} is more than the {chosen * (experts // groups)} "
+                        f"experts of the topk_group {chosen} groups a token may use")
+
+
+def _check_mla_config(cfg: dict[str, Any], family: str, where: str) -> None:
+    """Multi-head latent attention's sizes; `q_lora_rank` is null when the query has one projection."""
+    for key in MLA_CONFIG:
+        if not _positive_int(cfg[key]):
+            what = "missing" if cfg[key] is None else f"not a positive integer ({cfg[key]!r})"
+            raise UserError(f"{where}: {key} is {what}; a {family} model's multi-head latent attention needs it")
+    if cfg["q_lora_rank"] is not None and not _positive_int(cfg["q_lora_rank"]):
+        raise UserError(f"{where}: q_lora_rank must be a positive integer or null, not {cfg['q_lora_rank']!r}")
 
 
 def _compile(pattern: str) -> re.Pattern[str]:

@@ -14,7 +14,7 @@ import click
 from ascend_common.cli_support import debug_option, run_main
 from ascend_common.soc import DTYPE_CHOICES, SOC_CHOICES
 
-from .convert_options import DEFAULT_MAX_SHARD_SIZE, LAYOUTS, OVERFLOW_POLICIES
+from .convert_options import DEFAULT_MAX_SHARD_SIZE, LAYOUTS, MTP_CHOICES, OVERFLOW_POLICIES
 from .quant_layout import QUANT_TYPES
 
 
@@ -55,6 +55,10 @@ def convert_options(func):
         click.option("--nz", is_flag=True, help="--layout packed: tile matmul weights to FRACTAL_NZ (ACL format 29). "
                                                 "Read by ascendkit serve only, which untiles them; vllm-ascend reads "
                                                 "no NZ from disk (it casts to NZ on the device at load)."),
+        click.option("--mtp", type=click.Choice(MTP_CHOICES), default=MTP_CHOICES[0], show_default=True,
+                     help="The checkpoint's multi-token-prediction layers (num_nextn_predict_layers: DeepSeek-V3, "
+                          "GLM-4.5): keep them (converted, quantized and described like the decoder's layers, for "
+                          "vllm-ascend's MTP speculative decoding) or drop them."),
         click.option("--engine", default="vllm-ascend", show_default=True, metavar="NAME[@RELEASE]|none",
                      help="Publish only what this engine's loader takes (preflight's rules; `ascendkit preflight`); "
                           "none: skip the check (an output for ascendkit serve or another loader)."),
@@ -74,14 +78,14 @@ def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str,
                 as_json: bool, quantize: str | None = None, group_size: int = 0, asymmetric: bool = False,
                 calib: Path | None = None, trust_remote_code: bool = False, keep_float: str | None = None,
                 smooth_alpha: float | None = None, layout: str = "default", tp: int = 1, nz: bool = False,
-                engine: str = "vllm-ascend") -> int:
+                engine: str = "vllm-ascend", mtp: str = "keep") -> int:
     from .convert_options import ConvertOptions
 
     options = ConvertOptions(soc=soc, dtype=dtype, max_shard_size=max_shard_size, on_overflow=on_overflow,
                              arch_specs=list(arch_specs), force=force, resume=resume, dry_run=dry_run,
                              quantize=quantize, group_size=group_size, symmetric=not asymmetric, calib=calib,
                              trust_remote_code=trust_remote_code, smooth_alpha=smooth_alpha, layout=layout, tp=tp, nz=nz,
-                             engine=engine,
+                             engine=engine, mtp=mtp,
                              keep_float=None if keep_float is None else tuple(
                                  r.strip() for r in keep_float.split(",") if r.strip() and r.strip() != "none"))
     options.validate()  # before torch is imported: a wrong option costs a fraction of a second

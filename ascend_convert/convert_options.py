@@ -26,6 +26,9 @@ from .quant_layout import (
 OVERFLOW_POLICIES = ("fail", "clamp")
 #: `--layout`: HF names in shards, or tp{N}/rank{r}.safetensors pre-split for N ranks.
 LAYOUTS = ("default", "packed")
+#: `--mtp`: a checkpoint's multi-token-prediction layers are converted (the default: vllm-ascend's MTP
+#: speculative decoding loads them, and refuses a quantized one its description does not list) or dropped.
+MTP_CHOICES = ("keep", "drop")
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 def _shard_size_error(text: str | int) -> str:
@@ -55,6 +58,7 @@ class ConvertOptions:
     #: the engine whose loader rules the output must pass before it is published (preflight's
     #: `--engine`); "none": not checked (the packed layout is read by ascendkit's runtime only)
     engine: str = "vllm-ascend"
+    mtp: str = "keep"  # MTP_CHOICES
 
     def quant(self) -> QuantOptions | None:
         if self.quantize is None:
@@ -109,6 +113,8 @@ class ConvertOptions:
     def validate(self) -> tuple[SocProfile, int, QuantOptions | None]:
         """Every option and combination checked, before anything is read: the SoC, the shard size in
         bytes and the quantization (None: float weights)."""
+        if self.mtp not in MTP_CHOICES:
+            raise UserError(f"--mtp {self.mtp}: choose {' or '.join(MTP_CHOICES)}")
         if self.on_overflow not in OVERFLOW_POLICIES:
             raise UserError(f"--on-overflow {self.on_overflow}: choose one of {', '.join(OVERFLOW_POLICIES)}")
         soc = get_soc(self.soc)
@@ -126,7 +132,7 @@ class ConvertOptions:
         layout = "quantized" if quant is not None else self.layout
         max_shard = parse_size(self.max_shard_size, _shard_size_error(self.max_shard_size))
         return {"soc": self.soc, "dtype": self.dtype, "max_shard_size": max_shard,
-                "on_overflow": self.on_overflow, "layout": layout,
+                "on_overflow": self.on_overflow, "layout": layout, "mtp": self.mtp,
                 "arch_specs": [str(Path(p).resolve()) for p in self.arch_specs],
                 **({"tp": self.tp, "nz": self.nz} if layout == "packed" else {}),
                 **(quant.recorded() if quant is not None else {})}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .arch import canonical_tensors
+from .arch import FP32_ROLES, canonical_tensors
 from .cast import CastStats, checked_cast
 from .dtypes import FLOAT_NAMES, TORCH_DTYPES, dtype_name
 from .layout_names import rank_file
@@ -46,8 +46,8 @@ def _canonical_stream(plan: ConversionPlan, stats: dict[str, CastStats] | None) 
             continue
         match = plan.spec.role_of(info.name)
         tensor = plan.reader.load(info)
-        cast, cast_stats = checked_cast(tensor, target if info.dtype in FLOAT_NAMES else tensor.dtype,
-                                        plan.options.on_overflow)
+        dtype = torch.float32 if match.role in FP32_ROLES else target if info.dtype in FLOAT_NAMES else tensor.dtype
+        cast, cast_stats = checked_cast(tensor, dtype, plan.options.on_overflow)
         if stats is not None:
             stats[info.name] = cast_stats
         yield from canonical_tensors(plan.spec, cfg, match, cast)

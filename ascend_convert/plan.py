@@ -12,7 +12,7 @@ from pathlib import Path
 from ascend_common.errors import UserError
 from ascend_common.soc import resolve_dtype
 
-from .arch import EXPERT_ROLES, ArchSpec, load_spec_file
+from .arch import EXPERT_ROLES, FP32_ROLES, MTP_ROLES, ArchSpec, RoleMatch, load_spec_file, mtp_layer_count
 from .convert_options import ConvertOptions
 from .dtypes import FLOAT_NAMES
 from .layout_names import CONFIG_NAME, quant_shard_names, shard_names
@@ -131,10 +131,14 @@ def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointR
         if role is None:
             raise UserError(f"{src / info.file}: tensor {info.name} is not part of a {spec.family} model as "
                             f"{spec.origin} describes it (extend the spec with --arch-spec FILE)")
-        out_dtype = dtype if info.dtype in FLOAT_NAMES else info.dtype
+        if options.mtp == "drop" and is_mtp_layer(role, cfg):
+            dropped.append(info.name)
+            continue
+        out_dtype = "float32" if role.role in FP32_ROLES else dtype if info.dtype in FLOAT_NAMES else info.dtype
         planned = PlannedTensor(info.name, out_dtype, info.shape)
         parts = _quantized_parts(src, info, role[0], quant, dtype) if quant is not None else []
         jobs.append(TensorJob(info, parts[0] if parts else planned, *role, parts=parts))  # role: RoleMatch
+    check_mtp_layers(src, spec, cfg, jobs)
     if spec.is_moe:
         check_experts(src, spec, cfg, jobs)
     groups = _split(jobs, max_shard)
@@ -143,12 +147,45 @@ def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointR
     return ConversionPlan(src, out, reader, spec, soc.name, dtype, source_dtype, shards, dropped, options, quant)
 
 
+def is_mtp_layer(match: RoleMatch, cfg: dict) -> bool:
+    """Whether a tensor belongs to a multi-token-prediction layer (one after the decoder's layers)."""
+    return match.layer is not None and match.layer >= cfg["num_hidden_layers"]
+
+
+def check_mtp_layers(src: Path, spec: ArchSpec, cfg: dict, jobs: list[TensorJob]) -> None:
+    """A multi-token-prediction layer the checkpoint holds must be whole: its own parts (the spec's
+    MTP roles) and every decoder part the last decoder layer has (its experts are checked with the
+    other layers'). vllm-ascend's MTP module fails on a missing one at load, on the NPU; a layer the
+    checkpoint lacks entirely is not an error (many published conversions drop it)."""
+    count = cfg["num_hidden_layers"]
+    held: dict[int, set[str]] = {}
+    for job in jobs:
+        if job.layer is not None and job.expert is None:
+            held.setdefault(job.layer, set()).add(job.role)
+    mtp = [layer for layer in held if count <= layer < count + mtp_layer_count(cfg)]
+    if not mtp:
+        return
+    if any(job.role in MTP_ROLES and job.layer < count for job in jobs if job.layer is not None):
+        late = next(job for job in jobs if job.role in MTP_ROLES and job.layer < count)
+        raise UserError(f"{src / late.info.file}: tensor {late.info.name} is a multi-token-prediction part in "
+                        f"decoder layer {late.layer} (MTP layers follow the {count} decoder layers)")
+    decoder = held.get(count - 1, set()) - set(MTP_ROLES)
+    wanted = sorted(decoder | {r for r in MTP_ROLES if r in spec.tensors})
+    for layer in sorted(mtp):
+        missing = [r for r in wanted if r not in held[layer]]
+        if missing:
+            names = ", ".join(spec.name_of(r, layer) for r in missing[:3])
+            raise UserError(f"{src}: multi-token-prediction layer {layer} is incomplete: {names}"
+                            f"{' ...' if len(missing) > 3 else ''} missing (convert with --mtp drop to leave the "
+                            f"layer out)")
+
+
 def check_experts(src: Path, spec: ArchSpec, cfg: dict, jobs: list[TensorJob]) -> None:
     """An MoE checkpoint's experts, from metadata: each sparse layer's router has `num_experts` rows,
     and every expert of it has each expert role, all experts of a layer the same shape per role.
     A model that would load with a hole or a misshapen expert is refused here, before anything
     is written; the error names the layer, the expert and the file."""
-    experts, sparse = cfg["num_experts"], spec.moe_layers(cfg)
+    experts, sparse = cfg["num_experts"], spec.moe_layers(cfg, with_mtp=True)
     config = src / CONFIG_NAME
     roles = [r for r in EXPERT_ROLES if r in spec.tensors]
     found: dict[tuple[int, str, int], TensorJob] = {}
@@ -167,7 +204,8 @@ def check_experts(src: Path, spec: ArchSpec, cfg: dict, jobs: list[TensorJob]) -
             raise UserError(f"{where} is expert {job.expert} of layer {job.layer}; {config} has num_experts "
                             f"{experts} (experts 0-{experts - 1})")
         found[(job.layer, job.role, job.expert)] = job
-    for layer in (i for i, moe in enumerate(sparse) if moe):
+    held = {job.layer for job in jobs}  # an MTP layer is checked when the output keeps it
+    for layer in (i for i, moe in enumerate(sparse) if moe and (i < cfg["num_hidden_layers"] or i in held)):
         for role in roles:
             first: TensorJob | None = None
             for e in range(experts):

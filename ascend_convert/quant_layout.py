@@ -43,7 +43,11 @@ QUANT_TYPE_PRIORITY = ("FLOAT", "W8A16", "W8A8_DYNAMIC", "W8A8")
 
 #: Spec roles of the linear weights that are quantized (embeddings, norms and lm_head stay FLOAT),
 #: and of their biases, which stay float but belong to the quantized layer.
-LINEAR_ROLES = frozenset({"q", "k", "v", "o", "gate", "up", "down", "qkv", "gate_up"})
+#: MLA's projections are quantized like q/k/v but for `kv_b`: vllm-ascend's MLA reads kv_b_proj's raw
+#: weight to absorb it into the query and output (mla_v1.py asserts it has no quant method), and every
+#: msModelSlim DeepSeek recipe excludes it, so it stays FLOAT. An MTP layer's own parts (eh_proj, its
+#: norms and head) stay FLOAT too: vLLM builds eh_proj as a plain Linear and never looks them up.
+LINEAR_ROLES = frozenset({"q", "k", "v", "o", "gate", "up", "down", "qkv", "gate_up", "mla_q", "q_a", "q_b", "kv_a"})
 LINEAR_BIAS_ROLES = frozenset({f"{r}_bias" for r in LINEAR_ROLES})
 #: Linear weights of mixture-of-experts layers: each routed expert's and the shared expert's. The
 #: router and the shared expert's sigmoid gate are not among them: they stay FLOAT.
@@ -51,9 +55,10 @@ EXPERT_LINEAR_ROLES = frozenset(EXPERT_ROLES + SHARED_EXPERT_ROLES)
 #: Every role --keep-float may name.
 QUANTIZABLE_ROLES = LINEAR_ROLES | EXPERT_LINEAR_ROLES
 #: Roles vllm-ascend loads as one module, so they must share one type (its packed_modules_mapping:
-#: qkv_proj, gate_up_proj, and `experts` = expert 0's gate/up/down standing for the whole layer).
+#: qkv_proj, gate_up_proj, `experts` = expert 0's gate/up/down standing for the whole layer, and
+#: DeepSeek's fused_qkv_a_proj = q_a_proj + kv_a_proj_with_mqa).
 FUSED_GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("gate", "up"), EXPERT_ROLES,
-                                             ("shared_gate", "shared_up"))
+                                             ("shared_gate", "shared_up"), ("q_a", "kv_a"))
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ class ShardWriter(LayoutWriter):
                 raise UserError(f"{plan.src / job.info.file}: tensor {job.info.name} has shape "
                                 f"{tuple(tensor.shape)}, its header says {job.info.shape}")
             tensor = plan.smoothing.apply(job.info.name, tensor)
-            cast, stats = checked_cast(tensor, self.target_dtype if tensor.is_floating_point() else tensor.dtype,
+            target = self.target_dtype if job.quantized else TORCH_DTYPES.get(job.out.dtype, self.target_dtype)
+            cast, stats = checked_cast(tensor, target if tensor.is_floating_point() else tensor.dtype,
                                        plan.options.on_overflow)
             self.overflows.check(job.info.name, stats)
             if self.overflows.found:

@@ -182,7 +182,8 @@ def _check_packed_source(source: Path, out: Path, manifest: dict, report: Verify
         recorded = manifest["options"]
         options = ConvertOptions(soc=recorded["soc"], dtype=manifest["target"]["dtype"],
                                  max_shard_size=recorded["max_shard_size"], on_overflow=recorded["on_overflow"],
-                                 layout="packed", tp=recorded["tp"], nz=recorded["nz"])
+                                 layout="packed", tp=recorded["tp"], nz=recorded["nz"],
+                                 mtp=recorded.get("mtp", "keep"))
         plan = make_plan(source, out, options, reader=reader)
         report.source_checked += check_packed_source(plan, out, fail)
     finally:
