@@ -14,7 +14,12 @@ import click
 from ascend_common.cli_support import debug_option, run_main
 from ascend_common.soc import DTYPE_CHOICES, SOC_CHOICES
 
-from .convert_options import DEFAULT_MAX_SHARD_SIZE, LAYOUTS, MTP_CHOICES, OVERFLOW_POLICIES
+from .convert_options import (
+    DEFAULT_MAX_SHARD_SIZE,
+    LAYOUTS,
+    MTP_CHOICES,
+    OVERFLOW_POLICIES,
+)
 from .quant_layout import QUANT_TYPES
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 from ascend_common.errors import UserError
 from ascend_common.soc import resolve_dtype
 
-from .arch import EXPERT_ROLES, FP32_ROLES, MTP_ROLES, ArchSpec, RoleMatch, load_spec_file, mtp_layer_count
+from .arch import (
+    EXPERT_ROLES,
+    FP32_ROLES,
+    MTP_ROLES,
+    ArchSpec,
+    RoleMatch,
+    load_spec_file,
+    mtp_layer_count,
+)
 from .convert_options import ConvertOptions
 from .dtypes import FLOAT_NAMES
 from .layout_names import CONFIG_NAME, quant_shard_names, shard_names
