@@ -24,6 +24,7 @@ from runtime.model.loader import open_model
 from runtime.platform import resolve
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
+MLA_FAMILIES = ("deepseek_v3", "deepseek_v2")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -46,14 +47,18 @@ def make_llm(path, dtype="float32", **kwargs) -> LLM:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("family", fx.FAMILIES + fx.MOE_FAMILIES)
+@pytest.mark.parametrize("family", fx.FAMILIES + fx.MOE_FAMILIES + fx.DEEPSEEK_FAMILIES)
 def test_greedy_tokens_equal_transformers(checkpoint, fixture_root, family, dtype):
     """Alone, then in one batch of mixed lengths where the 70-token prompt is prefilled in chunks of
     at most 32 tokens (Mistral's and Mixtral's sliding window is 32: the chunk boundary crosses it).
-    The MoE families route each chunk's and each batch's tokens together, as transformers does not."""
+    The MoE families route each chunk's and each batch's tokens together, as transformers does not;
+    DeepSeek's MLA decodes with absorbed projections against its latent cache, as transformers does not
+    (it decompresses the whole context every step), and prefills chunks from decompressed latents."""
     path = checkpoint(family)
     ref_path = fx.reference(family, fixture_root)
-    llm = make_llm(path, dtype, max_num_batched_tokens=32)
+    # MLA in bf16: transformers' op order (see test_runtime_deepseek for the absorbed decode's measure)
+    exact = {"mla_decode": "decompressed"} if family in MLA_FAMILIES and dtype == "bfloat16" else {}
+    llm = make_llm(path, dtype, max_num_batched_tokens=32, **exact)
     prompts = prompts_for(llm.engine.config.vocab_size)
     torch_dtype = DTYPES[dtype]
     alone = generate(llm, prompts[0])[0]
@@ -87,11 +92,11 @@ def test_prefix_cache_hits_are_counted_and_change_no_token(checkpoint):
         assert_greedy_equal(out.token_ids, hf_greedy(path, torch.float32, prompt, 12), torch.float32, "prefix")
 
 
-@pytest.mark.parametrize("family", ("llama", *fx.MOE_FAMILIES))
+@pytest.mark.parametrize("family", ("llama", *fx.MOE_FAMILIES, *fx.DEEPSEEK_FAMILIES))
 def test_a_pool_too_small_for_the_batch_preempts_and_still_answers_right(checkpoint, family):
     path = checkpoint(family)
     cfg = open_model(path).config
-    block_bytes = 2 * cfg.num_layers * 4 * cfg.kv_size * 4
+    block_bytes = cfg.kv_block_bytes(4, "float32")
     llm = make_llm(path, kv_cache_memory=14 * block_bytes)  # 56 token slots for 4 sequences of ~21
     prompts = prompts_for(cfg.vocab_size, (9, 8, 7, 10), seed=3)
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from runtime.engine.model_runner import ModelRunner
 from runtime.engine.sampler import Sampler, logprob_entries, make_generator
 from runtime.engine.scheduler import ScheduledBatch, Scheduler
 from runtime.engine.sequence import Sequence
+from runtime.model.config import MLA_DECODE
 from runtime.model.loader import open_model
 from runtime.platform import resolve
 from runtime.sampling_params import SamplingParams
@@ -94,14 +95,18 @@ class LLMEngine:
                  memory_policy: str = "static", tensor_parallel_size: int = 1, block_size: int = 16,
                  kv_cache_memory: int | str | None = None, max_num_seqs: int = 64,
                  max_num_batched_tokens: int | None = None, max_model_len: int | None = None,
-                 enable_prefix_caching: bool = True, trust_remote_code: bool = False) -> None:
+                 enable_prefix_caching: bool = True, trust_remote_code: bool = False,
+                 mla_decode: str = "absorbed") -> None:
         if not isinstance(tensor_parallel_size, int) or isinstance(tensor_parallel_size, bool) \
                 or tensor_parallel_size < 1:
             raise UserError(f"tensor_parallel_size {tensor_parallel_size!r}: expected an integer >= 1")
         if memory_policy not in ("static", "dynamic"):
             raise UserError(f"memory_policy {memory_policy!r}: expected 'static' or 'dynamic'")
+        if mla_decode not in MLA_DECODE:
+            raise UserError(f"mla_decode {mla_decode!r}: expected {' or '.join(map(repr, MLA_DECODE))}")
         self.platform = resolve(device)
         ckpt = open_model(model)
+        ckpt = replace(ckpt, config=replace(ckpt.config, mla_decode=mla_decode))
         self.config = cfg = ckpt.config
         name = compute_dtype(dtype, cfg.dtype, self.platform.name)
         if name != (dtype or cfg.dtype):

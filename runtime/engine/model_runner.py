@@ -62,9 +62,14 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, kern
 
 def kv_caches(cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
               device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every layer's (keys, values) cache of `num_blocks` blocks: [num_blocks, block_size, kv_heads, head_dim]."""
-    shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
-    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+    """Every layer's (keys, values) cache of `num_blocks` blocks: [num_blocks, block_size, kv_heads, head_dim];
+    for multi-head latent attention its (latents, rope keys): [num_blocks, block_size, 1, kv_lora_rank]
+    and [..., 1, qk_rope_head_dim] (`runtime.layers.mla`)."""
+    if cfg.mla is not None:
+        widths = ((1, cfg.mla.kv_lora_rank), (1, cfg.mla.qk_rope_head_dim))
+    else:
+        widths = ((cfg.num_kv_heads, cfg.head_dim),) * 2
+    return [tuple(torch.zeros((num_blocks, block_size, *w), dtype=dtype, device=device) for w in widths)
             for _ in range(cfg.num_layers)]
 
 

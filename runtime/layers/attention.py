@@ -47,7 +47,7 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, key: torch.Tensor, va
     flat_v.index_copy_(0, slot_mapping, value)
 
 
-def _gather(cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+def gather_context(cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
     """[B, kv_heads, max_context_len, head_dim]: each sequence's cached K or V, in position order."""
     blocks = cache[group.block_tables]  # [B, max_blocks, block_size, kv_heads, head_dim]
     b, n, size, heads, dim = blocks.shape
@@ -84,7 +84,7 @@ def _attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g
     heads, dim = query.shape[1], query.shape[2]
     kv_heads = k_cache.shape[2]
     per_kv = heads // kv_heads
-    keys, values = _gather(k_cache, group), _gather(v_cache, group)
+    keys, values = gather_context(k_cache, group), gather_context(v_cache, group)
     queries = query[group.query_index]  # [B, max_q, heads, head_dim]
     b, max_q = queries.shape[:2]
     queries = queries.view(b, max_q, kv_heads, per_kv, dim).permute(0, 2, 3, 1, 4).reshape(b, kv_heads, per_kv * max_q, dim)

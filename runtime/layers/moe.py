@@ -32,7 +32,7 @@ from torch import nn
 from runtime.layers import parallel
 from runtime.layers.fused_ops import Kernels
 from runtime.layers.quant_linear import dynamic_quant
-from runtime.model.config import ModelConfig
+from runtime.model.config import ModelConfig, Routing
 
 
 class ExpertWeights(nn.Module):
@@ -119,13 +119,43 @@ class Experts(nn.Module):
         self.down = ExpertWeights(experts, width, cfg.hidden_size, quantized)
 
 
-def route(logits: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(routing weights [T, k], expert ids [T, k]) from the router's logits (model dtype)."""
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float)
-    weights, ids = torch.topk(probs, cfg.num_experts_per_tok, dim=-1)
+def route(logits: torch.Tensor, cfg: ModelConfig, bias: torch.Tensor | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(routing weights [T, k], expert ids [T, k]) from the router's logits (model dtype, or fp32
+    for DeepSeek's and GLM's routers), by `cfg.routing` (transformers' routers step for step)."""
+    routing, top_k = cfg.routing, cfg.num_experts_per_tok
+    if routing.scoring == "sigmoid":
+        scores = logits.float().sigmoid()
+    else:
+        scores = torch.softmax(logits, dim=-1, dtype=torch.float)
+    if routing.method == "greedy":
+        weights, ids = torch.topk(scores, top_k, dim=-1, sorted=routing.sorted)
+    else:
+        ids = _grouped_top_k(scores, bias, cfg)
+        weights = scores.gather(1, ids)
     if cfg.norm_topk_prob:
         weights /= weights.sum(dim=-1, keepdim=True)
+    if routing.scaling != 1.0:
+        weights = weights * routing.scaling
     return (weights if cfg.routing_weights_fp32 else weights.to(logits.dtype)), ids
+
+
+def _grouped_top_k(scores: torch.Tensor, bias: torch.Tensor | None, cfg: ModelConfig) -> torch.Tensor:
+    """Expert ids [T, k] chosen only within each token's best `topk_group` of `n_group` groups:
+    DeepSeek-V3's and GLM-4.5's `noaux_tc` ranks groups by their best two bias-corrected scores and
+    masks the rest to -inf; DeepSeek-V2's `group_limited_greedy` by their best score, masked to 0."""
+    routing, experts = cfg.routing, cfg.num_experts
+    choice = scores + bias if bias is not None else scores
+    grouped = choice.view(-1, routing.n_group, experts // routing.n_group)
+    if routing.method == "noaux_tc":
+        group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)
+    else:
+        group_scores = grouped.max(dim=-1).values
+    best = torch.topk(group_scores, k=routing.topk_group, dim=-1, sorted=False)[1]
+    keep = torch.zeros_like(group_scores).scatter_(1, best, 1).bool()
+    keep = keep.unsqueeze(-1).expand(-1, routing.n_group, experts // routing.n_group).reshape(-1, experts)
+    choice = choice.masked_fill(~keep, float("-inf") if routing.method == "noaux_tc" else 0.0)
+    return torch.topk(choice, k=cfg.num_experts_per_tok, dim=-1, sorted=False)[1]
 
 
 def grouped_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, experts: Experts,
@@ -147,16 +177,19 @@ def grouped_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, e
 
 
 def npu_experts(x: torch.Tensor, logits: torch.Tensor, experts: Experts, cfg: ModelConfig,
-                kernels: Kernels) -> torch.Tensor:
+                kernels: Kernels, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The same layer through torch_npu's fused MoE kernels (vllm-ascend's unquantized and
     W8A8_DYNAMIC fused-MoE methods)."""
     npu = kernels.npu_moe
     if npu is None:
         import torch_npu as npu
     tokens, top_k, num = x.shape[0], cfg.num_experts_per_tok, experts.num_experts
-    weights, ids, _ = npu.npu_moe_gating_top_k_softmax(logits, None, k=top_k)
-    if cfg.norm_topk_prob:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
+    if cfg.routing == Routing():  # Qwen's and Mixtral's softmax top-k: torch_npu's one gating kernel
+        weights, ids, _ = npu.npu_moe_gating_top_k_softmax(logits, None, k=top_k)
+        if cfg.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+    else:  # DeepSeek's grouped routing (check_ops names npu_moe_gating_top_k for it)
+        weights, ids = route(logits, cfg, bias)
     quantized = experts.gate_up.quantized
     expanded, expanded_rows, tokens_per_expert, token_scale = npu.npu_moe_init_routing_v2(
         x, ids.to(torch.int32), active_num=tokens * top_k, expert_num=num, expert_tokens_num_type=1,
@@ -178,29 +211,56 @@ def npu_experts(x: torch.Tensor, logits: torch.Tensor, experts: Experts, cfg: Mo
                                         drop_pad_mode=2)
 
 
+class Router(nn.Module):
+    """The router: `weight` [E, H] and, for DeepSeek-V3 and GLM-4.5, `e_score_correction_bias` [E].
+    Kept fp32 through `.to(bfloat16)` where the family's router computes in fp32 (transformers'
+    `_keep_in_fp32_modules_strict`): rounding them would change which experts tokens get."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fp32 = cfg.routing.logits_fp32
+        self.weight = nn.Parameter(torch.empty(cfg.num_experts, cfg.hidden_size))
+        self.e_score_correction_bias = nn.Parameter(torch.empty(cfg.num_experts)) if cfg.routing.bias else None
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.fp32:
+            for param in self.parameters():
+                if param.dtype != torch.float32 and param.is_floating_point():
+                    param.data = param.data.float()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Router logits [T, E]: fp32 from fp32 weights, or in the model dtype."""
+        return F.linear(x.float(), self.weight) if self.fp32 else F.linear(x, self.weight)
+
+
 class SparseMoE(nn.Module):
-    """One sparse layer's MLP: `gate` (the router, [E, H], float), `experts`, and where the family
-    has one (Qwen2-MoE) `shared_expert` (a SwiGLU MLP) scaled by `sigmoid(shared_expert_gate(x))`."""
+    """One sparse layer's MLP: `gate` (the router, float), `experts`, and where the family has one a
+    `shared_expert` (a SwiGLU MLP), added as is (DeepSeek, GLM) or scaled by
+    `sigmoid(shared_expert_gate(x))` (Qwen2-MoE)."""
 
     def __init__(self, cfg: ModelConfig, kernels: Kernels, quantized: bool, shared_expert: nn.Module | None) -> None:
         super().__init__()
         self.cfg, self.kernels = cfg, kernels
-        self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.gate = Router(cfg)
         self.experts = Experts(cfg, quantized)
         if shared_expert is not None:
             self.shared_expert = shared_expert
-            self.shared_expert_gate = nn.Linear(cfg.hidden_size, 1, bias=False)
+            if cfg.shared_expert_gated:
+                self.shared_expert_gate = nn.Linear(cfg.hidden_size, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         shared = self.shared_expert(x) if cfg.shared_expert_intermediate_size else None
-        logits = F.linear(x, self.gate.weight)
+        logits = self.gate(x)
+        bias = self.gate.e_score_correction_bias
         on_npu = self.experts.gate_up.weight.device.type == "npu" or self.kernels.npu_moe is not None
         if on_npu:
-            out = npu_experts(x, logits, self.experts, cfg, self.kernels)
+            out = npu_experts(x, logits, self.experts, cfg, self.kernels, bias)
         else:
-            weights, ids = route(logits, cfg)
+            weights, ids = route(logits, cfg, bias)
             out = grouped_experts(x, weights, ids, self.experts, self.kernels)
         if shared is not None:
-            out = out + torch.sigmoid(self.shared_expert_gate(x)) * shared
+            out = out + (torch.sigmoid(self.shared_expert_gate(x)) * shared if cfg.shared_expert_gated else shared)
         return parallel.all_reduce(out, cfg)

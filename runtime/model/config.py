@@ -15,9 +15,55 @@ from pathlib import Path
 from typing import Any
 
 from ascend_common.errors import UserError
-from ascend_convert.arch import ArchSpec
+from ascend_convert.arch import GROUPED_TOPK, ArchSpec
 
 DTYPES = ("float32", "float16", "bfloat16")
+
+
+#: How RoPE pairs a head's dimensions: `neox` rotates halves (Llama, Qwen; transformers' rotate_half),
+#: `interleave` rotates adjacent pairs in the model dtype (DeepSeek-V3's rope_interleave), `complex`
+#: rotates adjacent pairs as complex numbers in fp32 (DeepSeek-V2's apply_rotary_emb).
+ROPE_STYLES = ("neox", "interleave", "complex")
+
+
+#: How multi-head latent attention's decode tokens attend: `absorbed` (vLLM's: up-projections folded
+#: into the query and output, the latent cache used as it is) or `decompressed` (transformers' op order:
+#: keys and values rebuilt from every cached latent each step, for bit-level comparisons).
+MLA_DECODE = ("absorbed", "decompressed")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How a mixture-of-experts layer picks each token's experts (transformers' routers, as data):
+    `scoring` softmax or sigmoid over fp32 or model-dtype logits; `method` greedy top-k, or within the best
+    `topk_group` of `n_group` groups (`group_limited_greedy`: a group's best score; `noaux_tc`: its best
+    two, with the correction bias added for the choice only); renormalised or not, then scaled."""
+
+    scoring: str = "softmax"
+    method: str = "greedy"
+    n_group: int = 1
+    topk_group: int = 1
+    scaling: float = 1.0
+    logits_fp32: bool = False  # DeepSeek's and GLM's routers keep fp32 weights and compute fp32 logits
+    bias: bool = False  # e_score_correction_bias
+    sorted: bool = True  # topk(sorted=...): the order of a token's experts decides the order they are summed in
+
+
+@dataclass(frozen=True)
+class MLAShape:
+    """Multi-head latent attention's sizes (DeepSeek-V2/V3): the query through a rank-`q_lora_rank`
+    pair (0: one projection), keys and values from a per-token latent of `kv_lora_rank` plus a
+    shared rope key of `qk_rope_head_dim`: the whole KV cache entry of a token, per layer."""
+
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
 
 
 @dataclass(frozen=True)
@@ -52,6 +98,13 @@ class ModelConfig:
     norm_topk_prob: bool = False  # renormalise the top-k routing weights to sum to 1
     moe_layers: tuple[bool, ...] = ()  # per layer: sparse (experts) or the dense MLP
     routing_weights_fp32: bool = False  # the weighted sum takes fp32 routing weights (Mixtral) or model-dtype ones
+    shared_expert_gated: bool = False  # the shared expert scaled by sigmoid(shared_expert_gate(x)) (Qwen2-MoE)
+    routing: Routing | None = None  # how a token's experts are chosen (None: dense)
+    mla: MLAShape | None = None  # multi-head latent attention (DeepSeek-V2/V3), else None
+    rotary_dim: int = 0  # dimensions RoPE rotates (0: the whole head; GLM-4.5 half of it, MLA its rope part)
+    rope_style: str = "neox"  # ROPE_STYLES: rotate-half pairs, interleaved pairs, or complex pairs in fp32
+    attention_scale: float = 0.0  # softmax scale (0: 1/sqrt(head_dim)); MLA's includes YaRN's mscale twice
+    mla_decode: str = "absorbed"  # MLA_DECODE: how MLA's decode tokens attend (runtime.layers.mla)
     tp: Any = None  # tensor parallel: the TPLayout this rank's sizes come from (None: one rank)
     tp_rank: int = 0
 
@@ -78,17 +131,37 @@ class ModelConfig:
 
     @property
     def scale(self) -> float:
-        return 1.0 / math.sqrt(self.head_dim)
+        return self.attention_scale or 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def kv_values_per_token(self) -> int:
+        """Values one token's cache entry holds per layer: keys and values of every KV head, or MLA's
+        latent and rope key (576 for DeepSeek-V3, against 128 heads x (192 + 128) = 40,960)."""
+        if self.mla is not None:
+            return self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
+        return 2 * self.kv_size
+
+    @property
+    def full_kv_values_per_token(self) -> int:
+        """What a full per-head K/V cache would hold per token and layer (the same as
+        `kv_values_per_token` but for MLA, which decompresses them from its latent instead)."""
+        if self.mla is not None:
+            return self.num_heads * (self.mla.qk_head_dim + self.mla.v_head_dim)
+        return self.kv_values_per_token
 
     def kv_block_bytes(self, block_size: int, dtype: Any) -> int:
-        """Bytes one KV-cache block of `block_size` tokens takes across all layers, keys and values,
-        in `dtype` (a torch dtype or its name): one formula for the engine's pool and for the
-        benchmark that sizes a pool before any engine exists."""
-        import torch
+        """Bytes one KV-cache block of `block_size` tokens takes across all layers, in `dtype` (a torch
+        dtype or its name): one formula for the engine's pool and for the benchmark that sizes a pool
+        before any engine exists."""
+        return self.num_layers * block_size * self.kv_values_per_token * _element_size(dtype)
 
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        return 2 * self.num_layers * block_size * self.kv_size * torch.empty((), dtype=dtype).element_size()
+
+def _element_size(dtype: Any) -> int:
+    import torch
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def tp_config(cfg: ModelConfig, size: int, rank: int) -> ModelConfig:
@@ -97,6 +170,9 @@ def tp_config(cfg: ModelConfig, size: int, rank: int) -> ModelConfig:
     `vocab_rows` is the shard). A clear error when the model does not split that way."""
     from ascend_convert.tp_layout import TPLayout
 
+    if cfg.mla is not None and size > 1:
+        raise UserError(f"tensor parallel does not split multi-head latent attention yet ({cfg.family}); serve "
+                        f"it with tensor_parallel_size=1")
     layout = TPLayout(size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size,
                       cfg.num_experts, cfg.moe_intermediate_size, cfg.shared_expert_intermediate_size)
     return replace(cfg, num_heads=layout.heads, num_kv_heads=layout.kv_heads,
@@ -145,6 +221,8 @@ def model_config(raw: dict, spec: ArchSpec, tensor_names: set[str], model_dir: P
     if raw.get("use_sliding_window") is False:  # Qwen2 configs name a window but switch it off
         window = None
     dtype = raw.get("dtype") or raw.get("torch_dtype") or "float32"
+    mla = _mla(spec, c)
+    head_dim = c["head_dim"] if mla is None else mla.qk_rope_head_dim
     return replace(ModelConfig(
         family=spec.family,
         hidden_size=c["hidden_size"], num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
@@ -160,12 +238,39 @@ def model_config(raw: dict, spec: ArchSpec, tensor_names: set[str], model_dir: P
         rope_type=rope_type, rope_parameters=rope_params,
         dtype=dtype if dtype in DTYPES else "float32",
         eos_token_ids=_eos(raw, model_dir),
+        mla=mla, rotary_dim=int(head_dim * float(c["partial_rotary_factor"] or 1.0)),
+        rope_style=spec.config_defaults.get("rope_style") or ("interleave" if c["rope_interleave"] else "neox"),
+        attention_scale=_mla_scale(mla, rope_type, rope_params),
     ), **_moe_fields(spec, c, tensor_names))
+
+
+def _mla(spec: ArchSpec, c: dict[str, Any]) -> MLAShape | None:
+    if not spec.is_mla:
+        return None
+    return MLAShape(int(c["q_lora_rank"] or 0), c["kv_lora_rank"], c["qk_nope_head_dim"], c["qk_rope_head_dim"],
+                    c["v_head_dim"])
+
+
+def _mla_scale(mla: MLAShape | None, rope_type: str, params: dict) -> float:
+    """MLA's softmax scale as transformers' DeepSeek attention computes it (`yarn_apply_mscale`): 1 /
+    sqrt(qk_head_dim), times YaRN's mscale(factor, mscale_all_dim) squared when the config sets it."""
+    if mla is None:
+        return 0.0
+    scale = mla.qk_head_dim ** -0.5
+    all_dim = params.get("mscale_all_dim") or 0
+    factor = float(params.get("factor") or 1.0)
+    if rope_type != "default" and all_dim and factor > 1:
+        mscale = 0.1 * all_dim * math.log(factor) + 1.0
+        scale = scale * mscale * mscale
+    return scale
 
 
 #: A spec's `config_defaults` key: the dtype its routing weights keep into the weighted sum of the
 #: experts ("float32": Mixtral's router never casts them back; absent: the model's dtype, as Qwen's do).
 ROUTING_WEIGHTS_DTYPE = "moe_routing_weights_dtype"
+#: A spec's `config_defaults` key: "float32" when the router keeps fp32 weights and logits and picks
+#: with `topk(sorted=False)` (transformers' DeepSeek-V2/V3 and GLM-4.5 routers), else the model's dtype.
+ROUTER_DTYPE = "router_dtype"
 
 
 def _moe_fields(spec: ArchSpec, c: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
@@ -173,8 +278,16 @@ def _moe_fields(spec: ArchSpec, c: dict[str, Any], tensor_names: set[str]) -> di
     if not spec.is_moe:
         return {}
     shared = any(".mlp.shared_expert." in n for n in tensor_names)
+    defaults = spec.config_defaults
+    grouped = c["topk_method"] in GROUPED_TOPK
+    routing = Routing(scoring=c["scoring_func"], method=c["topk_method"],
+                      n_group=c["n_group"] if grouped else 1, topk_group=c["topk_group"] if grouped else 1,
+                      scaling=float(c["routed_scaling_factor"]), logits_fp32=defaults.get(ROUTER_DTYPE) == "float32",
+                      bias=any(n.endswith(".mlp.gate.e_score_correction_bias") for n in tensor_names),
+                      sorted=defaults.get(ROUTER_DTYPE) != "float32")
     return {"num_experts": c["num_experts"], "num_experts_per_tok": c["num_experts_per_tok"],
             "moe_intermediate_size": c["moe_intermediate_size"],
             "shared_expert_intermediate_size": int(c["shared_expert_intermediate_size"] or 0) if shared else 0,
+            "shared_expert_gated": any(".mlp.shared_expert_gate." in n for n in tensor_names),
             "norm_topk_prob": bool(c["norm_topk_prob"]), "moe_layers": tuple(spec.moe_layers(c)),
-            "routing_weights_fp32": spec.config_defaults.get(ROUTING_WEIGHTS_DTYPE) == "float32"}
+            "routing_weights_fp32": defaults.get(ROUTING_WEIGHTS_DTYPE) == "float32", "routing": routing}

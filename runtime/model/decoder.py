@@ -17,7 +17,9 @@ from torch import nn
 from runtime.layers import parallel
 from runtime.layers.attention import AttentionMetadata, causal_mask, paged_attention
 from runtime.layers.fused_ops import PLAIN, Kernels
+from runtime.layers.mla import mla_attention
 from runtime.layers.moe import SparseMoE
+from runtime.layers.rope import partial, rotation
 from runtime.model.config import ModelConfig
 
 
@@ -36,7 +38,8 @@ def inverse_frequencies(cfg: ModelConfig, raw_config: dict) -> tuple[torch.Tenso
     """(inv_freq fp32, attention scaling) of the model's RoPE. Scaled types (llama3, yarn, linear,
     longrope) are computed by transformers' own functions from the checkpoint's config."""
     if cfg.rope_type == "default":
-        exponents = torch.arange(0, cfg.head_dim, 2, dtype=torch.float) / cfg.head_dim
+        dim = cfg.rotary_dim or cfg.head_dim
+        exponents = torch.arange(0, dim, 2, dtype=torch.float) / dim
         return 1.0 / (cfg.rope_theta ** exponents), 1.0
     from transformers import AutoConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -48,11 +51,12 @@ def inverse_frequencies(cfg: ModelConfig, raw_config: dict) -> tuple[torch.Tenso
 
 
 class Rotary(nn.Module):
-    def __init__(self, inv_freq: torch.Tensor, scaling: float) -> None:
+    def __init__(self, inv_freq: torch.Tensor, scaling: float, fp32_angles: bool = False) -> None:
         super().__init__()
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._exact = inv_freq.float()  # not a buffer: `.to(dtype)` must not round it
         self.scaling = scaling
+        self.fp32_angles = fp32_angles  # cos/sin kept fp32 (the `complex` RoPE style rotates in fp32)
 
     def _apply(self, fn, recurse=True):
         """`.to(bfloat16)` moves the table but keeps it exact fp32: RoPE angles from a bf16 table
@@ -65,6 +69,7 @@ class Rotary(nn.Module):
         """cos, sin [T, 1, head_dim] for the step's positions (computed as transformers does)."""
         freqs = positions[:, None].float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
+        dtype = torch.float32 if self.fp32_angles else dtype
         return ((emb.cos() * self.scaling).to(dtype).unsqueeze(1), (emb.sin() * self.scaling).to(dtype).unsqueeze(1))
 
 
@@ -97,8 +102,48 @@ class Attention(nn.Module):
         v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.kernels.rotary(q, cos, sin), self.kernels.rotary(k, cos, sin)
+        rotate = rotation(cfg.rope_style, self.kernels)
+        q, k = partial(rotate, q, cos, sin), partial(rotate, k, cos, sin)
         return parallel.all_reduce(self.o(paged_attention(q, k, v, cache[0], cache[1], meta, masks, cfg.scale)), cfg)
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2/V3; `runtime.layers.mla`): the query through q_a, its
+    norm and q_b (or V2-Lite's one projection), the latent and rope key through kv_a and its norm,
+    keys and values through kv_b_proj, which stays a plain float matrix (its absorbed halves are views
+    of it; vllm-ascend requires it unquantized too). Modules keep the checkpoint's names."""
+
+    def __init__(self, cfg: ModelConfig, kernels: Kernels) -> None:
+        super().__init__()
+        mla = cfg.mla
+        self.cfg, self.kernels = cfg, kernels
+        q_out = cfg.num_heads * mla.qk_head_dim
+        if mla.q_lora_rank:
+            self.q_a_proj = linear(cfg, cfg.hidden_size, mla.q_lora_rank, False, kernels)
+            self.q_a_layernorm = RMSNorm(mla.q_lora_rank, 1e-6, kernels)
+            self.q_b_proj = linear(cfg, mla.q_lora_rank, q_out, False, kernels)
+        else:
+            self.mla_q_proj = linear(cfg, cfg.hidden_size, q_out, False, kernels)
+        self.kv_a_proj_with_mqa = linear(cfg, cfg.hidden_size, mla.kv_lora_rank + mla.qk_rope_head_dim, False, kernels)
+        self.kv_a_layernorm = RMSNorm(mla.kv_lora_rank, 1e-6, kernels)
+        self.kv_b_proj = nn.Linear(mla.kv_lora_rank, cfg.num_heads * (mla.qk_nope_head_dim + mla.v_head_dim), bias=False)
+        self.o = linear(cfg, cfg.num_heads * mla.v_head_dim, cfg.hidden_size, cfg.o_bias, kernels)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
+                masks: list[torch.Tensor], cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        mla = self.cfg.mla
+        if mla.q_lora_rank:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        else:
+            q = self.mla_q_proj(x)
+        q_nope, q_pe = q.view(-1, self.cfg.num_heads, mla.qk_head_dim).split((mla.qk_nope_head_dim, mla.qk_rope_head_dim), -1)
+        latent, k_pe = self.kv_a_proj_with_mqa(x).split((mla.kv_lora_rank, mla.qk_rope_head_dim), dim=-1)
+        latent = self.kv_a_layernorm(latent)
+        rotate = rotation(self.cfg.rope_style, self.kernels)
+        q_pe, k_pe = rotate(q_pe, cos, sin), rotate(k_pe.unsqueeze(1), cos, sin).squeeze(1)
+        out = mla_attention(q_nope, q_pe, latent, k_pe, self.kv_b_proj.weight, cache, meta, masks, self.cfg.scale,
+                            mla.v_head_dim, absorbed=self.cfg.mla_decode == "absorbed")
+        return self.o(out)
 
 
 class MLP(nn.Module):
@@ -142,7 +187,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, kernels: Kernels, layer: int = 0) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
-        self.self_attn = Attention(cfg, kernels)
+        self.self_attn = LatentAttention(cfg, kernels) if cfg.mla is not None else Attention(cfg, kernels)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
         sparse = cfg.moe_layers[layer] if cfg.moe_layers else False
         self.mlp = sparse_mlp(cfg, kernels, layer) if sparse else MLP(cfg, kernels)
@@ -170,7 +215,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = Decoder(cfg, kernels)
-        self.rotary = Rotary(inv_freq, rope_scaling)
+        self.rotary = Rotary(inv_freq, rope_scaling, fp32_angles=cfg.rope_style == "complex")
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_rows, bias=False)
         self._retype_linears(kernels)
