@@ -22,7 +22,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from runtime.layers.attention import AttentionGroup, AttentionMetadata, gather_context, write_kv
+from runtime.layers.attention import (
+    AttentionGroup,
+    AttentionMetadata,
+    gather_context,
+    write_kv,
+)
 
 
 def is_decode(group: AttentionGroup) -> bool:

@@ -16,7 +16,13 @@ from pathlib import Path
 import torch
 
 from ascend_common.errors import UserError
-from ascend_convert.arch import ArchSpec, RoleMatch, canonical_names, canonical_tensors, find_spec
+from ascend_convert.arch import (
+    ArchSpec,
+    RoleMatch,
+    canonical_names,
+    canonical_tensors,
+    find_spec,
+)
 from ascend_convert.layout_names import (
     CONFIG_NAME,
     QUANT_DESCRIPTION_NAME,
