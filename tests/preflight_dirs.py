@@ -179,3 +179,55 @@ def moe_tensors(type_of: TypeOf = all_float, experts: int = 4, moe_intermediate:
 def moe_config(model_type: str = "qwen3_moe", experts: int = 4, **overrides) -> dict:
     return config(model_type, architectures=["Qwen3MoeForCausalLM"], num_experts=experts, num_experts_per_tok=2,
                   moe_intermediate_size=32, **overrides)
+
+
+# --------------------------------------------------------------------------- DeepSeek-shaped (MLA, MTP)
+
+Q_LORA, KV_LORA, NOPE, ROPE, V_HEAD = 32, 32, 16, 8, 16
+
+#: one MLA decoder layer's linears (DeepSeek-V3: q through a low-rank q_a/q_b pair, keys and values
+#: through the shared latent kv_a_proj_with_mqa and its up-projection kv_b_proj) and a dense MLP
+MLA_LINEARS: dict[str, tuple[int, int]] = {
+    "self_attn.q_a_proj": (Q_LORA, HIDDEN),
+    "self_attn.q_b_proj": (HEADS * (NOPE + ROPE), Q_LORA),
+    "self_attn.kv_a_proj_with_mqa": (KV_LORA + ROPE, HIDDEN),
+    "self_attn.kv_b_proj": (HEADS * (NOPE + V_HEAD), KV_LORA),
+    "self_attn.o_proj": (HIDDEN, HEADS * V_HEAD),
+    "mlp.gate_proj": (INTERMEDIATE, HIDDEN),
+    "mlp.up_proj": (INTERMEDIATE, HIDDEN),
+    "mlp.down_proj": (HIDDEN, INTERMEDIATE),
+}
+
+
+def mla_config(model_type: str = "deepseek_v3", mtp: bool = True, **overrides) -> dict:
+    """A tiny DeepSeek-V3's config.json (MLA; `mtp`: one MTP layer stored after the decoder's)."""
+    return config(model_type, architectures=["DeepseekV3ForCausalLM"], num_key_value_heads=HEADS, head_dim=None,
+                  q_lora_rank=Q_LORA, kv_lora_rank=KV_LORA, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE,
+                  v_head_dim=V_HEAD, num_nextn_predict_layers=1 if mtp else 0, **overrides)
+
+
+def mla_tensors(type_of: TypeOf = all_float, mtp: bool = True, dtype: torch.dtype = torch.bfloat16
+                ) -> tuple[Tensors, dict[str, str]]:
+    """(tensors, their quant types) of a DeepSeek-V3-shaped decoder, its linears typed by `type_of`
+    (norms, embedding and lm_head FLOAT); `mtp`: layer LAYERS is the MTP layer, a decoder layer plus
+    enorm, hnorm, eh_proj, shared_head (norm, head) and its own embed_tokens, as DeepSeek ships it."""
+    tensors: Tensors = {"model.embed_tokens.weight": _float((VOCAB, HIDDEN), dtype),
+                        "model.norm.weight": torch.ones(HIDDEN, dtype=dtype),
+                        "lm_head.weight": _float((VOCAB, HIDDEN), dtype)}
+    norms = {"input_layernorm": HIDDEN, "post_attention_layernorm": HIDDEN, "self_attn.q_a_layernorm": Q_LORA,
+             "self_attn.kv_a_layernorm": KV_LORA}
+    types = {name: FLOAT for name in tensors}
+    for layer in range(LAYERS + (1 if mtp else 0)):
+        stem = f"model.layers.{layer}"
+        for norm, size in norms.items():
+            tensors[f"{stem}.{norm}.weight"] = torch.ones(size, dtype=dtype)
+        for short, (out, inp) in MLA_LINEARS.items():
+            add_linear(tensors, types, f"{stem}.{short}", out, inp, type_of, dtype)
+        if layer == LAYERS:
+            for norm in ("enorm", "hnorm", "shared_head.norm"):
+                tensors[f"{stem}.{norm}.weight"] = torch.ones(HIDDEN, dtype=dtype)
+            tensors[f"{stem}.embed_tokens.weight"] = _float((VOCAB, HIDDEN), dtype)
+            add_linear(tensors, types, f"{stem}.eh_proj", HIDDEN, 2 * HIDDEN, type_of, dtype)
+            add_linear(tensors, types, f"{stem}.shared_head.head", VOCAB, HIDDEN, type_of, dtype)
+    types.update({name: FLOAT for name in tensors if name not in types})
+    return tensors, types

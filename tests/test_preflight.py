@@ -164,6 +164,66 @@ def test_issue_5794_deepseek_msmodelslim_output_without_its_mtp_layer(tmp_path):
     assert lines(_mtp_dir(tmp_path, cfg)) == MTP_LINES
 
 
+def msmodelslim_deepseek(name: str) -> str:
+    """msModelSlim's DeepSeek placement: attention and MLPs W8A8_DYNAMIC but kv_b_proj; the MTP layer
+    (layer 2 here) FLOAT, as vllm-ascend's NOTE asks."""
+    return pd.FLOAT if ".kv_b_proj." in name or ".layers.2." in name else "W8A8_DYNAMIC"
+
+
+def _mla_dir(root: Path, type_of=msmodelslim_deepseek, *, mtp: bool = True, soc_dtype: str = "bfloat16") -> Path:
+    tensors, types = pd.mla_tensors(type_of, mtp, getattr(torch, soc_dtype))
+    desc = None if type_of is pd.all_float else pd.description(types)
+    return pd.write_dir(root, pd.mla_config(mtp=mtp, torch_dtype=soc_dtype), tensors, desc)
+
+
+def test_deepseek_with_msmodelslims_placement_is_clean(tmp_path):
+    assert lines(_mla_dir(tmp_path)) == []
+
+
+def test_msmodelslim_default_recipe_quantizes_kv_b_proj(tmp_path):
+    """default-w8a8.yaml includes "*": kv_b_proj too, which the MLA backend asserts unquantized."""
+    assert lines(_mla_dir(tmp_path, lambda _n: "W8A8_DYNAMIC", mtp=False)) == [
+        ("error quant.mla_kv_b_proj: model.layers.0.self_attn.kv_b_proj.weight: 2 kv_b_proj weight(s) described "
+         "W8A8_DYNAMIC (model.layers.0.self_attn.kv_b_proj.weight, model.layers.1.self_attn.kv_b_proj.weight): the "
+         "MLA backend absorbs kv_b_proj from its float weight and asserts it unquantized at load; describe and store "
+         "it FLOAT (msModelSlim's DeepSeek recipes exclude *kv_b_proj)")]
+
+
+def test_mla_on_310p_is_refused_after_the_weights_load(tmp_path):
+    model = _mla_dir(tmp_path, pd.all_float, soc_dtype="float16")
+    assert lines(model, soc="ascend310p") == [
+        ("warning model.support: model_type deepseek_v3: DeepSeek V3/3.1, R1 is listed for ascend910b, not for "
+         "ascend310p"),
+        ("error model.mla_soc: model_type deepseek_v3: kv_lora_rank 32: MLA attention; Atlas 300I Duo / 310P refuses "
+         "it when it allocates the KV cache, after loading the weights (MLAAttention is not supported for 310P.)")]
+    assert lines(model, soc="ascend310p", scope="checkpoint") == []  # the files are fine: convert publishes them
+
+
+def test_mtp_eh_proj_quantized_by_the_default_recipe(tmp_path):
+    """msModelSlim's MTP graft makes eh_proj an nn.Linear, so "*" quantizes it; vLLM's MTP layer has a
+    plain float eh_proj and no weight_scale to load into."""
+    def eh_proj_too(name: str) -> str:
+        return "W8A8_DYNAMIC" if ".eh_proj." in name else msmodelslim_deepseek(name)
+    assert lines(_mla_dir(tmp_path, eh_proj_too)) == [
+        ("error quant.mtp_float_parts: model.layers.2.eh_proj: model.layers.2.eh_proj.weight_offset in the files: the "
+         "MTP layer builds eh_proj without a quant method; store and describe it FLOAT")]
+
+
+def test_mtp_layer_q_a_and_kv_a_are_one_fused_module(tmp_path):
+    """The draft's layers are looked up through the target's packed map (deepseek_v3: fused_qkv_a_proj),
+    not deepseek_mtp's (which has none): the MTP layer's q_a_proj and kv_a_proj_with_mqa share one type."""
+    def kv_a_quantized(name: str) -> str:
+        return "W8A8_DYNAMIC" if ".layers.2.self_attn.kv_a_proj" in name else msmodelslim_deepseek(name)
+    assert lines(_mla_dir(tmp_path, kv_a_quantized)) == [
+        ("error quant.fused_mixed: model.layers.2.self_attn.fused_qkv_a_proj: Detected some but not all shards of "
+         "model.layers.2.self_attn.fused_qkv_a_proj are quantized (q_a_proj FLOAT, kv_a_proj_with_mqa W8A8_DYNAMIC): "
+         "all parts of a fused module need one precision"),
+        ("warning quant.mtp_quantized: model.layers.2.self_attn.kv_a_proj_with_mqa.weight: 1 weight(s) of the MTP "
+         "layer (layer 2 >= num_hidden_layers 2) described W8A8_DYNAMIC (model.layers.2.self_attn.kv_a_proj_with_mqa."
+         "weight): served with MTP speculative decoding, a quantized MTP layer fails at run time on DeepSeek-R1 "
+         "(vllm-ascend #2771: only W8A8 with a FLOAT MTP layer works); the main model skips the layer")]
+
+
 def test_issue_3177_w8a8_tensors_without_description(tmp_path):
     tensors, _ = pd.quantized("W8A8")
     assert lines(pd.write_dir(tmp_path, pd.config(), tensors)) == [
@@ -673,6 +733,50 @@ def test_remote_code_families_are_no_longer_in_the_engines_vllm(converted, famil
         (f"error model.architecture: config.json architectures {arch}: vLLM supported {arch} until v0.23.0; the engine "
          "runs on vLLM v0.27.1")]
     assert {f.rule for f in found} <= {"model.architecture", "model.support"}
+
+
+DEEPSEEK_FAMILIES = ("deepseek_v3", "deepseek_v2", "glm4_moe")  # V2's fixture has no MTP layer
+V2_910B = "warning model.support: model_type deepseek_v2: DeepSeek V2.5: untested on ascend910b"
+
+
+def _quantized_mtp() -> str:
+    """The one warning a W8A8_DYNAMIC conversion that keeps the MTP layer (layer 3) gets: #2771."""
+    first = "model.layers.3.mlp.experts.0"
+    return (f"warning quant.mtp_quantized: {first}.down_proj.weight: 31 weight(s) of the MTP layer (layer 3 >= "
+            f"num_hidden_layers 3) described W8A8_DYNAMIC ({first}.down_proj.weight, {first}.gate_proj.weight, "
+            f"{first}.up_proj.weight and 28 more): served with MTP speculative decoding, a quantized MTP layer fails at "
+            "run time on DeepSeek-R1 (vllm-ascend #2771: only W8A8 with a FLOAT MTP layer works); the main model "
+            "skips the layer")
+
+
+@pytest.mark.parametrize("family", DEEPSEEK_FAMILIES)
+@pytest.mark.parametrize("quantize", [None, "w8a8-dynamic"])
+@pytest.mark.parametrize("mtp", ["keep", "drop"])
+def test_deepseek_style_converter_output_on_910b(converted, family, quantize, mtp):
+    """kv_b_proj FLOAT and the MTP layer's own parts FLOAT: nothing refused; a kept MTP layer quantized
+    like the others gets #2771's warning, and V2 the support matrix's 'untested'."""
+    out = converted(family, soc="ascend910b", dtype="bfloat16", mtp=mtp,
+                    **({"quantize": quantize} if quantize else {}))
+    expected = [V2_910B] if family == "deepseek_v2" else []
+    if quantize and mtp == "keep" and family != "deepseek_v2":
+        expected.append(_quantized_mtp())
+    assert lines(out) == expected
+
+
+@pytest.mark.parametrize("family", DEEPSEEK_FAMILIES)
+def test_deepseek_style_converter_output_on_310p(converted, family):
+    """DeepSeek V2/V3 are MLA and refused by 310P's runner (a deployment error: convert still
+    publishes the files); GLM-4.5's attention is GQA."""
+    out = converted(family, soc="ascend310p")
+    rows = {"deepseek_v3": "DeepSeek V3/3.1, R1", "deepseek_v2": "DeepSeek V2.5", "glm4_moe": "GLM-4.x"}
+    expected = [(f"warning model.support: model_type {family}: {rows[family]} is listed for ascend910b, not for "
+                 "ascend310p")]
+    if family != "glm4_moe":
+        expected.append(f"error model.mla_soc: model_type {family}: kv_lora_rank 32: MLA attention; Atlas 300I Duo / "
+                        "310P refuses it when it allocates the KV cache, after loading the weights (MLAAttention is "
+                        "not supported for 310P.)")
+    assert lines(out, soc="ascend310p") == expected
+    assert run_preflight(out, soc="ascend310p", scope="checkpoint").errors == []
 
 
 def test_cli_on_a_converter_output(converted):

@@ -178,6 +178,39 @@ def facts(modelslim_config: Path) -> dict:
                       "are skipped by the main model (deepseek_v2.py:1650-1652, glm4_moe.py:495) and their eh_proj and "
                       "embed_tokens take no quant config (deepseek_mtp.py:84, 163-166; glm4_moe_mtp.py:95, 160)",
         },
+        # Multi-head latent attention (DeepSeek-V2/V3 and their kin): vLLM's use_mla, which
+        # vllm-ascend's MLA backend and 310P's runner act on.
+        "mla": {
+            "model_types": ["deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_mtp", "kimi_k2", "kimi_linear",
+                            "longcat_flash", "pangu_ultra_moe", "pangu_ultra_moe_mtp", "glm_moe_dsa"],
+            "config_key": "kv_lora_rank",
+            "float_weights": [r"\.kv_b_proj\.weight$"],
+            "refused_socs": {P: "MLAAttention is not supported for 310P."},
+            "source": f"{V}: vllm/transformers_utils/model_arch_config_convertor.py is_deepseek_mla (the model_type in "
+                      "this list and kv_lora_rank not None; model_config.use_mla); vllm_ascend/attention/mla_v1.py:907-909 "
+                      "(kv_b_proj unquantized); vllm_ascend/_310p/model_runner_310p.py:706-708 (310P)",
+        },
+        # The multi-token-prediction layer (layer index >= num_hidden_layers): the parts around its
+        # decoder block are built without a quant method, and a quantized decoder block is a known
+        # runtime failure.
+        "mtp": {
+            "float_modules": [r"\.eh_proj$", r"\.enorm$", r"\.hnorm$", r"\.shared_head\.norm$", r"\.embed_tokens$"],
+            "float_modules_source": f"{V}: deepseek_mtp.py:84, 163-166 and glm4_moe_mtp.py:95, 160 (eh_proj a plain "
+                                    "nn.Linear, the MTP embed_tokens a VocabParallelEmbedding without quant_config; "
+                                    "enorm, hnorm and shared_head.norm RMSNorm); DeepSeekMTP.load_weights looks every "
+                                    "tensor up in params_dict (KeyError on a name the module lacks); "
+                                    "vllm_ascend/models/deepseek_mtp.py:15-49 subclasses it",
+            # The draft's layers are looked up with the target's model_type (its packed map:
+            # q_a_proj + kv_a_proj_with_mqa as fused_qkv_a_proj), not deepseek_mtp's: the base
+            # proposer's draft vllm_config keeps the target's model_config (step3p5.py:724-742
+            # replaces it for Step3.5 only), and vllm-ascend's nightly W8A8 R1 runs with MTP
+            # (tests/e2e/nightly/single_node/models/configs/MTPX-DeepSeek-R1-0528-W8A8.yaml:60-85),
+            # which an unpacked fused_qkv_a_proj lookup would refuse (modelslim_config.py:469).
+            "packed_map": "target",
+            "packed_map_source": "vllm_ascend/spec_decode/llm_base_proposer.py:261-282 _get_model; "
+                                 "vllm_ascend/spec_decode/step3p5.py:724-742; "
+                                 "tests/e2e/nightly/single_node/models/configs/MTPX-DeepSeek-R1-0528-W8A8.yaml:60-85",
+        },
         "vision_prefixes": [r"^visual\.", r"^model\.visual\.", r"^vision_tower\.", r"^vision_model\.",
                             r"^model\.vision_tower\."],
         "quant_part_names": ["weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale", "quant_bias"],
@@ -238,6 +271,9 @@ def rules() -> dict:
          "docs/source/faqs.md:17-29; vllm_ascend/device/hardware.py:64-75", scope="deployment")
     rule("model.support", "The model type is in the engine's supported-models matrix for the SoC.", "load untested",
          D, "warning", "deployment")
+    rule("model.mla_soc", "An MLA model runs on a SoC whose runner has MLA attention.",
+         "refuse (ValueError: MLAAttention is not supported for 310P., at KV-cache allocation after the weights load)",
+         "vllm_ascend/_310p/model_runner_310p.py:706-708 initialize_kv_cache_tensors", scope="deployment")
     rule("model.architecture", "The engine's vLLM still has the model class.",
          "refuse (architecture no longer supported)", f"{V}: vllm/model_executor/models/registry.py:884-908",
          scope="deployment")
@@ -263,6 +299,22 @@ def rules() -> dict:
     rule("quant.undescribed_mtp", "The MTP layer's looked-up weights are in the description.",
          "refuse when served with MTP speculative decoding (KeyError); the main model skips the layer",
          f"{M}:166-170 (NOTE 2: add the MTP layer to the description, FLOAT); vllm-ascend #5794", "warning")
+    rule("quant.mtp_float_parts", "An MTP layer's eh_proj, enorm, hnorm, shared_head.norm and embed_tokens are "
+                                  "floats, in the files and the description.",
+         "refuse (KeyError on the quantized parameter's name in DeepSeekMTP.load_weights) or garbage (int8 values "
+         "copied into the float parameter)",
+         f"{V}: deepseek_mtp.py:84, 163-166, glm4_moe_mtp.py:95, 160 (built without a quant method), "
+         "DeepSeekMTP.load_weights params_dict[name]; vllm_ascend/models/deepseek_mtp.py:15-49")
+    rule("quant.mtp_quantized", "The MTP layer's decoder block is FLOAT (only W8A8 with a float MTP layer is known to "
+                                "serve DeepSeek-R1 with MTP).",
+         "fail at run time when served with MTP speculative decoding (ACL stream synchronize failed, error code "
+         "507011); the main model skips the layer",
+         f"{M}:167 (NOTE 1: the MTP layer is not quantized on the NPU); vllm-ascend #2771 (open: mixed MTP fails on "
+         "R1, 'W8A8 + MTP float' works), PR #7177", "warning")
+    rule("quant.mla_kv_b_proj", "An MLA model's kv_b_proj is FLOAT.",
+         "refuse (AssertionError in AscendMLAImpl.process_weights_after_loading, after the weights are read)",
+         "vllm_ascend/attention/mla_v1.py:907-909 ('NOTE: We currently do not support quant kv_b_proj.'); MLA: "
+         f"{V} model_arch_config_convertor.py is_deepseek_mla")
     rule("quant.undescribed_other", "Every tensor in the files is in the description.",
          "none for vllm-ascend (it looks up weights only); msModelSlim's saver lists every tensor",
          "msModelSlim 26.1.0 AscendV1Saver", "warning")

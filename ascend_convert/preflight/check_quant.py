@@ -6,6 +6,7 @@ every tensor its method declares in that dtype and shape; no `quantization_confi
 
 from __future__ import annotations
 
+from .check_mtp import mtp_layer
 from .checkpoint import Checkpoint
 from .findings import ERROR, WARNING, Collector
 from .headers import TensorHeader
@@ -104,13 +105,6 @@ def _model_keys(ckpt: Checkpoint, desc_facts: dict, loader: dict, out: Collector
                                                                        "engine registers on this SoC")
 
 
-def _mtp_layer(name: str, ckpt: Checkpoint) -> int | None:
-    """The layer index of an MTP (multi-token prediction) layer's tensor: one past the model's layers."""
-    layer = layer_of(name)
-    layers = ckpt.text_config().get("num_hidden_layers")
-    return layer if layer is not None and isinstance(layers, int) and layer >= layers else None
-
-
 def _looked_up(name: str, t: TensorHeader, ckpt: Checkpoint, loader: dict, facts: dict) -> bool:
     """Whether the loader asks the description for this tensor: the weight of a linear, MoE or
     embedding module (2-D) that the model builds with the quant config."""
@@ -123,7 +117,7 @@ def _looked_up(name: str, t: TensorHeader, ckpt: Checkpoint, loader: dict, facts
         return False
     if not loader["embedding_lookup"] and _is_embedding(name):
         return False
-    return not (_mtp_layer(name, ckpt) is not None and matches_any(name, lookups["mtp_not_looked_up"]))
+    return not (mtp_layer(name, ckpt) is not None and matches_any(name, lookups["mtp_not_looked_up"]))
 
 
 def _is_embedding(name: str) -> bool:
@@ -150,7 +144,7 @@ def _both_ways(ckpt: Checkpoint, types: dict[str, str], loader: dict, facts: dic
             continue
         if not _looked_up(name, t, ckpt, loader, facts):
             other.append(name)
-        elif _mtp_layer(name, ckpt) is not None:
+        elif mtp_layer(name, ckpt) is not None:
             mtp.setdefault(group_of(name), []).append(name)
         elif without_prefix and name == "model.embed_tokens.weight":
             if float_type not in types.values():  # looked up as '': FLOAT if any weight is FLOAT

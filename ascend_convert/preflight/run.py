@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .check_files import check_files
+from .check_mla import check_mla
 from .check_model import check_model
+from .check_mtp import check_mtp
 from .check_nz import check_nz
 from .check_parallel import check_parallel
 from .check_quant import check_quant
@@ -56,7 +58,9 @@ def run_preflight(model_dir: Path, *, soc: str = "ascend910b", dtype: str = "aut
     load_description(ckpt, facts, out)
     check_files(ckpt, out, rehash)
     check_model(ckpt, target, facts, out)
+    check_mla(ckpt, target, facts, out)
     check_quant(ckpt, target, facts, out)
+    check_mtp(ckpt, facts, out)
     check_parallel(ckpt, target, facts, out)
     check_nz(ckpt, target, mode, facts, out)
     found = [dataclasses.replace(f, file=_locate(ckpt, f)) for f in out.findings
