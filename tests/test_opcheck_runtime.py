@@ -39,7 +39,7 @@ def invoke(monkeypatch):
     return run
 
 
-@pytest.mark.parametrize("family", fx.FAMILIES + fx.MOE_FAMILIES)
+@pytest.mark.parametrize("family", fx.FAMILIES + fx.MOE_FAMILIES + fx.DEEPSEEK_FAMILIES)
 def test_runtime_model_is_clean_for_every_family_and_target(invoke, checkpoint, family):
     from runtime.model.loader import open_model
 
