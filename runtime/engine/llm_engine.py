@@ -63,6 +63,8 @@ class EngineInfo:
     dtype: str  # the compute dtype: float32, float16 or bfloat16
     device: str  # the platform's name: cpu, cuda or npu
     max_num_seqs: int
+    kv_bytes_per_token: int = 0  # the KV cache a token takes, all layers (MLA: its latent and rope key)
+    full_kv_bytes_per_token: int = 0  # what per-head keys and values would take (equal but for MLA)
 
 
 @dataclass
@@ -96,14 +98,15 @@ class LLMEngine:
                  kv_cache_memory: int | str | None = None, max_num_seqs: int = 64,
                  max_num_batched_tokens: int | None = None, max_model_len: int | None = None,
                  enable_prefix_caching: bool = True, trust_remote_code: bool = False,
-                 mla_decode: str = "absorbed") -> None:
+                 mla_decode: str = "auto") -> None:
         if not isinstance(tensor_parallel_size, int) or isinstance(tensor_parallel_size, bool) \
                 or tensor_parallel_size < 1:
             raise UserError(f"tensor_parallel_size {tensor_parallel_size!r}: expected an integer >= 1")
         if memory_policy not in ("static", "dynamic"):
             raise UserError(f"memory_policy {memory_policy!r}: expected 'static' or 'dynamic'")
+        mla_decode = "absorbed" if mla_decode == "auto" else mla_decode
         if mla_decode not in MLA_DECODE:
-            raise UserError(f"mla_decode {mla_decode!r}: expected {' or '.join(map(repr, MLA_DECODE))}")
+            raise UserError(f"mla_decode {mla_decode!r}: expected 'auto' or {' or '.join(map(repr, MLA_DECODE))}")
         self.platform = resolve(device)
         ckpt = open_model(model)
         ckpt = replace(ckpt, config=replace(ckpt.config, mla_decode=mla_decode))
@@ -296,7 +299,9 @@ class LLMEngine:
     def info(self) -> EngineInfo:
         return EngineInfo(max_model_len=self.max_model_len, vocab_size=self.config.vocab_size,
                           dtype=str(self.dtype).removeprefix("torch."), device=self.platform.name,
-                          max_num_seqs=self.scheduler.max_num_seqs)
+                          max_num_seqs=self.scheduler.max_num_seqs,
+                          kv_bytes_per_token=self.config.kv_token_bytes(self.dtype),
+                          full_kv_bytes_per_token=self.config.kv_token_bytes(self.dtype, full=True))
 
     def stats(self) -> dict:
         """Counts the server's /metrics and the benchmarks report: running and waiting requests, the

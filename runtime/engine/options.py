@@ -18,7 +18,7 @@ DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 ENGINE_DEFAULTS: dict[str, Any] = {
     "device": "auto", "dtype": None, "max_num_seqs": 64, "max_model_len": None, "memory_policy": "static",
     "kv_cache_memory": "1GiB", "block_size": 16, "enable_prefix_caching": True, "tensor_parallel_size": 1,
-    "trust_remote_code": False, "mla_decode": "absorbed",
+    "trust_remote_code": False, "mla_decode": "auto",
 }
 
 _OPTIONS = (
@@ -39,9 +39,11 @@ _OPTIONS = (
     click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=ENGINE_DEFAULTS["tensor_parallel_size"],
                  show_default=True),
     click.option("--trust-remote-code", is_flag=True, help="Allow a tokenizer that is remote code to run."),
-    click.option("--mla-decode", type=click.Choice(MLA_DECODE), default=ENGINE_DEFAULTS["mla_decode"], show_default=True,
+    click.option("--mla-decode", type=click.Choice(("auto", *MLA_DECODE)), default=ENGINE_DEFAULTS["mla_decode"],
+                 show_default=True,
                  help="Multi-head latent attention (DeepSeek-V2/V3): decode with the up-projections absorbed (vLLM's "
-                      "way) or decompressed (transformers' op order, for bit-level comparisons)."),
+                      "way) or decompressed (transformers' op order, for bit-level comparisons). auto: absorbed; "
+                      "decompressed for smoke, whose answers are compared with transformers'."),
 )
 
 _NAMES = tuple(ENGINE_DEFAULTS)

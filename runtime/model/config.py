@@ -149,11 +149,16 @@ class ModelConfig:
             return self.num_heads * (self.mla.qk_head_dim + self.mla.v_head_dim)
         return self.kv_values_per_token
 
+    def kv_token_bytes(self, dtype: Any, full: bool = False) -> int:
+        """KV-cache bytes one token takes across all layers in `dtype` (a torch dtype or its name); `full`:
+        what per-head keys and values would take (what `smoke` and `bench` set beside it for MLA)."""
+        values = self.full_kv_values_per_token if full else self.kv_values_per_token
+        return self.num_layers * values * _element_size(dtype)
+
     def kv_block_bytes(self, block_size: int, dtype: Any) -> int:
-        """Bytes one KV-cache block of `block_size` tokens takes across all layers, in `dtype` (a torch
-        dtype or its name): one formula for the engine's pool and for the benchmark that sizes a pool
-        before any engine exists."""
-        return self.num_layers * block_size * self.kv_values_per_token * _element_size(dtype)
+        """Bytes one KV-cache block of `block_size` tokens takes across all layers, in `dtype`: one
+        formula for the engine's pool and for the benchmark that sizes a pool before any engine exists."""
+        return block_size * self.kv_token_bytes(dtype)
 
 
 def _element_size(dtype: Any) -> int:

@@ -143,7 +143,8 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None) 
             "id": model_name, "object": "model", "created": created, "owned_by": "ascendkit",
             "max_model_len": info.max_model_len,
             "ascendkit": {"vocab_size": info.vocab_size, "dtype": info.dtype, "device": info.device,
-                          "max_num_seqs": info.max_num_seqs}}]}
+                          "max_num_seqs": info.max_num_seqs, "kv_bytes_per_token": info.kv_bytes_per_token,
+                          "full_kv_bytes_per_token": info.full_kv_bytes_per_token}}]}
 
     @app.get("/health")
     async def health() -> Response:

@@ -10,6 +10,7 @@ from typing import Any
 
 from runtime.evaluation.bench.systems import LABELS
 from runtime.evaluation.report_output import figure as _f
+from runtime.evaluation.report_output import kv_cache_line
 
 # The targets: (workload, what, baseline, at least)
 TARGETS = (("single", "throughput", "hf", 2.0), ("batch64", "throughput", "hf", 2.0),
@@ -72,6 +73,9 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(f"  runtime KV pool: {rt['kv_pool_gb']:.3f} GB pre-allocated ({rt['kv_blocks']} blocks of "
                   f"{rt['block_size']} tokens), counted in its memory; times in ms; runtime × = runtime tok/s ÷ "
                   f"this system's")
+    kv_line = kv_cache_line(rt.get("kv_cache", {}))
+    if kv_line:
+        console.print(f"  runtime {kv_line}")
     for name, entry in report.get("workloads", {}).items():
         table = Table(title=f"{name}: {entry['description']}", title_justify="left")
         for i, col in enumerate(COLUMNS):

@@ -11,13 +11,14 @@ system loads, never at import.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.evaluation.bench.figures import GB, Run
 from runtime.evaluation.bench.metering import MemoryMeter
 from runtime.evaluation.bench.workloads import LOW_TOKEN_ID
+from runtime.evaluation.report_output import kv_cache_figures
 
 HF_BATCH_PAGE = 256  # generate_batch's default page (tokens per KV block)
 HF_BATCH_TOKENS = 2048  # its token budget per step: the runtime's default
@@ -86,7 +87,8 @@ class RuntimeSystem(System):
         stats = engine.stats()
         self.info = {"kv_pool_gb": stats["kv_blocks_total"] * engine.runner.block_bytes / GB,
                      "kv_blocks": stats["kv_blocks_total"], "block_size": engine.runner.block_size,
-                     "max_num_seqs": cfg.max_num_seqs, "prefix_caching": self.prefix_caching}
+                     "max_num_seqs": cfg.max_num_seqs, "prefix_caching": self.prefix_caching,
+                     "kv_cache": kv_cache_figures(asdict(engine.info))}
 
     def _params(self, new_tokens: int) -> Any:
         """Greedy, exactly `new_tokens` tokens (EOS ignored), like every baseline."""
