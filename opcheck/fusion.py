@@ -260,6 +260,31 @@ def _mla_attention(node: Node) -> bool:
     return any(_mla_split(n) for n in _upstream(node, 200) if _is(n, A.split_with_sizes.default, A.split.Tensor))
 
 
+def _strided_halves(a: object, b: object) -> bool:
+    """`a` and `b` are x[..., 0::2] and x[..., 1::2] of one tensor."""
+    if not (_is(a, A.slice.Tensor) and _is(b, A.slice.Tensor)) or _source(a.args[0]) is not _source(b.args[0]):
+        return False
+    def start_step(n: Node) -> tuple[object, object]:
+        return (n.args[2] if len(n.args) > 2 else 0, n.args[4] if len(n.args) > 4 else 1)
+
+    return start_step(a) == (0, 2) and start_step(b) == (1, 2)
+
+
+def _interleaved_rope(node: Node) -> bool:
+    """DeepSeek's interleaved rotary embedding (rope_interleave): with e, o = x[..., 0::2], x[..., 1::2],
+    cat(e·cos − o·sin, o·cos + e·sin), anchored on the cat."""
+    if not _is(node, A.cat.default) or len(node.args[0]) != 2:
+        return False
+    sub, add = (_source(a) for a in node.args[0])
+    if not (_is(sub, A.sub.Tensor) and _is(add, A.add.Tensor)):
+        return False
+    muls = [_source(m) for m in (*sub.args[:2], *add.args[:2])]
+    if not all(_is(m, A.mul.Tensor) for m in muls):
+        return False
+    even, odd = _source(muls[0].args[0]), _source(muls[1].args[0])
+    return _strided_halves(even, odd) and _source(muls[2].args[0]) is odd and _source(muls[3].args[0]) is even
+
+
 @dataclass(frozen=True)
 class KernelPattern:
     """A pattern served by one of several torch_npu custom kernels, newest first: the first the
@@ -272,6 +297,10 @@ class KernelPattern:
 
 
 KERNEL_PATTERNS: tuple[KernelPattern, ...] = (
+    KernelPattern("RoPE (interleaved)", _interleaved_rope, ("npu_interleave_rope",),
+                  "DeepSeek's interleaved rotary embedding (rope_interleave: even and odd lanes rotated, written "
+                  "out as strided slices, four muls and a cat) in one kernel: torch_npu.npu_interleave_rope(x, cos, "
+                  "sin); the MLA prolog kernels apply it themselves"),
     KernelPattern("MLA prolog", _mla_prolog, ("npu_mla_prolog_v3", "npu_mla_prolog_v2", "npu_mla_prolog"),
                   "MLA's pre-attention chain in one kernel: q_a_proj → q_a_layernorm → q_b_proj (weight_dq, "
                   "rmsnorm_gamma_cq, weight_uq_qr) with rope on the query's rope slice, kv_a_proj_with_mqa "

@@ -52,8 +52,10 @@ def test_deepseek_v3_real_config_through_the_cli(tmp_path):
         {"total": 61, "traced": 4, "kinds": 2}, {"layers": 58, "routed_experts": 256}, 1, "fp8")
     assert target["dtype"] == "bfloat16" and target["experts"] == "batched_mm"
     assert report["clean"] is True and report["findings"] == []
-    assert rows(report["fusions"], "MLA prolog", "MLA KV prolog", "MLA attention", "MoE gating",
-                "MoE grouped gating", "MoE init routing", "MoE grouped matmul", "MoE finalize routing") == {
+    assert rows(report["fusions"], "RoPE", "RoPE (interleaved)", "MLA prolog", "MLA KV prolog", "MLA attention",
+                "MoE gating", "MoE grouped gating", "MoE init routing", "MoE grouped matmul",
+                "MoE finalize routing") == {
+        "RoPE (interleaved)": (122, "torch_npu.npu_interleave_rope", True),  # q and k, every layer
         "MLA prolog": (61, "torch_npu.npu_mla_prolog_v3", True),
         "MLA attention": (61, "torch_npu.npu_fused_infer_attention_score_v2", True),
         "MoE grouped gating": (58, "torch_npu.npu_moe_gating_top_k", True),
