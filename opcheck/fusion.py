@@ -15,7 +15,16 @@ not), init routing (the (token, expert) pairs laid out by expert: a sort of the 
 tokens repeated top-k times), the experts' matmuls (grouped, batched over gathered expert weights, or
 one per expert) and finalize routing (the weighted sum back to one row per token). Each names its
 torch_npu kernels newest first; with the target release's custom-op list, the first the release has
-is suggested and `in_release` says whether it has any.
+is suggested and `in_release` says whether it has any. Group-limited routing (DeepSeek-V3's sigmoid
+scores with a correction bias, top-k groups, mask, top-k experts; DeepSeek-V2's group_limited_greedy;
+GLM-4.5) is "MoE grouped gating" (npu_moe_gating_top_k, with the arguments the graph shows), plain
+softmax top-k stays "MoE gating"; top-k's over groups are stages of the router, not routers.
+
+Custom kernels that several torch_npu releases serve under versioned names (`KERNEL_PATTERNS`) are
+named the same way: multi-head latent attention's prolog (q_a/kv_a projections, their RMSNorms, the
+rope slices, the cache write: npu_mla_prolog_v3/v2/v1; npu_kv_rmsnorm_rope_cache without
+q_lora_rank), its attention over the latent (npu_fused_infer_attention_score_v2/v1), and DeepSeek's
+interleaved rope (npu_interleave_rope).
 """
 
 from __future__ import annotations
