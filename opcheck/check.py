@@ -90,25 +90,48 @@ def _check_torch(subject, soc: str, dtype: str, version: str, manifest_file: Pat
 
     manifest, manifest_file = _manifest(manifest_file, version, "torch_npu")
     shapes: dict = {}
-    experts, dynamic = None, False
+    experts, dynamic, weight, model_info = None, False, None, {}
     if subject.kind == HF:
-        from .hf_trace import config_dtype, dynamic_experts, load_config, trace_hf
+        from .hf_trace import config_dtype, dynamic_experts, load_config, trace_model
 
         config = load_config(subject.path, trust_remote_code)
         dynamic = dynamic_experts(subject.path)
         trace_dtype = config_dtype(subject.path) if dtype == "auto" else dtype
-        uses, program, experts = trace_hf(subject.path, config, trace_dtype, batch, seq_len, trust_remote_code)
+        trace = trace_model(subject.path, config, trace_dtype, batch, seq_len, trust_remote_code)
+        uses, program, experts, weight = trace.uses, trace.program, trace.experts, trace.weight
         shapes = {"prefill": [batch, seq_len], "decode": [batch, 1, seq_len]}
+        model_info = _model_info(subject.path, config, trace)
     else:
         program = load_pt2(subject.path, trust_remote_code) if subject.kind == PT2 else export_function(subject.value)
         uses, trace_dtype = ops_in(program), "as traced"
     found = findings(uses, Classifier(manifest), get_soc(soc).dtypes)
-    fusions = find_fusions(program, manifest["npu_custom"], dynamic)
+    fusions = find_fusions(program, manifest["npu_custom"], dynamic, weight)
     target = {"soc": soc, "dtype": trace_dtype, "torch_npu": manifest["torch_npu"], "manifest": str(manifest_file),
               "shapes": shapes}
     if experts:  # an MoE model: which of transformers' experts implementations the graph holds
         target["experts"] = experts
+    target.update(model_info)
     return target, uses, found, fusions
+
+
+def _model_info(model_dir: Path, config, trace) -> dict:
+    """What a config-only trace covered, for the report: the decoder layers traced when one per kind
+    stood for the rest, the MoE layers and routed experts found, the MTP layers transformers' class
+    does not build (not traced), the source quantization set aside (the float model is traced)."""
+    from .hf_trace import quant_method
+
+    info: dict = {}
+    if trace.sample:
+        info["layers"] = {"total": trace.sample.total, "traced": trace.sample.traced, "kinds": trace.sample.kinds}
+    if trace.moe_layers:
+        info["moe"] = {"layers": trace.moe_layers, "routed_experts": trace.routed_experts}
+    mtp = getattr(config.get_text_config(), "num_nextn_predict_layers", 0)
+    if isinstance(mtp, int) and mtp > 0:
+        info["mtp_layers"] = mtp
+    method = quant_method(model_dir)
+    if method:
+        info["source_quantization"] = method
+    return info
 
 
 def _runtime_checkpoint(model: str | None) -> Path:

@@ -17,7 +17,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import torch
 
@@ -73,7 +73,7 @@ def _has_kernel(key: str, dispatch_key: str) -> bool:
 _EXPLICIT = ("CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _base_is_composite(base: str) -> bool:
     """Has any overload of `aten::<base>` a composite kernel? (Profiler events name no overload.)"""
     packet = getattr(torch.ops.aten, base, None)

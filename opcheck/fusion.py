@@ -15,7 +15,16 @@ not), init routing (the (token, expert) pairs laid out by expert: a sort of the 
 tokens repeated top-k times), the experts' matmuls (grouped, batched over gathered expert weights, or
 one per expert) and finalize routing (the weighted sum back to one row per token). Each names its
 torch_npu kernels newest first; with the target release's custom-op list, the first the release has
-is suggested and `in_release` says whether it has any.
+is suggested and `in_release` says whether it has any. Group-limited routing (DeepSeek-V3's sigmoid
+scores with a correction bias, top-k groups, mask, top-k experts; DeepSeek-V2's group_limited_greedy;
+GLM-4.5) is "MoE grouped gating" (npu_moe_gating_top_k, with the arguments the graph shows), plain
+softmax top-k stays "MoE gating"; top-k's over groups are stages of the router, not routers.
+
+Custom kernels that several torch_npu releases serve under versioned names (`KERNEL_PATTERNS`) are
+named the same way: multi-head latent attention's prolog (q_a/kv_a projections, their RMSNorms, the
+rope slices, the cache write: npu_mla_prolog_v3/v2/v1; npu_kv_rmsnorm_rope_cache without
+q_lora_rank), its attention over the latent (npu_fused_infer_attention_score_v2/v1), and DeepSeek's
+interleaved rope (npu_interleave_rope).
 """
 
 from __future__ import annotations
@@ -212,6 +221,114 @@ PATTERNS: tuple[Pattern, ...] = (
 )
 
 
+
+# Multi-head latent attention (DeepSeek-V2/V3): x → kv_a_proj_with_mqa, split into the latent
+# (kv_lora_rank) and the rope key (qk_rope_head_dim); the latent is RMS-normed (kv_a_layernorm) and
+# decompressed by kv_b_proj, the rope key rotated. With q_lora_rank the query is x → q_a_proj →
+# q_a_layernorm → q_b_proj, its rope slice rotated. Anchored on the split of the kv_a output.
+def _rms_normed(x: Node) -> bool:
+    """Whether an RMSNorm normalises `x` (through views and casts)."""
+    return any(_rms_input(n) is x for n in _downstream(x, 12) if _is(n, A.rsqrt.default))
+
+
+def _mla_split(node: Node) -> bool:
+    """The split of kv_a_proj_with_mqa's output into an RMS-normed latent and a rotated rope key."""
+    if not (_is(node, A.split_with_sizes.default, A.split.Tensor) and _is(_source(node.args[0]), A.linear.default)):
+        return False
+    parts = sorted((u for u in node.users if u.target is operator.getitem), key=lambda u: u.args[1])
+    if len(parts) != 2:
+        return False
+    latent, rope = parts
+    decompressed = any(_is(n, A.linear.default) for n in _downstream(latent, 30))
+    # rotated: rotate_half's cat (DeepSeek-V3, interleaved or not) or a complex product (DeepSeek-V2)
+    rotated = any(_is(n, A.cat.default, A.view_as_complex.default) for n in _downstream(rope, 30))
+    return _rms_normed(latent) and decompressed and rotated
+
+
+def _q_lora(split: Node) -> bool:
+    """Whether the layer's query is low-rank too: another linear of the same input whose output is
+    RMS-normed (q_a_proj → q_a_layernorm)."""
+    kv_a = _source(split.args[0])
+    x = kv_a.args[0]
+    return any(_is(u, A.linear.default) and u is not kv_a and _rms_normed(u) for u in x.users)
+
+
+def _mla_prolog(node: Node) -> bool:
+    return _mla_split(node) and _q_lora(node)
+
+
+def _mla_kv_prolog(node: Node) -> bool:
+    """MLA without q_lora_rank (DeepSeek-V2-Lite): a plain q_proj, only the KV half fuses."""
+    return _mla_split(node) and not _q_lora(node)
+
+
+def _mla_attention(node: Node) -> bool:
+    """Attention whose keys are decompressed from an MLA latent (a kv_b_proj output)."""
+    if not _attention(node):
+        return False
+    return any(_mla_split(n) for n in _upstream(node, 200) if _is(n, A.split_with_sizes.default, A.split.Tensor))
+
+
+def _strided_halves(a: object, b: object) -> bool:
+    """`a` and `b` are x[..., 0::2] and x[..., 1::2] of one tensor."""
+    if not (_is(a, A.slice.Tensor) and _is(b, A.slice.Tensor)) or _source(a.args[0]) is not _source(b.args[0]):
+        return False
+    def start_step(n: Node) -> tuple[object, object]:
+        return (n.args[2] if len(n.args) > 2 else 0, n.args[4] if len(n.args) > 4 else 1)
+
+    return start_step(a) == (0, 2) and start_step(b) == (1, 2)
+
+
+def _interleaved_rope(node: Node) -> bool:
+    """DeepSeek's interleaved rotary embedding (rope_interleave): with e, o = x[..., 0::2], x[..., 1::2],
+    cat(e·cos − o·sin, o·cos + e·sin), anchored on the cat."""
+    if not _is(node, A.cat.default) or len(node.args[0]) != 2:
+        return False
+    sub, add = (_source(a) for a in node.args[0])
+    if not (_is(sub, A.sub.Tensor) and _is(add, A.add.Tensor)):
+        return False
+    muls = [_source(m) for m in (*sub.args[:2], *add.args[:2])]
+    if not all(_is(m, A.mul.Tensor) for m in muls):
+        return False
+    even, odd = _source(muls[0].args[0]), _source(muls[1].args[0])
+    return _strided_halves(even, odd) and _source(muls[2].args[0]) is odd and _source(muls[3].args[0]) is even
+
+
+@dataclass(frozen=True)
+class KernelPattern:
+    """A pattern served by one of several torch_npu custom kernels, newest first: the first the
+    target release has is suggested, and `in_release` says whether it has any."""
+
+    name: str
+    matches: Callable[[Node], bool]
+    fused_ops: tuple[str, ...]
+    note: str
+
+
+KERNEL_PATTERNS: tuple[KernelPattern, ...] = (
+    KernelPattern("RoPE (interleaved)", _interleaved_rope, ("npu_interleave_rope",),
+                  "DeepSeek's interleaved rotary embedding (rope_interleave: even and odd lanes rotated, written "
+                  "out as strided slices, four muls and a cat) in one kernel: torch_npu.npu_interleave_rope(x, cos, "
+                  "sin); the MLA prolog kernels apply it themselves"),
+    KernelPattern("MLA prolog", _mla_prolog, ("npu_mla_prolog_v3", "npu_mla_prolog_v2", "npu_mla_prolog"),
+                  "MLA's pre-attention chain in one kernel: q_a_proj → q_a_layernorm → q_b_proj (weight_dq, "
+                  "rmsnorm_gamma_cq, weight_uq_qr) with rope on the query's rope slice, kv_a_proj_with_mqa "
+                  "(weight_dkv_kr) → kv_a_layernorm (rmsnorm_gamma_ckv) with rope on the key's rope slice, the "
+                  "query's nope part absorbed into the latent by kv_b_proj's key half (weight_uk), and the latent and "
+                  "rope key written to the paged caches (kv_cache, kr_cache: kv_lora_rank + qk_rope_head_dim per "
+                  "token, not per head)"),
+    KernelPattern("MLA KV prolog", _mla_kv_prolog, ("npu_kv_rmsnorm_rope_cache_v2", "npu_kv_rmsnorm_rope_cache"),
+                  "MLA without q_lora_rank (a plain q_proj): npu_mla_prolog takes the query's down-projection "
+                  "(weight_dq) this model does not have, so fuse the KV half: kv_a_layernorm on the latent, rope on "
+                  "the rope key and the write of both to the paged caches"),
+    KernelPattern("MLA attention", _mla_attention,
+                  ("npu_fused_infer_attention_score_v2", "npu_fused_infer_attention_score"),
+                  "attend over the cached latent, not keys and values decompressed per head: the query absorbed "
+                  "into the latent (nope part times kv_b_proj's key half) as query, the latent as key and value "
+                  "(num_key_value_heads=1), query_rope/key_rope for the rope parts, then kv_b_proj's value half "
+                  "on the output (as vLLM's MLA decode does); these are also counted as attention"),
+)
+
 # Mixture of experts. A block starts at the router's top-k and ends at the first reduction that
 # brings the experts' outputs back to one row per token.
 _TOPK = {A.topk.default}
@@ -240,11 +357,116 @@ def _topk_output(topk: Node, index: int) -> Node | None:
 
 
 def _is_gating(topk: Node) -> bool:
-    """softmax → top-k (Qwen-MoE, Mixtral in transformers v5), or top-k → softmax over the k logits."""
-    if _is(_source(topk.args[0]), *_SOFTMAX):
+    """softmax → top-k (Qwen-MoE, Mixtral in transformers v5), top-k → softmax over the k logits, or a
+    top-k over sigmoid or softmax scores with a correction bias added and groups masked out
+    (DeepSeek-V3, GLM-4.5, DeepSeek-V2's group_limited_greedy)."""
+    if _is(_source(topk.args[0]), *_SOFTMAX) or _scores(topk.args[0]) is not None:
         return True
     values = _topk_output(topk, 0)
     return values is not None and any(_is(u, *_SOFTMAX) for u in _users(values))
+
+
+_SCORE = {A.sigmoid.default, *_SOFTMAX}
+_MASK = {A.masked_fill.Scalar, A.masked_fill.Tensor}
+_SCATTER = {A.scatter_.value, A.scatter.value, A.scatter_.src, A.scatter.src}
+
+
+def _scores(node: object, depth: int = 4) -> Node | None:
+    """The sigmoid or softmax that `node` holds the scores of, through views, casts, a mask
+    (masked_fill) and an added correction bias (the operand that is computed, not a buffer)."""
+    node = _source(node)
+    for _ in range(depth):
+        if _is(node, *_SCORE):
+            return node
+        if _is(node, *_MASK):
+            node = _source(node.args[0])
+        elif _is(node, A.add.Tensor):
+            computed = [a for a in _operands(node) if isinstance(a, Node) and a.op == "call_function"]
+            if len(computed) != 1:
+                return None
+            node = computed[0]
+        else:
+            return None
+    return None
+
+
+def _bias_added(node: object) -> bool:
+    """Whether a buffer or parameter (DeepSeek-V3's e_score_correction_bias) is added to the scores."""
+    node = _source(node)
+    for _ in range(4):
+        if _is(node, A.add.Tensor):
+            return any(isinstance(a, Node) and a.op == "placeholder" for a in _operands(node))
+        if not _is(node, *_MASK):
+            return False
+        node = _source(node.args[0])
+    return False
+
+
+def _downstream(start: Node, limit: int = 40) -> Iterator[Node]:
+    """Nodes computed from `start`, nearest first, at most `limit` of them."""
+    seen, queue = {start}, [start]
+    while queue and len(seen) <= limit:
+        for user in queue.pop(0).users:
+            if user not in seen:
+                seen.add(user)
+                queue.append(user)
+                yield user
+
+
+def _upstream(start: Node, limit: int = 40) -> Iterator[Node]:
+    """Nodes `start` is computed from, nearest first, at most `limit` of them."""
+    seen, queue = {start}, [start]
+    while queue and len(seen) <= limit:
+        for arg in queue.pop(0).all_input_nodes:
+            if arg not in seen:
+                seen.add(arg)
+                queue.append(arg)
+                yield arg
+
+
+def _group_stage(topk: Node) -> bool:
+    """A top-k over expert groups (or within them) that picks which groups the router's top-k may
+    choose from: it feeds another top-k."""
+    return any(_is(n, *_TOPK) for n in _downstream(topk, 24))
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """Group-limited routing as the graph computes it, in npu_moe_gating_top_k's terms."""
+
+    score: str  # sigmoid | softmax (norm_type 1 | 0)
+    bias: bool  # a correction bias added to the scores before choosing
+    groups: int  # group_count
+    kept: int  # k_group: groups kept
+    select: str  # how a group is scored: "top-2 sum" (group_select_mode 1) | "max" (0)
+    k: int
+
+
+def grouping(topk: Node) -> Grouping | None:
+    """The group-limited routing around a router's top-k: its scores masked to the groups that a
+    top-k over group scores (max, or sum of the top 2, per group) kept. None for plain top-k."""
+    masked = _source(topk.args[0])
+    if not _is(masked, *_MASK):
+        return None
+    scatter = next((n for n in _upstream(masked.args[1], 12) if _is(n, *_SCATTER)), None)
+    group_topk = _source(scatter.args[2]) if scatter is not None and len(scatter.args) > 2 else None
+    if _is(group_topk, operator.getitem):
+        group_topk = group_topk.args[0]
+    if not _is(group_topk, *_TOPK):
+        return None
+    group_scores = _source(group_topk.args[0])
+    shape = _shape(group_scores)
+    if _is(group_scores, A.sum.dim_IntList):
+        select = "top-2 sum"
+    elif _is(group_scores, A.amax.default, A.max.dim) or (_is(group_scores, operator.getitem)
+                                                         and _is(group_scores.args[0], A.max.dim)):
+        select = "max"
+    else:
+        select = "unknown"
+    score = _scores(masked)
+    name = "?" if score is None else "sigmoid" if score.target is A.sigmoid.default else "softmax"
+    return Grouping(score=name, bias=_bias_added(masked), groups=shape[-1] if shape else 0,
+                    kept=int(group_topk.args[1]), select=select, k=int(topk.args[1]))
 
 
 def _descendants(start: Node, order: dict[Node, int], stop: int) -> set[Node]:
@@ -276,7 +498,7 @@ def moe_blocks(nodes: list[Node], dynamic_experts: bool = False) -> list[MoEBloc
     """The graph's MoE layers, in order: a gating top-k whose indices route tokens through expert
     matmuls, up to the reduction that sums them per token (before the next layer's router)."""
     order = {n: i for i, n in enumerate(nodes)}
-    routers = [n for n in nodes if _is(n, *_TOPK) and _is_gating(n)]
+    routers = [n for n in nodes if _is(n, *_TOPK) and _is_gating(n) and not _group_stage(n)]
     blocks = []
     for i, topk in enumerate(routers):
         stop = order[routers[i + 1]] if i + 1 < len(routers) else len(nodes)
@@ -295,6 +517,9 @@ def moe_blocks(nodes: list[Node], dynamic_experts: bool = False) -> list[MoEBloc
             continue  # a top-k over a softmax that feeds no matmul: not a router
         end = order[finalize] if finalize is not None else stop
         values = _topk_output(topk, 0)
+        if values is None or not values.users:  # DeepSeek-V3: the weights are the scores gathered at the ids
+            indices = _topk_output(topk, 1)
+            values = next((u for u in indices.users if _is(u, A.gather.default)), None) if indices else None
         weighted = _descendants(values, order, end + 1) if values is not None else set()
         block = tuple(n for n in nodes[order[topk]:end + 1] if n in below)
         blocks.append(MoEBlock(topk, block, finalize, frozenset(weighted), dynamic_experts))
@@ -302,7 +527,27 @@ def moe_blocks(nodes: list[Node], dynamic_experts: bool = False) -> list[MoEBloc
 
 
 def _gating(block: MoEBlock) -> Node | None:
-    return block.topk
+    """Softmax and top-k over all experts (group-limited routing is `_grouped_gating`)."""
+    return None if grouping(block.topk) else block.topk
+
+
+def _grouped_gating(block: MoEBlock) -> Node | None:
+    """Scores (sigmoid, or softmax), a correction bias, a top-k over expert groups, the mask of the
+    groups kept, the top-k experts in them and the gather of their scores: npu_moe_gating_top_k."""
+    return block.topk if grouping(block.topk) else None
+
+
+def _describe_grouping(block: MoEBlock) -> str:
+    g = grouping(block.topk)
+    if g is None:
+        return ""
+    norm_type = {"sigmoid": 1, "softmax": 0}.get(g.score, "?")
+    mode = {"top-2 sum": 1, "max": 0}.get(g.select, "?")
+    bias = " + correction bias" if g.bias else ""
+    return (f"found: {g.score} scores{bias}, {g.groups} groups scored by {g.select}, top-{g.kept} groups kept, "
+            f"top-{g.k} experts; call npu_moe_gating_top_k(x, k={g.k}, bias={'the bias' if g.bias else 'None'}, "
+            f"k_group={g.kept}, group_count={g.groups}, group_select_mode={mode}, norm_type={norm_type}, "
+            f"renorm=0, routed_scaling_factor=the model's)")
 
 
 def _init_routing(block: MoEBlock) -> Node | None:
@@ -365,6 +610,7 @@ class MoEPattern:
     finds: Callable[[MoEBlock], Node | None]  # the node to point at, or None if the block lacks it
     fused_ops: tuple[str, ...]  # torch_npu's kernels for it, the one to prefer first
     note: str
+    detail: Callable[[MoEBlock], str] | None = None  # what the first block found holds, added to the note
 
 
 MOE_PATTERNS: tuple[MoEPattern, ...] = (
@@ -388,22 +634,38 @@ MOE_PATTERNS: tuple[MoEPattern, ...] = (
                "W8A8 dynamic: quantize the routed tokens per token once (npu_dynamic_quant, or "
                "npu_moe_init_routing_v2's quant_mode) and pass the scales to npu_grouped_matmul as "
                "per_token_scale"),
+    MoEPattern("MoE grouped gating", _grouped_gating, ("npu_moe_gating_top_k",),
+               "group-limited routing (DeepSeek-V3's noaux_tc, GLM-4.5, DeepSeek-V2's group_limited_greedy) in "
+               "one kernel: scores, correction bias, group top-k, mask, expert top-k and the gather of the "
+               "chosen scores; torch_npu.npu_moe_gating_top_k returns the weights, the expert ids and the "
+               "row ids; renorm the k weights (norm_topk_prob) and scale by routed_scaling_factor as the "
+               "model does", _describe_grouping),
 )
 
 
-def _moe_fusions(nodes: list[Node], npu_custom: frozenset[str] | None, dynamic_experts: bool) -> list[Fusion]:
+def _release_op(fused_ops: tuple[str, ...], npu_custom: frozenset[str] | None) -> tuple[str, bool | None]:
+    """The newest of `fused_ops` the release has (the newest of all without a release), and whether
+    it has any."""
+    if npu_custom is None:
+        return fused_ops[0], None
+    fused = next((op for op in fused_ops if op in npu_custom), fused_ops[0])
+    return fused, fused in npu_custom
+
+
+def _moe_fusions(nodes: list[Node], npu_custom: frozenset[str] | None, dynamic_experts: bool,
+                 weight: Callable[[Node], int]) -> list[Fusion]:
     blocks = moe_blocks(nodes, dynamic_experts)
     out = []
     for pattern in MOE_PATTERNS:
-        found = [node for node in map(pattern.finds, blocks) if node is not None]
+        found = [(block, node) for block, node in zip(blocks, map(pattern.finds, blocks)) if node is not None]
         if not found:
             continue
-        fused, in_release = pattern.fused_ops[0], None
-        if npu_custom is not None:
-            fused = next((op for op in pattern.fused_ops if op in npu_custom), fused)
-            in_release = fused in npu_custom
-        out.append(Fusion(pattern.name, f"torch_npu.{fused}", len(found), _locations(found), pattern.note,
-                          in_release))
+        fused, in_release = _release_op(pattern.fused_ops, npu_custom)
+        detail = pattern.detail(found[0][0]) if pattern.detail else ""
+        note = f"{pattern.note}. {detail}" if detail else pattern.note
+        anchors = [node for _, node in found]
+        out.append(Fusion(pattern.name, f"torch_npu.{fused}", sum(weight(b.topk) for b, _ in found),
+                          _locations(anchors), note, in_release))
     return out
 
 
@@ -417,17 +679,26 @@ def _locations(anchors: list[Node]) -> tuple[str, ...]:
 
 
 def find_fusions(program: torch.export.ExportedProgram, npu_custom: frozenset[str] | set[str] | None = None,
-                 dynamic_experts: bool = False) -> list[Fusion]:
+                 dynamic_experts: bool = False, weight: Callable[[Node], int] | None = None) -> list[Fusion]:
     """Every pattern in `PATTERNS` that occurs in `program`, in that order, with its count and the first
     few distinct source locations of its anchors; then the parts of its MoE layers (`MOE_PATTERNS`).
     `npu_custom`: the target torch_npu's custom ops (a manifest's `npu_custom`), to say whether the
     release has each MoE kernel. `dynamic_experts`: the checkpoint's experts are W8A8_DYNAMIC
     (`hf_trace.dynamic_experts`), which a float graph cannot show."""
+    weight = weight or (lambda _: 1)
+    custom = None if npu_custom is None else frozenset(npu_custom)
     nodes = [n for n in program.graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
     out = []
     for pattern in PATTERNS:
         anchors = [n for n in nodes if pattern.matches(n)]
         if anchors:
-            out.append(Fusion(pattern.name, pattern.fused_op, len(anchors), _locations(anchors), pattern.note))
+            out.append(Fusion(pattern.name, pattern.fused_op, sum(map(weight, anchors)), _locations(anchors),
+                              pattern.note))
+    for kernel in KERNEL_PATTERNS:
+        anchors = [n for n in nodes if kernel.matches(n)]
+        if anchors:
+            fused, in_release = _release_op(kernel.fused_ops, custom)
+            out.append(Fusion(kernel.name, f"torch_npu.{fused}", sum(map(weight, anchors)), _locations(anchors),
+                              kernel.note, in_release))
     every = [n for n in program.graph.nodes if n.op == "call_function"]
-    return out + _moe_fusions(every, None if npu_custom is None else frozenset(npu_custom), dynamic_experts)
+    return out + _moe_fusions(every, custom, dynamic_experts, weight)

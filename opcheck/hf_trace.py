@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ascend_common.errors import UserError, first_line
+
+from .layers import LayerSample, sample_layers
 
 
 def config_dtype(model_dir: Path) -> str:
@@ -43,20 +46,66 @@ def load_config(model_dir: Path, trust_remote_code: bool = False):
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: invalid JSON ({exc})") from None
     try:
-        return AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - transformers 5 validates configs eagerly; any failure is the config's
         raise UserError(f"{path}: transformers cannot read this config ({type(exc).__name__}: {first_line(exc)})") from None
+    check_fields(config, json.loads(path.read_text(encoding="utf-8")), path)
+    # The checkpoint's quantization (DeepSeek-V3's FP8 blocks, say) is not what runs on the NPU: convert
+    # dequantizes it (or requantizes to W8A8), so the graph to check is the float model. Dropping the
+    # field also keeps transformers from setting up its own quantizer for a model built from config.
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    return config
 
 
-def _past(config, dtype: torch.dtype, batch: int, past_len: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Meta tensors shaped like a filled cache: [batch, kv_heads, past_len, head_dim] per layer."""
-    text = config.get_text_config()
-    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    shape = (batch, kv_heads, past_len, head_dim)
-    layers = range(text.num_hidden_layers)
-    return ([torch.zeros(shape, dtype=dtype, device="meta") for _ in layers],
-            [torch.zeros(shape, dtype=dtype, device="meta") for _ in layers])
+def quant_method(model_dir: Path) -> str | None:
+    """The source checkpoint's `quantization_config.quant_method` ("fp8", ...), which the trace ignores."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    quant = config.get("quantization_config")
+    return quant.get("quant_method", "unknown") if isinstance(quant, dict) else None
+
+
+def _experts_field(raw: dict) -> tuple[str, int] | None:
+    for field in ("n_routed_experts", "num_local_experts", "num_experts"):
+        if isinstance(raw.get(field), int):
+            return field, raw[field]
+    return None
+
+
+def check_fields(config, raw: dict, path: Path) -> None:
+    """Fields transformers takes without a word but that break (or silently change) the model: the
+    expert groups of group-limited routing, and MLA's latent width. One line naming the field."""
+    experts = _experts_field(raw)
+    groups, topk_group = raw.get("n_group"), raw.get("topk_group")
+    if isinstance(groups, int) and experts:
+        field, count = experts
+        if groups < 1 or count % groups:
+            raise UserError(f"{path}: n_group {groups} does not divide {field} {count} (routing picks experts "
+                            f"within equal groups)")
+        if isinstance(topk_group, int) and not 1 <= topk_group <= groups:
+            raise UserError(f"{path}: topk_group {topk_group} is not within 1..n_group ({groups})")
+    if hasattr(config, "kv_lora_rank") and not isinstance(raw.get("kv_lora_rank"), int):
+        raise UserError(f"{path}: kv_lora_rank missing (the width of MLA's compressed KV latent; transformers "
+                        f"would default it to {config.kv_lora_rank})")
+
+
+def _past(model: torch.nn.Module, batch: int, past_len: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Meta tensors shaped like a filled cache, as the model itself fills it: one meta forward of
+    `past_len` tokens. A cache is not always [batch, kv_heads, past_len, head_dim] per layer: MLA
+    (DeepSeek-V2/V3) caches its compressed latent and rope key, [batch, 1, past_len, kv_lora_rank] and
+    [batch, 1, past_len, qk_rope_head_dim]; asking the model covers every layout."""
+    from .export import failing_module
+
+    ids = torch.zeros((batch, past_len), dtype=torch.long, device="meta")
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, use_cache=True)
+    except Exception as exc:  # noqa: BLE001 - the model's own code failed on meta: name where
+        where = failing_module(exc, model)
+        raise UserError(f"{type(model).__name__} cannot run a {past_len}-token step on meta"
+                        f"{f' in {where}' if where else ''}: {type(exc).__name__}: {first_line(exc)}") from None
+    layers = (out.cache if "cache" in out else out.past_key_values).layers
+    return ([torch.zeros_like(layer.keys) for layer in layers], [torch.zeros_like(layer.values) for layer in layers])
 
 
 # The experts implementation an MoE model is traced with: transformers' "batched_mm" (each (token,
@@ -125,7 +174,7 @@ def export_decode(model: torch.nn.Module, config, model_dir: Path, batch: int,
         cache = DynamicCache(ddp_cache_data=list(zip(past_keys, past_values)), config=config)
         return forward(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
 
-    keys, values = _past(config, next(model.parameters()).dtype, batch, past_len)
+    keys, values = _past(model, batch, past_len)
     ids = torch.zeros((batch, 1), dtype=torch.long, device="meta")
     model.forward = step
     try:
@@ -143,16 +192,56 @@ def export_hf(model_dir: Path, config, dtype: str, batch: int, seq_len: int,
             "decode": export_decode(model, config, model_dir, batch, seq_len)}
 
 
-def trace_hf(model_dir: Path, config, dtype: str, batch: int, seq_len: int,
-             trust_remote_code: bool = False) -> tuple[dict, torch.export.ExportedProgram, str | None]:
-    """(the ops of both steps, the prefill program, the experts implementation traced or None for a
-    dense model): `export_hf`, with the decode export run in a forked child while this process
-    exports the prefill. Each export of a 7B config takes ~3.5 s of one core and they share nothing,
-    so on two cores this halves the check."""
+@dataclass
+class HFTrace:
+    """A config-only trace: the ops of both steps, the prefill program, the experts implementation
+    (None for a dense model), which layers were traced (`layers.LayerSample`, None: all of them), and
+    the model's MoE layers and routed experts per layer as built (0 for a dense model)."""
+
+    uses: dict
+    program: torch.export.ExportedProgram
+    experts: str | None
+    sample: LayerSample | None
+    moe_layers: int
+    routed_experts: int
+
+    def weight(self, node) -> int:
+        return self.sample.weight(node) if self.sample else 1
+
+
+def _routed_experts(model: torch.nn.Module) -> tuple[int, int]:
+    """(MoE layers, routed experts per layer) of the whole model, before any layer is cut."""
+    paths = experts_modules(model)
+    if not paths:
+        return 0, 0
+    experts = model.get_submodule(paths[0])
+    count = getattr(experts, "num_experts", None) or next(experts.parameters()).shape[0]
+    return len(paths), int(count)
+
+
+def trace_model(model_dir: Path, config, dtype: str, batch: int, seq_len: int,
+                trust_remote_code: bool = False) -> HFTrace:
+    """The prefill and decode exports of the model of `config`, one layer of each kind traced
+    (`layers.sample_layers`) and its ops counted for every layer of that kind. The decode export runs
+    in a forked child while this process exports the prefill: they share nothing, so on two cores
+    this halves the check."""
     from .parallel import in_child
     from .trace import merge_uses, ops_in
 
     model = build_model(model_dir, config, dtype, trust_remote_code)
-    decode = in_child(lambda: ops_in({"decode": export_decode(model, config, model_dir, batch, seq_len)}))
+    moe_layers, routed = _routed_experts(model)
+    sample = sample_layers(model)
+    weight = sample.weight if sample else None
+    config = model.config
+    decode = in_child(lambda: ops_in({"decode": export_decode(model, config, model_dir, batch, seq_len)}, weight))
     prefill = export_prefill(model, model_dir, batch, seq_len)
-    return merge_uses(ops_in({"prefill": prefill}), decode()), prefill, experts_implementation(model)
+    uses = merge_uses(ops_in({"prefill": prefill}, weight), decode())
+    return HFTrace(uses, prefill, experts_implementation(model), sample, moe_layers, routed)
+
+
+def trace_hf(model_dir: Path, config, dtype: str, batch: int, seq_len: int,
+             trust_remote_code: bool = False) -> tuple[dict, torch.export.ExportedProgram, str | None]:
+    """(the ops of both steps, the prefill program, the experts implementation traced or None for a
+    dense model): `trace_model`'s, for callers that need no more."""
+    trace = trace_model(model_dir, config, dtype, batch, seq_len, trust_remote_code)
+    return trace.uses, trace.program, trace.experts

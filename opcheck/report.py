@@ -27,7 +27,24 @@ def _against(target: dict) -> str:
     if target.get("atc"):
         return f"{target['soc']}, ATC's ONNX parser ({target['atc']})"
     experts = f", experts traced as {target['experts']}" if target.get("experts") else ""
-    return f"{target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}{experts}"
+    return f"{target['soc']} {target['dtype']}, torch_npu {target['torch_npu']}{experts}{_coverage(target)}"
+
+
+def _coverage(target: dict) -> str:
+    """What a config-only trace stood in for: layers traced once per kind, MoE size, MTP layers
+    transformers does not build, a source quantization set aside."""
+    parts = []
+    if target.get("layers"):
+        layers = target["layers"]
+        parts.append(f"{layers['traced']} of {layers['total']} decoder layers traced ({layers['kinds']} kinds, "
+                     f"each counted for every layer of its kind)")
+    if target.get("moe"):
+        parts.append(f"{target['moe']['layers']} MoE layers of {target['moe']['routed_experts']} routed experts")
+    if target.get("mtp_layers"):
+        parts.append(f"{target['mtp_layers']} MTP layer(s) not traced (transformers' class does not build them)")
+    if target.get("source_quantization"):
+        parts.append(f"source quantization {target['source_quantization']} ignored (the float model is traced)")
+    return "".join(f"; {p}" for p in parts)
 
 
 def _fusion_dict(fusion) -> dict:

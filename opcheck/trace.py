@@ -7,6 +7,7 @@ Graphs come from `torch.export` (built on the meta device for HF configs: no wei
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -103,8 +104,11 @@ def _tensors(value):
             yield from _tensors(v)
 
 
-def ops_in(programs: torch.export.ExportedProgram | dict[str, torch.export.ExportedProgram]) -> dict[str, OpUse]:
-    """Every aten overload of the programs (one, or one per phase such as prefill and decode)."""
+def ops_in(programs: torch.export.ExportedProgram | dict[str, torch.export.ExportedProgram],
+           weight: Callable[[torch.fx.Node], int] | None = None) -> dict[str, OpUse]:
+    """Every aten overload of the programs (one, or one per phase such as prefill and decode).
+    `weight`: how many calls a node stands for (`layers.LayerSample.weight`: one traced layer counts
+    for every layer of its kind); 1 each without it."""
     if isinstance(programs, torch.export.ExportedProgram):
         programs = {"graph": programs}
     uses: dict[str, OpUse] = {}
@@ -115,7 +119,7 @@ def ops_in(programs: torch.export.ExportedProgram | dict[str, torch.export.Expor
             if node.target.namespace not in ("aten", NPU_NAMESPACE):
                 continue
             use = uses.setdefault(overload_key(node.target), OpUse(node.target))
-            _record(use, node, phase)
+            _record(use, node, phase, weight(node) if weight else 1)
     return uses
 
 
@@ -134,8 +138,8 @@ def merge_uses(into: dict[str, OpUse], other: dict[str, OpUse]) -> dict[str, OpU
     return into
 
 
-def _record(use: OpUse, node: torch.fx.Node, phase: str) -> None:
-    use.count += 1
+def _record(use: OpUse, node: torch.fx.Node, phase: str, calls: int = 1) -> None:
+    use.count += calls
     if phase not in use.phases:
         use.phases.append(phase)
     args, kwargs = _value(node.args), {k: _value(v) for k, v in node.kwargs.items()}
