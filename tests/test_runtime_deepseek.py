@@ -147,3 +147,17 @@ def test_w8a8_dynamic_perplexity_is_within_two_percent_of_float(checkpoint, tmp_
     base = perplexity(LLM(src, **args), text, window=256).value
     value = perplexity(quantized, text, window=256).value
     assert value != base and abs(value / base - 1) < 0.02, (family, base, value)
+
+
+def test_bench_skips_generate_batch_for_mla_with_the_reason(checkpoint):
+    """transformers 5.24's `generate_batch` writes per-head keys into its paged cache and fails on MLA's
+    latent (`index_copy_(): ... shapes`): bench leaves that baseline out with a note, and keeps it for
+    GLM-4.5 (grouped-query attention)."""
+    from runtime.evaluation.bench.systems import BenchConfig, unavailable_reason
+
+    def reason(family: str) -> str | None:
+        return unavailable_reason("hf-batch", BenchConfig(checkpoint(family), "float32", "cpu", 1, 1 << 20, 4, 64, None))
+
+    assert reason("deepseek_v3") == ("transformers' generate_batch has no multi-head latent attention (its paged "
+                                     "cache holds per-head keys)")
+    assert reason("glm4_moe") is None

@@ -283,5 +283,10 @@ def unavailable_reason(name: str, cfg: BenchConfig) -> str | None:
 
         if not hasattr(GenerationMixin, "generate_batch"):
             return "this transformers has no generate_batch"
+        from runtime.model.loader import open_model
+
+        if open_model(cfg.model).config.mla is not None:
+            # transformers 5.24's paged cache writes per-head keys; MLA's are a [1, kv_lora_rank] latent
+            return "transformers' generate_batch has no multi-head latent attention (its paged cache holds per-head keys)"
     return None
 
