@@ -36,7 +36,7 @@ def cast_at_load(ckpt: Checkpoint, target: Deployment, nz_mode: int, facts: dict
     return [name for name, t in ckpt.tensors.items() if _cast(name, t, on_310p, nz_mode, facts)]
 
 
-def check_nz(ckpt: Checkpoint, target: Deployment, nz_mode: int, facts: dict, out: Collector) -> list[str]:
+def check_nz(ckpt: Checkpoint, target: Deployment, nz_mode: int, facts: dict, out: Collector) -> None:
     cast = cast_at_load(ckpt, target, nz_mode, facts)
     where = (f"on {target.soc.name} every non-float32 weight" if target.soc.name in facts["nz"]["soc_always"]
              else f"NZ mode {nz_mode}")
@@ -53,4 +53,3 @@ def check_nz(ckpt: Checkpoint, target: Deployment, nz_mode: int, facts: dict, ou
     if big:
         out.add("nz.kernel_limit", big[0], f"output dim {ckpt.tensors[big[0]].shape[0]} >= {limit}: npu_quant_matmul "
                                            "does not take it (the engine splits only DeepSeek's wq_b)")
-    return cast

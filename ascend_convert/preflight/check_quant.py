@@ -14,9 +14,14 @@ from .names import expert_of, group_of, layer_of, listing, matches_any
 from .target import Deployment
 
 
+def loader_name(target: Deployment, facts: dict) -> str:
+    """Which ModelSlim loader the SoC runs: "a2" (A2/A3's) or 310P's own registry and methods."""
+    return facts["soc_loader"].get(target.soc.name, "a2")
+
+
 def loader_of(target: Deployment, facts: dict) -> dict:
-    """The ModelSlim loader the SoC runs (A2/A3's, or 310P's own registry and methods)."""
-    return facts["loaders"][facts["soc_loader"].get(target.soc.name, "a2")]
+    """The facts of the ModelSlim loader the SoC runs."""
+    return facts["loaders"][loader_name(target, facts)]
 
 
 def check_quant(ckpt: Checkpoint, target: Deployment, facts: dict, out: Collector) -> None:
@@ -264,7 +269,7 @@ def _parts(ckpt: Checkpoint, types: dict[str, str], target: Deployment, loader: 
     FLOAT weights stored as floats."""
     float_type = facts["description"]["float"]
     model_dtype = target.model_dtype(ckpt.text_config())
-    loader_name = facts["soc_loader"].get(target.soc.name, "a2")
+    runs = loader_name(target, facts)
     c8 = any(ckpt.description.get(k) for k in ("kv_cache_type", "kv_quant_type", "fa_quant_type"))
     by_stem: dict[str, list[str]] = {}
     for name in ckpt.tensors:
@@ -294,7 +299,7 @@ def _parts(ckpt: Checkpoint, types: dict[str, str], target: Deployment, loader: 
             continue
         for limit in facts["kernel_limits"]:
             if (limit["type"] == qtype and limit["kind"] == kind and model_dtype in limit["model_dtypes"]
-                    and limit["loader"] == loader_name and (not limit.get("with_bias") or "bias" in present)):
+                    and limit["loader"] == runs and (not limit.get("with_bias") or "bias" in present)):
                 kernel_hits.setdefault(limit["message"], []).append(name)
         scheme = loader["schemes"].get(qtype, {}).get(kind)
         if scheme is None:
