@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 FP8 = "float8_e4m3fn"
 SCALE_SUFFIX = "_scale_inv"
+#: How a dequantized weight's transform begins (then the block: `block128x128`).
+FP8_TRANSFORM = "dequantize:fp8_e4m3_block"
 
 
 def block_size(config: dict, where: Path) -> tuple[int, int] | None:
@@ -60,7 +62,7 @@ def present_fp8(infos: list[TensorInfo], config: dict, root: Path
                             f"{list(want) if want else '[rows, cols]'}")
         scales[info.name] = scale
     hidden = {s.name for s in scales.values()}
-    transform = f"dequantize:fp8_e4m3_block{block[0]}x{block[1]}"
+    transform = f"{FP8_TRANSFORM}{block[0]}x{block[1]}"
     presented = [replace(info, dtype="float32", transforms=(*info.transforms, transform)) if info.name in scales
                  else info for info in infos if info.name not in hidden]
     return presented, scales, block
