@@ -116,3 +116,11 @@ def test_fp8_tensors_without_a_block_config_are_one_line(fp8_source, tmp_path):
     (fp8_source / "config.json").write_text(json.dumps(config))
     assert_one_line_error(run_cli("convert", fp8_source, tmp_path / "out", "--no-progress"),
                           "is float8_e4m3fn, but config.json has no block-FP8 quantization_config")
+
+
+@pytest.mark.parametrize("shape", [(96, 64), (100, 70)])  # whole 48x32 blocks (one broadcast) and cut ones
+def test_the_readers_dequantization_is_the_block_by_block_one(shape):
+    from ascend_convert.readers.fp8_blocks import dequantize
+
+    q, scale = to_fp8_blocks(torch.randn(shape, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(dequantize(q, scale, BLOCK), dequantized(q, scale))
