@@ -26,6 +26,7 @@ from .dtypes import FLOAT_NAMES
 from .layout_names import CONFIG_NAME, quant_shard_names, shard_names
 from .quant_layout import QuantOptions, quantized_parts
 from .readers import CheckpointReader, TensorInfo, open_checkpoint
+from .readers.fp8_blocks import FP8_TRANSFORM
 from .safetensors_writer import PlannedTensor
 from .smoothing import Smoothing
 
@@ -108,9 +109,13 @@ class ConversionPlan:
 
 
 def dominant_float_dtype(infos: list[TensorInfo]) -> str:
-    """The float dtype holding most of the source's bytes: what `--dtype auto` calls the source dtype."""
+    """The float dtype holding most of the source's bytes: what `--dtype auto` calls the source dtype.
+    Block-FP8 weights, which the reader presents dequantized to float32, count only when nothing else
+    is float: a DeepSeek-V3 checkpoint's model dtype is that of its other tensors (bf16, what
+    DeepSeek's fp8_cast_bf16.py writes), not the float32 its FP8 blocks are dequantized into."""
     weight: dict[str, int] = {}
-    for info in infos:
+    stored = [info for info in infos if not any(t.startswith(FP8_TRANSFORM) for t in info.transforms)]
+    for info in stored if any(info.dtype in FLOAT_NAMES for info in stored) else infos:
         if info.dtype in FLOAT_NAMES:
             weight[info.dtype] = weight.get(info.dtype, 0) + info.numel
     return max(weight, key=weight.get) if weight else "float32"

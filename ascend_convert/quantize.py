@@ -18,9 +18,6 @@ Everything is computed in float32 from the source weight, whatever its dtype.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +25,7 @@ import torch
 from ascend_common.errors import UserError
 
 from .dtypes import TORCH_DTYPES
+from .threads import leaving_a_core
 
 QMIN, QMAX = -128, 127
 #: Steps an asymmetric range is split into: 254, not 255. The zero point is rounded to an integer,
@@ -197,21 +195,6 @@ def loaded_deq_scale(stored: torch.Tensor) -> torch.Tensor:
     return stored.float()
 
 
-@contextmanager
-def _leaving_a_core() -> Iterator[None]:
-    """torch's intra-op threads capped at one fewer than the cores this process may use. The write
-    loop hashes each written tensor on a worker thread meanwhile; with every core in torch's pool, its
-    OpenMP workers spin waiting for the core the hasher holds, and quantizing (a dozen short passes
-    per weight) takes several times longer on a 2-core machine."""
-    before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(before, cores - 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def quantized_tensors(name: str, weight: torch.Tensor, *, symmetric: bool, group_size: int,
                       act: ActivationQuant | None, bias: torch.Tensor | None, model_dtype: str
                       ) -> tuple[dict[str, torch.Tensor], QuantError]:
@@ -220,7 +203,7 @@ def quantized_tensors(name: str, weight: torch.Tensor, *, symmetric: bool, group
     `deq_scale` as stored for a `model_dtype` model and `quant_bias`, from the source `bias`), and
     the weight's quantization error. `convert` writes these and `verify --source` requires the same
     bytes, so both call this one function: the two can never quantize differently."""
-    with _leaving_a_core():
+    with leaving_a_core():
         return _quantized_tensors(name, weight, symmetric, group_size, act, bias, model_dtype)
 
 

@@ -61,6 +61,7 @@ class ShardWriter(LayoutWriter):
             if self.overflows.found:
                 yield Piece([], {}, job.nbytes)
             elif job.quantized:
+                cast = None  # only its stats were wanted: the weight is quantized from the source values
                 yield self._quantized(job, shard.name, tensor, stats)
             else:
                 yield Piece([(job.info.name, cast)], {job.info.name: tensor_record(plan, job, shard.name, stats.to_dict())},

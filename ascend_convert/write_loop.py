@@ -22,6 +22,7 @@ from ascend_common.memory import release_freed_memory
 
 from .cast import CastStats
 from .safetensors_writer import PlannedTensor, SafetensorsStreamWriter
+from .threads import leaving_a_core
 
 if TYPE_CHECKING:
     import torch
@@ -142,7 +143,7 @@ def write_files(layout: LayoutWriter, reporter: Reporter) -> tuple[dict[str, dic
     reporter.begin(*layout.progress_total())
     warnings: list[str] = []
     since_trim = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-tensors") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-tensors") as pool, leaving_a_core():
         for file in files:
             if file.name in done:
                 reporter.advance(file.nbytes, file.tensors)

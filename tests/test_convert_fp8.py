@@ -20,26 +20,28 @@ BLOCK = (48, 32)  # rows 64 and 128 are not multiples of 48: edge blocks are cut
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def to_fp8_blocks(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeepSeek's weight_quant: per block, scale = amax / 448, fp8 = w / scale."""
+def to_fp8_blocks(w: torch.Tensor, block: tuple[int, int] = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek's weight_quant: per block, scale = amax / 448, fp8 = w / scale (test_convert_deepseek.py
+    writes its DeepSeek-V3 fixture's FP8 source with it too)."""
     rows, cols = w.shape
-    nb = (math.ceil(rows / BLOCK[0]), math.ceil(cols / BLOCK[1]))
+    nb = (math.ceil(rows / block[0]), math.ceil(cols / block[1]))
     scale = torch.empty(nb, dtype=torch.float32)
     q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
     for i in range(nb[0]):
         for j in range(nb[1]):
-            block = w[i * BLOCK[0]:(i + 1) * BLOCK[0], j * BLOCK[1]:(j + 1) * BLOCK[1]].float()
-            scale[i, j] = block.abs().max().clamp(min=1e-12) / 448
-            q[i * BLOCK[0]:(i + 1) * BLOCK[0], j * BLOCK[1]:(j + 1) * BLOCK[1]] = (block / scale[i, j]).to(q.dtype)
+            rows_, cols_ = slice(i * block[0], (i + 1) * block[0]), slice(j * block[1], (j + 1) * block[1])
+            part = w[rows_, cols_].float()
+            scale[i, j] = part.abs().max().clamp(min=1e-12) / 448
+            q[rows_, cols_] = (part / scale[i, j]).to(q.dtype)
     return q, scale
 
 
-def dequantized(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def dequantized(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] = BLOCK) -> torch.Tensor:
     """The reference, block by block (no broadcasting tricks)."""
     out = q.float()
     for i in range(scale.shape[0]):
         for j in range(scale.shape[1]):
-            out[i * BLOCK[0]:(i + 1) * BLOCK[0], j * BLOCK[1]:(j + 1) * BLOCK[1]] *= scale[i, j]
+            out[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]] *= scale[i, j]
     return out
 
 
@@ -63,7 +65,7 @@ def test_fp8_blocks_convert_to_the_dequantized_value_cast(fp8_source, tmp_path):
     assert run_cli("convert", fp8_source, out, "--no-progress").code == 0
     source, written = load_file(str(fp8_source / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert not any(n.endswith("_scale_inv") for n in written) and len(written) == len(source) - 14
-    assert {t.dtype for t in written.values()} == {torch.float16}  # auto: the fixture's float32 → fp16
+    assert {t.dtype for t in written.values()} == {torch.bfloat16}  # auto: the bf16 of the tensors not in FP8
     for name, tensor in written.items():
         if source[name].dtype == torch.float8_e4m3fn:
             want = dequantized(source[name], source[f"{name}_scale_inv"]).to(tensor.dtype)
@@ -114,3 +116,11 @@ def test_fp8_tensors_without_a_block_config_are_one_line(fp8_source, tmp_path):
     (fp8_source / "config.json").write_text(json.dumps(config))
     assert_one_line_error(run_cli("convert", fp8_source, tmp_path / "out", "--no-progress"),
                           "is float8_e4m3fn, but config.json has no block-FP8 quantization_config")
+
+
+@pytest.mark.parametrize("shape", [(96, 64), (100, 70)])  # whole 48x32 blocks (one broadcast) and cut ones
+def test_the_readers_dequantization_is_the_block_by_block_one(shape):
+    from ascend_convert.readers.fp8_blocks import dequantize
+
+    q, scale = to_fp8_blocks(torch.randn(shape, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(dequantize(q, scale, BLOCK), dequantized(q, scale))
