@@ -138,3 +138,17 @@ def test_the_demo_quantizes_an_moe_model_to_w8a8_dynamic(checkpoint):
     assert quant.note == ("note: vllm-ascend@182b75e has no W8A16 method for MoE layers; the quantized model is "
                           "W8A8_DYNAMIC (int8 weights per channel, activations per token)")
     assert _quantized(checkpoint("llama"), "ascend910b") == Quantized("w8a16", "W8A16", "vllm-ascend")
+
+
+def test_convert_mtp_drop_leaves_the_mtp_layer_out(checkpoint, tmp_path):
+    """`convert.mtp` is `convert --mtp`: dropped, layer 3 is gone from the files and the config says 0."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[target]\nsoc = "ascend910b"\ndtype = "bfloat16"\n\n[convert]\nmtp = "drop"\n\n'
+                      '[ops]\nmodel = false\nruntime = false\n\n[smoke]\ncheck = false\n', encoding="utf-8")
+    out = tmp_path / "out"
+    r = run_cli("gate", checkpoint("deepseek_v3"), "--policy", policy, "--report-dir", tmp_path / "r", "--output", out)
+    assert r.code == 0, r.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["num_nextn_predict_layers"] == 0
+    with safe_open(out / "model.safetensors", "pt") as f:
+        names = f.keys()
+        assert names and not [n for n in names if n.startswith("model.layers.3.")]
