@@ -37,7 +37,7 @@ def cli() -> None:
               help="Also write every figure as JSON here.")
 @debug_option
 def demo_command(model: str | None, soc: str, out: str | None, force: bool, report: Path | None) -> int:
-    """The whole toolkit on one model: convert (bf16 and W8A16) and verify, check_ops on the model
+    """The whole toolkit on one model: convert (bf16, and W8A16 or an MoE model's W8A8_DYNAMIC) and verify, check_ops on the model
     and the runtime, smoke-serve with answers checked against transformers, and the seed's table of
     throughput, latency and memory beside transformers'."""
     from .demo import run_demo

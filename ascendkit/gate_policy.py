@@ -47,6 +47,7 @@ class Convert(_Section):
 
     on_overflow: Literal["fail", "clamp"] = "fail"
     verify_source: bool = True  # re-read the source and require every tensor's checked cast
+    mtp: Literal["keep", "drop"] = "keep"  # `convert --mtp`: a checkpoint's multi-token-prediction layers
 
 
 class AllowedOp(_Section):
@@ -108,6 +109,11 @@ class Load(_Section):
 
 
 class Smoke(_Section):
+    """Serve the converted model here. `check = false` where this machine cannot (a 671B model on a CPU
+    CI runner): the gate says the smoke rules were not decided here, and [performance], measured on
+    the smoke load, must then be empty."""
+
+    check: bool = True
     max_tokens: int = Field(default=24, ge=1)
     same_weights: bool = True  # runtime tokens = transformers' on the converted weights (unquantized models)
     min_greedy_agreement: float | None = Field(default=None, ge=0, le=1)  # with the source, token-weighted
@@ -215,6 +221,11 @@ def load_policy(path: Path) -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         raise UserError(describe_error(path, exc)) from None
+    if not policy.smoke.check:
+        floors = [k for k, v in policy.performance.model_dump().items() if v is not None]
+        if floors:
+            raise UserError(f"{path}: performance.{floors[0]}: measured on the smoke load, which smoke.check = "
+                            f"false does not run (remove [performance] or set smoke.check = true)")
     if policy.preflight.check:
         from ascend_convert.preflight.ruleset import load_ruleset
 

@@ -1,5 +1,6 @@
-"""The shipped gate examples: every policy in examples/policies loads, the three are one policy apart
-from their [target] (910B bf16, 910A and 310P fp16), the GitHub Actions workflow's matrix is exactly
+"""The shipped gate examples: every policy in examples/policies loads (the model examples, moe/ and
+deepseek-v3.toml, are run on fixtures in test_gate_moe.py and test_gate_deepseek.py), the three SoC
+policies are one policy apart from their [target] (910B bf16, 910A and 310P fp16), the GitHub Actions workflow's matrix is exactly
 those policies, and its "Gate" step — run as the runner would, with bash — passes SmolLM2-135M
 converted for the 310P (verified against the GGUF it came from)."""
 
@@ -18,13 +19,19 @@ from ascendkit.gate_policy import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-POLICIES = sorted((EXAMPLES / "policies").glob("*.toml"))
+SOCS = ("ascend310p", "ascend910a", "ascend910b")
+#: the SoC examples for SmolLM2, the workflow's matrix; the model examples sit beside them
+POLICIES = sorted(p for p in (EXAMPLES / "policies").glob("*.toml") if p.stem in SOCS)
 WORKFLOW = EXAMPLES / "github-actions" / "ascend-gate.yml"
 REPORTS = ("gate.json", "gate.junit.xml", "gate.sarif", "gate.md")
 
 
 def test_every_example_policy_loads():
-    assert [p.stem for p in POLICIES] == ["ascend310p", "ascend910a", "ascend910b"]
+    examples = sorted(p.relative_to(EXAMPLES / "policies").as_posix() for p in (EXAMPLES / "policies").rglob("*.toml"))
+    assert examples == ["ascend310p.toml", "ascend910a.toml", "ascend910b.toml", "deepseek-v3.toml",
+                        "moe/qwen3-30b-a3b-910b-w8a8.toml"]
+    assert all(load_policy(EXAMPLES / "policies" / p) for p in examples)
+    assert [p.stem for p in POLICIES] == list(SOCS)
     policies = {p.stem: load_policy(p) for p in POLICIES}
     for soc, policy in policies.items():
         assert policy.target.soc == soc
@@ -102,7 +109,8 @@ def test_workflow_gate_step_passes_smollm2_on_ascend310p(tmp_path, smollm2_fp16,
     assert (convert["target"]["soc"], convert["target"]["dtype"]) == ("ascend310p", "float16")
     assert convert["verify"]["ok"] and convert["verify"]["source_tensors"] == 272  # every tensor = the GGUF's cast
     with safe_open(smollm2_fp16 / "model.safetensors", "pt") as f:
-        assert {f.get_slice(name).get_dtype() for name in f.keys()} == {"F16"}
+        names = f.keys()
+        assert {f.get_slice(name).get_dtype() for name in names} == {"F16"}
     assert {r["status"] for r in data["rules"]} == {"pass"}
     ids = [r["id"] for r in data["rules"]]
     # SmolLM2 is a Llama: vllm-ascend's matrix lists Llama for A2/A3, not for the 300I Duo (a warning, not a failure)
