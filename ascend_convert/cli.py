@@ -62,8 +62,9 @@ def convert_options(func):
                                                 "no NZ from disk (it casts to NZ on the device at load)."),
         click.option("--mtp", type=click.Choice(MTP_CHOICES), default=MTP_CHOICES[0], show_default=True,
                      help="The checkpoint's multi-token-prediction layers (num_nextn_predict_layers: DeepSeek-V3, "
-                          "GLM-4.5): keep them (converted, quantized and described like the decoder's layers, for "
-                          "vllm-ascend's MTP speculative decoding) or drop them."),
+                          "GLM-4.5), for vllm-ascend's MTP speculative decoding: keep them (float when quantizing, "
+                          "as vllm-ascend expects), quantize them like the decoder's layers (msModelSlim's DeepSeek "
+                          "recipes), or drop them."),
         click.option("--engine", default="vllm-ascend", show_default=True, metavar="NAME[@RELEASE]|none",
                      help="Publish only what this engine's loader takes (preflight's rules; `ascendkit preflight`); "
                           "none: skip the check (an output for ascendkit serve or another loader)."),

@@ -26,9 +26,12 @@ from .quant_layout import (
 OVERFLOW_POLICIES = ("fail", "clamp")
 #: `--layout`: HF names in shards, or tp{N}/rank{r}.safetensors pre-split for N ranks.
 LAYOUTS = ("default", "packed")
-#: `--mtp`: a checkpoint's multi-token-prediction layers are converted (the default: vllm-ascend's MTP
-#: speculative decoding loads them, and refuses a quantized one its description does not list) or dropped.
-MTP_CHOICES = ("keep", "drop")
+#: `--mtp`: a checkpoint's multi-token-prediction layers are converted and kept float when quantizing
+#: (the default: vllm-ascend 182b75e's ModelSlim loader notes MTP is expected unquantized, only "W8A8 +
+#: float MTP" serves DeepSeek-R1 there (vllm-ascend #2771), and msModelSlim's GLM-4.5 recipe leaves the
+#: layer out), typed like the decoder's layers (`quantize`: msModelSlim 26.1.0's DeepSeek-V3 recipes),
+#: or dropped. Kept either way, every tensor is in the description with its real type.
+MTP_CHOICES = ("keep", "quantize", "drop")
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 def _shard_size_error(text: str | int) -> str:
@@ -114,7 +117,7 @@ class ConvertOptions:
         """Every option and combination checked, before anything is read: the SoC, the shard size in
         bytes and the quantization (None: float weights)."""
         if self.mtp not in MTP_CHOICES:
-            raise UserError(f"--mtp {self.mtp}: choose {' or '.join(MTP_CHOICES)}")
+            raise UserError(f"--mtp {self.mtp}: choose {', '.join(MTP_CHOICES)}")
         if self.on_overflow not in OVERFLOW_POLICIES:
             raise UserError(f"--on-overflow {self.on_overflow}: choose one of {', '.join(OVERFLOW_POLICIES)}")
         soc = get_soc(self.soc)

@@ -149,7 +149,8 @@ def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointR
             continue
         out_dtype = "float32" if role.role in FP32_ROLES else dtype if info.dtype in FLOAT_NAMES else info.dtype
         planned = PlannedTensor(info.name, out_dtype, info.shape)
-        parts = _quantized_parts(src, info, role[0], quant, dtype) if quant is not None else []
+        float_mtp = options.mtp == "keep" and is_mtp_layer(role, cfg)
+        parts = _quantized_parts(src, info, role[0], quant, dtype) if quant is not None and not float_mtp else []
         jobs.append(TensorJob(info, parts[0] if parts else planned, *role, parts=parts))  # role: RoleMatch
     check_mtp_layers(src, spec, cfg, jobs)
     if spec.is_moe:

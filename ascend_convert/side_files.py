@@ -16,8 +16,8 @@ from .layout_names import (
     QUANT_INDEX_NAME,
     SMOOTHING_NAME,
 )
-from .plan import ConversionPlan
-from .quant_layout import FLOAT, LINEAR_BIAS_ROLES, bias_type, description
+from .plan import ConversionPlan, TensorJob
+from .quant_layout import FLOAT, LINEAR_BIAS_ROLES, QuantOptions, bias_type, description
 from .workdir import WorkDir
 
 
@@ -43,7 +43,8 @@ def write_side_files(plan: ConversionPlan, work: WorkDir, weight_files: list[str
         written.append(index_name)
     if plan.quant is not None:
         quant = plan.quant
-        types = {p.name: quant.type_of(j.role) if j.quantized else bias_type(quant.type_of(j.role.removesuffix("_bias")))
+        quantized = {j.info.name for j in plan.jobs if j.quantized}
+        types = {p.name: quant.type_of(j.role) if j.quantized else _bias_type(j, quant, quantized)
                  if j.role in LINEAR_BIAS_ROLES else FLOAT for j in plan.jobs for p in j.parts}
         if config.get("tie_word_embeddings", True) and "lm_head.weight" not in types:
             # vLLM builds a tied model's lm_head with the quant config all the same and looks its type up
@@ -55,6 +56,13 @@ def write_side_files(plan: ConversionPlan, work: WorkDir, weight_files: list[str
         plan.smoothing.save(work.path / SMOOTHING_NAME)
         written.append(SMOOTHING_NAME)
     return sorted(written)
+
+
+def _bias_type(job: TensorJob, quant: QuantOptions, quantized: set[str]) -> str:
+    """A linear bias's type: its layer's (`bias_type`), FLOAT where the layer's weight stays float (an MTP
+    layer kept float, `--keep-float`)."""
+    weight = job.info.name.removesuffix(".bias") + ".weight"
+    return bias_type(quant.type_of(job.role.removesuffix("_bias"))) if weight in quantized else FLOAT
 
 
 def _write_json(path: Path, data: dict, sort_keys: bool = False) -> None:

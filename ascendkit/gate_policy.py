@@ -47,7 +47,7 @@ class Convert(_Section):
 
     on_overflow: Literal["fail", "clamp"] = "fail"
     verify_source: bool = True  # re-read the source and require every tensor's checked cast
-    mtp: Literal["keep", "drop"] = "keep"  # `convert --mtp`: a checkpoint's multi-token-prediction layers
+    mtp: Literal["keep", "quantize", "drop"] = "keep"  # `convert --mtp`: a checkpoint's multi-token-prediction layers
 
 
 class AllowedOp(_Section):

@@ -68,7 +68,8 @@ def bf16_out(fp8_v3) -> Path:
 
 @pytest.fixture(scope="module")
 def w8a8_out(fp8_v3) -> Path:
-    return _converted(fp8_v3, "w8a8-dynamic", "--quantize", "w8a8-dynamic")
+    """msModelSlim's DeepSeek-V3 placement, the MTP layer's decoder part quantized like the others."""
+    return _converted(fp8_v3, "w8a8-dynamic", "--quantize", "w8a8-dynamic", "--mtp", "quantize")
 
 
 def value(source: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -159,7 +160,7 @@ def test_w8a8_dynamic_placement_is_msmodelslims_and_the_mtp_layer_is_described(s
     described = {k: v for k, v in description.items() if k not in ("model_quant_type", "version", "group_size")}
     assert sorted(described) == sorted(written)  # every written tensor described, nothing else
     originals = [n for n in source if not n.endswith("_scale_inv")]
-    assert {n for n in originals if n.startswith(MTP)} <= set(described)  # MTP kept (the default)
+    assert {n for n in originals if n.startswith(MTP)} <= set(described)  # MTP kept and quantized
     for name in originals:
         linear = name.endswith(".weight") and source[name].ndim == 2 and "embed_tokens" not in name
         want = recipe_type(name.removesuffix(".weight")) if linear else "FLOAT"
@@ -184,6 +185,22 @@ def test_w8a8_dynamic_placement_is_msmodelslims_and_the_mtp_layer_is_described(s
         assert written[f"{MTP}{part}.weight"].dtype == torch.bfloat16, part
     for name in ("lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"):
         assert described[name] == "FLOAT"
+
+
+def test_mtp_keep_converts_the_layer_float_and_describes_it(fp8_v3, source, tmp_path):
+    """The default: the MTP layer converted, FLOAT when quantizing (vllm-ascend 182b75e expects MTP
+    unquantized; only W8A8 + float MTP serves DeepSeek-R1 there, #2771), each tensor described FLOAT,
+    the decoder's layers quantized as ever; verify --source recomputes both."""
+    out = tmp_path / "out"
+    assert convert(fp8_v3, out, "--quantize", "w8a8-dynamic").code == 0
+    description = json.loads((out / "quant_model_description.json").read_text())
+    written = load_file(str(out / "quant_model_weights.safetensors"))
+    mtp = [n for n in source if n.startswith(MTP) and not n.endswith("_scale_inv")]
+    assert mtp and all(description[n] == "FLOAT" and written[n].dtype != torch.int8 for n in mtp)
+    assert not any(n.startswith(MTP) and n.endswith(("_scale", "_offset")) for n in written)
+    assert description["model.layers.2.self_attn.o_proj.weight"] == "W8A8_DYNAMIC"
+    assert torch.equal(written[MTP + "self_attn.o_proj.weight"], value(source, MTP + "self_attn.o_proj.weight").bfloat16())
+    assert run_cli("verify", out, "--source", fp8_v3).code == 0
 
 
 def test_mtp_drop_leaves_the_layer_out(fp8_v3, source, tmp_path):

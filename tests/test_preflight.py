@@ -751,14 +751,15 @@ def _quantized_mtp() -> str:
 
 @pytest.mark.parametrize("family", DEEPSEEK_FAMILIES)
 @pytest.mark.parametrize("quantize", [None, "w8a8-dynamic"])
-@pytest.mark.parametrize("mtp", ["keep", "drop"])
+@pytest.mark.parametrize("mtp", ["keep", "quantize", "drop"])
 def test_deepseek_style_converter_output_on_910b(converted, family, quantize, mtp):
-    """kv_b_proj FLOAT and the MTP layer's own parts FLOAT: nothing refused; a kept MTP layer quantized
-    like the others gets #2771's warning, and V2 the support matrix's 'untested'."""
+    """kv_b_proj FLOAT and the MTP layer's own parts FLOAT: nothing refused; an MTP layer quantized
+    like the others (`--mtp quantize`) gets #2771's warning, one kept float (the default) none, and V2
+    the support matrix's 'untested'."""
     out = converted(family, soc="ascend910b", dtype="bfloat16", mtp=mtp,
                     **({"quantize": quantize} if quantize else {}))
     expected = [V2_910B] if family == "deepseek_v2" else []
-    if quantize and mtp == "keep" and family != "deepseek_v2":
+    if quantize and mtp == "quantize" and family != "deepseek_v2":
         expected.append(_quantized_mtp())
     assert lines(out) == expected
 
