@@ -30,7 +30,7 @@ interleaved rope (npu_interleave_rope).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -402,26 +402,25 @@ def _bias_added(node: object) -> bool:
     return False
 
 
-def _downstream(start: Node, limit: int = 40) -> Iterator[Node]:
-    """Nodes computed from `start`, nearest first, at most `limit` of them."""
+def _walk(start: Node, neighbours: Callable[[Node], Iterable[Node]], limit: int) -> Iterator[Node]:
+    """Nodes reached from `start` through `neighbours`, nearest first, at most `limit` of them."""
     seen, queue = {start}, [start]
     while queue and len(seen) <= limit:
-        for user in queue.pop(0).users:
-            if user not in seen:
-                seen.add(user)
-                queue.append(user)
-                yield user
+        for near in neighbours(queue.pop(0)):
+            if near not in seen:
+                seen.add(near)
+                queue.append(near)
+                yield near
+
+
+def _downstream(start: Node, limit: int = 40) -> Iterator[Node]:
+    """Nodes computed from `start`, nearest first."""
+    return _walk(start, lambda n: n.users, limit)
 
 
 def _upstream(start: Node, limit: int = 40) -> Iterator[Node]:
-    """Nodes `start` is computed from, nearest first, at most `limit` of them."""
-    seen, queue = {start}, [start]
-    while queue and len(seen) <= limit:
-        for arg in queue.pop(0).all_input_nodes:
-            if arg not in seen:
-                seen.add(arg)
-                queue.append(arg)
-                yield arg
+    """Nodes `start` is computed from, nearest first."""
+    return _walk(start, lambda n: n.all_input_nodes, limit)
 
 
 def _group_stage(topk: Node) -> bool:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_one_line_error, run_cli
+from fp8_blocks import dequantized, fp8_copy
 from safetensors.torch import load_file, save_file
-from test_convert_fp8 import dequantized, to_fp8_blocks
 
 BLOCK = (48, 40)  # rows 32/40/64/128 and cols 32/64/128: edge blocks cut short, one block wider than a row
 #: The linears DeepSeek-V3 ships in FP8 (the decoder's, the MTP layer's decoder part included); the
@@ -28,7 +28,6 @@ BLOCK = (48, 40)  # rows 32/40/64/128 and cols 32/64/128: edge blocks cut short,
 FP8_LINEAR = re.compile(r"\.(q_a_proj|q_b_proj|q_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj|gate_proj|up_proj|"
                         r"down_proj)\.weight$")
 MTP = "model.layers.3."  # num_hidden_layers 3: the MTP layer is stored as layer 3
-QCONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": list(BLOCK)}
 
 
 def convert(src: Path, out: Path, *extra: str):
@@ -38,15 +37,8 @@ def convert(src: Path, out: Path, *extra: str):
 @pytest.fixture(scope="module")
 def fp8_v3(checkpoint, tmp_path_factory) -> Path:
     """The DeepSeek-V3 fixture as DeepSeek publishes V3/R1: FP8 blocks + weight_scale_inv, quantization_config."""
-    src = tmp_path_factory.mktemp("deepseek") / "deepseek_v3-fp8"
-    shutil.copytree(checkpoint("deepseek_v3"), src)
-    tensors = load_file(str(src / "model.safetensors"))
-    for name in [n for n in tensors if FP8_LINEAR.search(n)]:
-        tensors[name], tensors[f"{name}_scale_inv"] = to_fp8_blocks(tensors[name], BLOCK)
-    save_file(tensors, str(src / "model.safetensors"))
-    config = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**config, "quantization_config": QCONFIG}))
-    return src
+    return fp8_copy(checkpoint("deepseek_v3"), tmp_path_factory.mktemp("deepseek") / "deepseek_v3-fp8",
+                    lambda name: FP8_LINEAR.search(name) is not None, BLOCK)
 
 
 @pytest.fixture(scope="module")

@@ -7,57 +7,21 @@ quantizes to FP8 blocks in DeepSeek's file format, with blocks that do not divid
 from __future__ import annotations
 
 import json
-import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import assert_one_line_error, run_cli
+from fp8_blocks import dequantized, fp8_copy, to_fp8_blocks
 from safetensors.torch import load_file, save_file
 
 BLOCK = (48, 32)  # rows 64 and 128 are not multiples of 48: edge blocks are cut short
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def to_fp8_blocks(w: torch.Tensor, block: tuple[int, int] = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeepSeek's weight_quant: per block, scale = amax / 448, fp8 = w / scale (test_convert_deepseek.py
-    writes its DeepSeek-V3 fixture's FP8 source with it too)."""
-    rows, cols = w.shape
-    nb = (math.ceil(rows / block[0]), math.ceil(cols / block[1]))
-    scale = torch.empty(nb, dtype=torch.float32)
-    q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
-    for i in range(nb[0]):
-        for j in range(nb[1]):
-            rows_, cols_ = slice(i * block[0], (i + 1) * block[0]), slice(j * block[1], (j + 1) * block[1])
-            part = w[rows_, cols_].float()
-            scale[i, j] = part.abs().max().clamp(min=1e-12) / 448
-            q[rows_, cols_] = (part / scale[i, j]).to(q.dtype)
-    return q, scale
-
-
-def dequantized(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] = BLOCK) -> torch.Tensor:
-    """The reference, block by block (no broadcasting tricks)."""
-    out = q.float()
-    for i in range(scale.shape[0]):
-        for j in range(scale.shape[1]):
-            out[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]] *= scale[i, j]
-    return out
-
-
 @pytest.fixture
 def fp8_source(checkpoint, tmp_path) -> Path:
-    src = tmp_path / "llama-fp8"
-    shutil.copytree(checkpoint("llama"), src)
-    tensors = load_file(str(src / "model.safetensors"))
-    for name in [n for n in tensors if n.rsplit(".", 2)[-2] in LINEARS]:
-        tensors[name], tensors[f"{name}_scale_inv"] = to_fp8_blocks(tensors[name])
-    save_file(tensors, str(src / "model.safetensors"))
-    config = json.loads((src / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                                     "weight_block_size": list(BLOCK)}
-    (src / "config.json").write_text(json.dumps(config))
-    return src
+    return fp8_copy(checkpoint("llama"), tmp_path / "llama-fp8", lambda n: n.rsplit(".", 2)[-2] in LINEARS, BLOCK)
 
 
 def test_fp8_blocks_convert_to_the_dequantized_value_cast(fp8_source, tmp_path):
@@ -68,7 +32,7 @@ def test_fp8_blocks_convert_to_the_dequantized_value_cast(fp8_source, tmp_path):
     assert {t.dtype for t in written.values()} == {torch.bfloat16}  # auto: the bf16 of the tensors not in FP8
     for name, tensor in written.items():
         if source[name].dtype == torch.float8_e4m3fn:
-            want = dequantized(source[name], source[f"{name}_scale_inv"]).to(tensor.dtype)
+            want = dequantized(source[name], source[f"{name}_scale_inv"], BLOCK).to(tensor.dtype)
         else:
             want = source[name].to(tensor.dtype)
         assert torch.equal(tensor, want), name
@@ -122,5 +86,5 @@ def test_fp8_tensors_without_a_block_config_are_one_line(fp8_source, tmp_path):
 def test_the_readers_dequantization_is_the_block_by_block_one(shape):
     from ascend_convert.readers.fp8_blocks import dequantize
 
-    q, scale = to_fp8_blocks(torch.randn(shape, generator=torch.Generator().manual_seed(7)))
-    assert torch.equal(dequantize(q, scale, BLOCK), dequantized(q, scale))
+    q, scale = to_fp8_blocks(torch.randn(shape, generator=torch.Generator().manual_seed(7)), BLOCK)
+    assert torch.equal(dequantize(q, scale, BLOCK), dequantized(q, scale, BLOCK))

@@ -94,7 +94,13 @@ def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, t
     from runtime.evaluation.greedy_check import compare_greedy, hf_greedy
 
     hf_logging.disable_progress_bar()  # its bar would break the report
-    hf = AutoModelForCausalLM.from_pretrained(**pretrained_args(model), dtype=dtype, trust_remote_code=trust_remote_code).eval()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists an MTP layer's ~20 tensors (the class has none) as unexpected
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(**pretrained_args(model), dtype=dtype,
+                                                  trust_remote_code=trust_remote_code).eval()
+    finally:
+        hf_logging.set_verbosity(verbosity)
     for r in results:
         if r.status == "error":
             continue
