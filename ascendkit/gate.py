@@ -107,14 +107,12 @@ def stage_doctor(run: GateRun) -> None:
 def stage_brought(run: GateRun) -> None:
     """MODEL is a quantized directory made elsewhere (msModelSlim's): deployed as it is, so judged as it
     is: its dtype and quantization from its own files, nothing to verify (preflight checks its files)."""
-    import json
-
     from ascend_convert.quant_layout import QUANT_TYPES, read_description
+    from ascend_convert.readers.base import read_config
 
     target = run.policy.target
     run.converted, run.source, run.quantized = run.model, None, True
-    config = json.loads((run.model / "config.json").read_text(encoding="utf-8")) if (
-        run.model / "config.json").is_file() else {}
+    config = read_config(run.model) if (run.model / "config.json").is_file() else {}  # none: preflight says so
     dtype = config.get("torch_dtype") or config.get("dtype")
     description = read_description(run.model) or {}
     recorded = description.get("model_quant_type")

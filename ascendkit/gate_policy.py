@@ -9,7 +9,7 @@ silently dropping a rule. Every error is one line naming the file and the key:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,30 +50,30 @@ class Convert(_Section):
     mtp: Literal["keep", "quantize", "drop"] = "keep"  # `convert --mtp`: a checkpoint's multi-token-prediction layers
 
 
-class AllowedOp(_Section):
-    op: str = Field(min_length=1)
+class _Accepted(_Section):
+    """An accepted op or finding: each needs a reason that says something."""
+
     reason: str = Field(min_length=1)
-    kind: Literal["fallback", "unsupported"] | None = None
+    _what: ClassVar[str] = "entry"
 
     @field_validator("reason")
     @classmethod
     def _reason_says_something(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("every accepted op needs a reason")
+            raise ValueError(f"every accepted {cls._what} needs a reason")
         return value
 
 
-class AllowedFinding(_Section):
+class AllowedOp(_Accepted):
+    op: str = Field(min_length=1)
+    kind: Literal["fallback", "unsupported"] | None = None
+    _what: ClassVar[str] = "op"
+
+
+class AllowedFinding(_Accepted):
     rule: str = Field(min_length=1)
     subject: str = "*"  # a glob over the finding's subject (`model.layers.*.mlp.experts`)
-    reason: str = Field(min_length=1)
-
-    @field_validator("reason")
-    @classmethod
-    def _reason_says_something(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("every accepted finding needs a reason")
-        return value
+    _what: ClassVar[str] = "finding"
 
 
 class Preflight(_Section):
