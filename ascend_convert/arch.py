@@ -295,6 +295,9 @@ class ArchSpec:
             out["num_key_value_heads"] = out["num_attention_heads"]
         if out["head_dim"] is None:
             out["head_dim"] = out["hidden_size"] // out["num_attention_heads"]
+        mtp = out["num_nextn_predict_layers"]
+        if not isinstance(mtp, int) or isinstance(mtp, bool) or mtp < 0:
+            raise UserError(f"{where}: num_nextn_predict_layers must be a non-negative integer, not {mtp!r}")
         if self.is_moe:
             if out["shared_expert_intermediate_size"] is None and isinstance(out["n_shared_experts"], int):
                 out["shared_expert_intermediate_size"] = out["n_shared_experts"] * (out["moe_intermediate_size"] or 0)
@@ -325,9 +328,15 @@ class ArchSpec:
 
 
 def mtp_layer_count(cfg: dict[str, Any]) -> int:
-    """How many multi-token-prediction layers follow the decoder's (`num_nextn_predict_layers`)."""
-    value = cfg.get("num_nextn_predict_layers") or 0
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    """How many multi-token-prediction layers follow the decoder's (`num_nextn_predict_layers`,
+    checked by `canonical_config`)."""
+    return cfg.get("num_nextn_predict_layers") or 0
+
+
+def is_mtp_layer(match: RoleMatch, cfg: dict[str, Any]) -> bool:
+    """Whether a tensor belongs to a multi-token-prediction layer (one after the decoder's layers):
+    converted or dropped by `convert --mtp`, never served by the runtime."""
+    return match.layer is not None and match.layer >= cfg["num_hidden_layers"]
 
 
 def _positive_int(value: Any) -> bool:
@@ -341,6 +350,9 @@ def _check_moe_config(cfg: dict[str, Any], family: str, where: str) -> None:
             raise UserError(f"{where}: {key} must be a positive integer for a {family} model, not {cfg[key]!r}")
     if top_k > experts:
         raise UserError(f"{where}: num_experts_per_tok {top_k} is more than the {experts} experts")
+    scaling = cfg["routed_scaling_factor"]
+    if not isinstance(scaling, (int, float)) or isinstance(scaling, bool) or not scaling > 0:
+        raise UserError(f"{where}: routed_scaling_factor must be a positive number, not {scaling!r}")
     if cfg["topk_method"] not in GROUPED_TOPK:
         return
     groups, chosen = cfg["n_group"], cfg["topk_group"]

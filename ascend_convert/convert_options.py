@@ -118,6 +118,9 @@ class ConvertOptions:
         bytes and the quantization (None: float weights)."""
         if self.mtp not in MTP_CHOICES:
             raise UserError(f"--mtp {self.mtp}: choose {', '.join(MTP_CHOICES)}")
+        if self.mtp == "quantize" and self.quantize == "w8a8":
+            raise UserError("--quantize w8a8 --mtp quantize: W8A8's calibration runs transformers' model, which has no "
+                            "MTP layer to calibrate (use --quantize w8a8-dynamic, or --mtp keep)")
         if self.on_overflow not in OVERFLOW_POLICIES:
             raise UserError(f"--on-overflow {self.on_overflow}: choose one of {', '.join(OVERFLOW_POLICIES)}")
         soc = get_soc(self.soc)

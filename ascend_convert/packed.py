@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .arch import FP32_ROLES, canonical_tensors
+from .arch import FP32_ROLES, RoleMatch, canonical_tensors
 from .cast import CastStats, checked_cast
 from .dtypes import FLOAT_NAMES, TORCH_DTYPES, dtype_name
 from .layout_names import rank_file
@@ -41,10 +41,8 @@ def _canonical_stream(plan: ConversionPlan, stats: dict[str, CastStats] | None) 
     statistics of each source tensor go into `stats` when given."""
     target = TORCH_DTYPES[plan.dtype]
     cfg = plan.spec.canonical_config(plan.reader.config())
-    for info in plan.reader.tensors():
-        if plan.spec.is_ignored(info.name):
-            continue
-        match = plan.spec.role_of(info.name)
+    for job in plan.jobs:  # the plan's: what it ignored or dropped (an MTP layer) is not split
+        info, match = job.info, RoleMatch(job.role, job.layer, job.expert)
         tensor = plan.reader.load(info)
         dtype = torch.float32 if match.role in FP32_ROLES else target if info.dtype in FLOAT_NAMES else tensor.dtype
         cast, cast_stats = checked_cast(tensor, dtype, plan.options.on_overflow)

@@ -17,7 +17,7 @@ from .arch import (
     FP32_ROLES,
     MTP_ROLES,
     ArchSpec,
-    RoleMatch,
+    is_mtp_layer,
     load_spec_file,
     mtp_layer_count,
 )
@@ -144,7 +144,7 @@ def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointR
         if role is None:
             raise UserError(f"{src / info.file}: tensor {info.name} is not part of a {spec.family} model as "
                             f"{spec.origin} describes it (extend the spec with --arch-spec FILE)")
-        if options.mtp == "drop" and is_mtp_layer(role, cfg):
+        if (options.mtp == "drop" or options.layout == "packed") and is_mtp_layer(role, cfg):
             dropped.append(info.name)
             continue
         out_dtype = "float32" if role.role in FP32_ROLES else dtype if info.dtype in FLOAT_NAMES else info.dtype
@@ -152,6 +152,9 @@ def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointR
         float_mtp = options.mtp == "keep" and is_mtp_layer(role, cfg)
         parts = _quantized_parts(src, info, role[0], quant, dtype) if quant is not None and not float_mtp else []
         jobs.append(TensorJob(info, parts[0] if parts else planned, *role, parts=parts))  # role: RoleMatch
+    if options.layout == "packed" and spec.is_mla:
+        raise UserError(f"{src}: --layout packed does not split multi-head latent attention ({spec.family}): "
+                        f"convert with --layout default (vllm-ascend splits it at load)")
     check_mtp_layers(src, spec, cfg, jobs)
     if spec.is_moe:
         check_experts(src, spec, cfg, jobs)
@@ -159,11 +162,6 @@ def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointR
     names = (shard_names if quant is None else quant_shard_names)(len(groups))
     shards = [Shard(name, group) for name, group in zip(names, groups)]
     return ConversionPlan(src, out, reader, spec, soc.name, dtype, source_dtype, shards, dropped, options, quant)
-
-
-def is_mtp_layer(match: RoleMatch, cfg: dict) -> bool:
-    """Whether a tensor belongs to a multi-token-prediction layer (one after the decoder's layers)."""
-    return match.layer is not None and match.layer >= cfg["num_hidden_layers"]
 
 
 def check_mtp_layers(src: Path, spec: ArchSpec, cfg: dict, jobs: list[TensorJob]) -> None:

@@ -31,8 +31,8 @@ def write_side_files(plan: ConversionPlan, work: WorkDir, weight_files: list[str
     keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
     for key in keys:
         config[key] = plan.dtype
-    if plan.options.mtp == "drop" and "num_nextn_predict_layers" in config:
-        config["num_nextn_predict_layers"] = 0  # no engine may look for the layers left out
+    if (plan.options.mtp == "drop" or plan.packed) and "num_nextn_predict_layers" in config:
+        config["num_nextn_predict_layers"] = 0  # no engine may look for the layers left out (packed: never split)
     _write_json(work.path / CONFIG_NAME, config, sort_keys=True)
     written.append(CONFIG_NAME)
     if len(plan.shards) > 1 and not plan.packed:

@@ -49,7 +49,7 @@ def load_config(model_dir: Path, trust_remote_code: bool = False):
         config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - transformers 5 validates configs eagerly; any failure is the config's
         raise UserError(f"{path}: transformers cannot read this config ({type(exc).__name__}: {first_line(exc)})") from None
-    check_fields(config, json.loads(path.read_text(encoding="utf-8")), path)
+    check_fields(json.loads(path.read_text(encoding="utf-8")), path)
     # The checkpoint's quantization (DeepSeek-V3's FP8 blocks, say) is not what runs on the NPU: convert
     # dequantizes it (or requantizes to W8A8), so the graph to check is the float model. Dropping the
     # field also keeps transformers from setting up its own quantizer for a model built from config.
@@ -65,28 +65,18 @@ def quant_method(model_dir: Path) -> str | None:
     return quant.get("quant_method", "unknown") if isinstance(quant, dict) else None
 
 
-def _experts_field(raw: dict) -> tuple[str, int] | None:
-    for field in ("n_routed_experts", "num_local_experts", "num_experts"):
-        if isinstance(raw.get(field), int):
-            return field, raw[field]
-    return None
+def check_fields(raw: dict, path: Path) -> None:
+    """Fields transformers takes without a word but that break (or silently change) the model — the
+    expert groups of group-limited routing, MLA's latent sizes — checked as `convert` checks them
+    (the family's spec, `ArchSpec.canonical_config`): one line naming the field. A model of no
+    family `convert` knows is traced unchecked."""
+    from ascend_convert.arch import find_spec
 
-
-def check_fields(config, raw: dict, path: Path) -> None:
-    """Fields transformers takes without a word but that break (or silently change) the model: the
-    expert groups of group-limited routing, and MLA's latent width. One line naming the field."""
-    experts = _experts_field(raw)
-    groups, topk_group = raw.get("n_group"), raw.get("topk_group")
-    if isinstance(groups, int) and experts:
-        field, count = experts
-        if groups < 1 or count % groups:
-            raise UserError(f"{path}: n_group {groups} does not divide {field} {count} (routing picks experts "
-                            f"within equal groups)")
-        if isinstance(topk_group, int) and not 1 <= topk_group <= groups:
-            raise UserError(f"{path}: topk_group {topk_group} is not within 1..n_group ({groups})")
-    if hasattr(config, "kv_lora_rank") and not isinstance(raw.get("kv_lora_rank"), int):
-        raise UserError(f"{path}: kv_lora_rank missing (the width of MLA's compressed KV latent; transformers "
-                        f"would default it to {config.kv_lora_rank})")
+    try:
+        spec = find_spec(raw, where=str(path))
+    except UserError:
+        return  # check_ops traces any transformers model; only the families convert knows have rules
+    spec.canonical_config(raw, str(path))
 
 
 def _past(model: torch.nn.Module, batch: int, past_len: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

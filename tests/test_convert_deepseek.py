@@ -22,6 +22,8 @@ from conftest import assert_one_line_error, run_cli
 from fp8_blocks import dequantized, fp8_copy
 from safetensors.torch import load_file, save_file
 
+from ascend_common.errors import UserError
+
 BLOCK = (48, 40)  # rows 32/40/64/128 and cols 32/64/128: edge blocks cut short, one block wider than a row
 #: The linears DeepSeek-V3 ships in FP8 (the decoder's, the MTP layer's decoder part included); the
 #: router, norms, embeddings, lm_head and the MTP layer's own eh_proj and shared_head stay bf16.
@@ -256,3 +258,43 @@ def test_bad_deepseek_input_is_one_line_and_writes_nothing(case, fp8_v3, tmp_pat
     out = tmp_path / "out"
     assert_one_line_error(convert(src, out, "--quantize", "w8a8-dynamic"), message)
     assert not out.exists() and not (tmp_path / ".out.partial").exists()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("num_nextn_predict_layers", "1", "num_nextn_predict_layers must be a non-negative integer, not '1'"),
+    ("routed_scaling_factor", "x", "routed_scaling_factor must be a positive number, not 'x'"),
+])
+def test_mtp_count_and_scaling_factor_of_the_wrong_type_are_named(checkpoint, field, value, message):
+    """Read from config.json as they are: a string is not silently 0 MTP layers (then blamed on the
+    layer's tensors) nor a crash when the runtime multiplies by it."""
+    from ascend_convert.arch import find_spec
+
+    config = json.loads((checkpoint("deepseek_v3") / "config.json").read_text())
+    with pytest.raises(UserError, match=f"^config.json: {re.escape(message)}$"):
+        find_spec(config).canonical_config({**config, field: value})
+
+
+def test_w8a8_cannot_quantize_an_mtp_layer(fp8_v3, tmp_path):
+    """W8A8's calibration runs transformers' model, which has no MTP layer: refused before anything is read."""
+    result = convert(fp8_v3, tmp_path / "out", "--quantize", "w8a8", "--mtp", "quantize")
+    assert_one_line_error(result, "--quantize w8a8 --mtp quantize: W8A8's calibration runs transformers' model, which "
+                                  "has no MTP layer to calibrate (use --quantize w8a8-dynamic, or --mtp keep)")
+
+
+def test_the_packed_layout_refuses_mla_and_leaves_mtp_out(fp8_v3, checkpoint, tmp_path):
+    """`--layout packed` splits heads the Llama way, which MLA's q_b/kv_b/o are not: refused in one line
+    (the runtime refuses tensor parallel for MLA too). GLM-4.5 packs, without its MTP layer (the
+    runtime that reads the packed layout never serves one): rank 0 of 2 loads."""
+    from ascend_convert.converter import ConvertOptions
+    from ascend_convert.converter import convert as convert_in_process
+    from runtime.engine.model_runner import build_model
+    from runtime.model.loader import load_weights, open_model
+
+    result = convert(fp8_v3, tmp_path / "mla", "--layout", "packed")
+    assert_one_line_error(result, "--layout packed does not split multi-head latent attention (deepseek_v3): convert "
+                                  "with --layout default (vllm-ascend splits it at load)")
+    out = tmp_path / "glm"
+    convert_in_process(checkpoint("glm4_moe"), out, ConvertOptions(layout="packed", tp=2, engine="none"))
+    assert json.loads((out / "config.json").read_text())["num_nextn_predict_layers"] == 0
+    ckpt = open_model(out).with_tensor_parallel(2, 0)
+    load_weights(build_model(ckpt, torch.device("cpu"), torch.float32), ckpt)  # every tensor placed, none left over

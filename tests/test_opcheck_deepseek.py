@@ -140,14 +140,16 @@ def test_one_layer_per_kind_counts_as_the_whole_model(tmp_path):
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"n_group": 3}, "n_group 3 does not divide n_routed_experts 8 (routing picks experts within equal groups)"),
-    ({"topk_group": 5}, "topk_group 5 is not within 1..n_group (4)"),
-    ({"kv_lora_rank": None}, ("kv_lora_rank missing (the width of MLA's compressed KV latent; transformers would "
-                              "default it to 512)")),
+    ({"n_group": 3}, "n_group 3 does not divide the 8 routed experts"),
+    ({"topk_group": 5}, "topk_group 5 is more than n_group 4"),
+    ({"kv_lora_rank": None}, "kv_lora_rank is missing; a deepseek_v3 model's multi-head latent attention needs it"),
+    ({"kv_lora_rank": 0}, ("kv_lora_rank is not a positive integer (0); a deepseek_v3 model's multi-head latent "
+                           "attention needs it")),
 ])
 def test_bad_routing_and_mla_fields(tmp_path, change, message):
-    """Fields transformers takes without a word: one line naming config.json and the field (the CLI
-    prints a UserError as its one `error:` line and exits 2, tests/test_opcheck_cli.py)."""
+    """Fields transformers takes without a word: one line naming config.json and the field, the very
+    check `convert` makes (the family's spec; the CLI prints a UserError as its one `error:` line and
+    exits 2, tests/test_opcheck_cli.py)."""
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in {**TINY_V3, **change}.items() if v is not None}))
     with pytest.raises(UserError) as err:
         run_check(str(tmp_path))

@@ -83,6 +83,16 @@ def _prompt_ids(tokenizer, kind: str, prompt: str) -> list[int]:
     return tokenizer.encode(prompt)
 
 
+def _has_mtp_layers(model: Path) -> bool:
+    import json
+
+    config = model / "config.json"
+    try:
+        return model.is_dir() and bool(json.loads(config.read_text(encoding="utf-8")).get("num_nextn_predict_layers"))
+    except (OSError, ValueError):
+        return False
+
+
 def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, trust_remote_code: bool,
              tokenizer) -> None:
     """Fill in each result's status from transformers' greedy tokens on `model`'s weights (the
@@ -95,7 +105,8 @@ def _compare(model: Path, dtype, results: list[PromptResult], max_tokens: int, t
 
     hf_logging.disable_progress_bar()  # its bar would break the report
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its load report lists an MTP layer's ~20 tensors (the class has none) as unexpected
+    if _has_mtp_layers(model):  # its load report lists an MTP layer's ~20 tensors (the class has none) as unexpected
+        hf_logging.set_verbosity_error()
     try:
         hf = AutoModelForCausalLM.from_pretrained(**pretrained_args(model), dtype=dtype,
                                                   trust_remote_code=trust_remote_code).eval()

@@ -82,10 +82,11 @@ def _absorbed(q_nope: torch.Tensor, q_pe: torch.Tensor, latent_cache: torch.Tens
     """vLLM's way for decode: W_UK absorbed into the query, W_UV applied to the latent output."""
     nope = q_nope.shape[2]
     w_uk, w_uv = weight[:, :nope], weight[:, nope:]  # [H, nope, rank], [H, v, rank]
-    q_latent = torch.einsum("thn,hnr->thr", q_nope, w_uk)
-    queries = torch.cat((q_latent, q_pe), dim=-1)[group.query_index[:, 0]].unsqueeze(1)  # [B, 1, H, rank + rope]
-    keys = torch.cat((gather_context(latent_cache, group), gather_context(rope_cache, group)), dim=-1)  # [B, 1, ctx, .]
-    values = gather_context(latent_cache, group)
+    rows = group.query_index[:, 0]  # the group's decode tokens only: a step's prefill rows are not absorbed
+    q_latent = torch.einsum("bhn,hnr->bhr", q_nope[rows], w_uk)
+    queries = torch.cat((q_latent, q_pe[rows]), dim=-1).unsqueeze(1)  # [B, 1, H, rank + rope]
+    values = gather_context(latent_cache, group)  # [B, 1, ctx, rank]: the latents are the values too
+    keys = torch.cat((values, gather_context(rope_cache, group)), dim=-1)  # [B, 1, ctx, rank + rope]
     out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)  # [B, 1, H, rank]
     out = torch.einsum("bhr,hvr->bhv", out[:, 0], w_uv)  # [B, H, v]
     return out.flatten(1).index_select(0, group.output_rows)

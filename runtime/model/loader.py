@@ -18,10 +18,10 @@ import torch
 from ascend_common.errors import UserError
 from ascend_convert.arch import (
     ArchSpec,
-    RoleMatch,
     canonical_names,
     canonical_tensors,
     find_spec,
+    is_mtp_layer,
 )
 from ascend_convert.layout_names import (
     CONFIG_NAME,
@@ -80,7 +80,7 @@ def open_model(path: str | Path) -> Checkpoint:
         found = spec.role_of(info.name)
         if found is None:
             raise UserError(f"{reader.root}: tensor {info.name} is not part of a {spec.family} model")
-        if not _in_decoder(found, cfg):
+        if is_mtp_layer(found, cfg):
             continue
         names.update(canonical_names(found))
     model_dir = path if path.is_dir() else path.parent
@@ -88,12 +88,6 @@ def open_model(path: str | Path) -> Checkpoint:
         scheme = replace(scheme, module_types=_module_types(path, spec, cfg, scheme))
     config = replace(model_config(raw, spec, names, model_dir, where), quant=scheme)
     return Checkpoint(path, reader, spec, config, raw)
-
-
-def _in_decoder(found: RoleMatch, cfg: dict) -> bool:
-    """Whether a tensor is served: a multi-token-prediction layer's (after the decoder's layers) is
-    not; the runtime decodes one token per step and has no speculative decoding to use it for."""
-    return found.layer is None or found.layer < cfg["num_hidden_layers"]
 
 
 def _packed_files(path: Path) -> dict[tuple[int, int], Path]:
@@ -128,7 +122,7 @@ def _module_types(path: Path, spec: ArchSpec, cfg: dict, scheme: QuantScheme) ->
     parts: dict[str, dict[str, set[int | None]]] = {}
     for name, qtype in scheme.description.items():
         found = spec.role_of(name) if name.endswith(".weight") and isinstance(qtype, str) else None
-        if found is None or found.role not in QUANTIZABLE_ROLES or not _in_decoder(found, cfg):
+        if found is None or found.role not in QUANTIZABLE_ROLES or is_mtp_layer(found, cfg):
             continue
         for canonical in canonical_names(found):
             target, part = parameter_for(canonical)
@@ -159,14 +153,14 @@ def runtime_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
         part = _quant_part(info.name) if ckpt.config.quant is not None else None
         if part is None:
             found = ckpt.spec.role_of(info.name)
-            if _in_decoder(found, cfg):
+            if not is_mtp_layer(found, cfg):
                 yield from canonical_tensors(ckpt.spec, cfg, found, ckpt.reader.load(info))
             continue
         weight, suffix = part
         found = ckpt.spec.role_of(weight)
         if found is None:
             raise UserError(f"{ckpt.path}: tensor {info.name} belongs to no layer of a {ckpt.spec.family} model")
-        if not _in_decoder(found, cfg):
+        if is_mtp_layer(found, cfg):
             continue
         tensor = ckpt.reader.load(info)
         if suffix == "deq_scale":
