@@ -67,18 +67,24 @@ def doctor_command(as_json: bool) -> int:
               help="Where MODEL is converted to [default: REPORT_DIR/converted]; unused when MODEL is converted.")
 @click.option("--force", is_flag=True, help="Replace an existing conversion output.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars (on a terminal).")
+@click.option("--endpoint", default=None, metavar="URL",
+              help="Smoke-test this deployment of MODEL (any OpenAI-compatible server) instead of serving it "
+                   "here [default: the policy's deployment.endpoint].")
 @debug_option
 def gate_command(model: Path, policy_file: Path, report_dir: Path, output: Path | None, force: bool,
-                 progress: bool) -> int:
-    """Convert (or verify) MODEL, check its operators and the runtime's, smoke-serve it, and decide
-    against the policy. Exit 0 pass, 1 a rule failed (each named), 2 the gate could not decide."""
+                 progress: bool, endpoint: str | None) -> int:
+    """Convert (or verify) MODEL, check its operators and the runtime's, smoke-serve it (or smoke-test
+    its deployment), and decide against the policy. Exit 0 pass, 1 a rule failed (each named), 2 the
+    gate could not decide."""
     from ascend_common.errors import UserError
 
     from .gate import print_verdict, run_gate
     from .gate_policy import load_policy
     from .gate_reports import write_reports
 
-    policy = load_policy(policy_file)
+    policy = load_policy(policy_file, endpoint)
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise UserError(f"--endpoint {endpoint}: not an http:// or https:// URL")
     if not model.exists():
         raise UserError(f"{model}: no such file or directory")
     if report_dir.exists() and not report_dir.is_dir():
@@ -91,7 +97,7 @@ def gate_command(model: Path, policy_file: Path, report_dir: Path, output: Path 
                             f"manifest (shipped: {', '.join(v for v in SHIPPED if v != 'onnx')}); build one with "
                             f"`ascendkit manifest build` and name it in ops.manifest")
     run = run_gate(model, policy_file, policy, report_dir, output, force, progress and sys.stderr.isatty(),
-                   say=lambda line: click.echo(line, err=True), debug=debugging())
+                   say=lambda line: click.echo(line, err=True), debug=debugging(), endpoint=endpoint)
     written = write_reports(run)
     print_verdict(run)
     click.echo("reports: " + ", ".join(str(p) for p in written.values()) + (f", {run.plot}" if run.plot else ""))

@@ -35,7 +35,7 @@ from .stages import Conversion
 QUESTIONS = ("What is the capital of France?", "Name three primary colors.", "How many days are in a week?",
              "Write a Python function that adds two numbers.")
 ANSWER_TOKENS = 32
-LOAD = {"requests": 8, "concurrency": 4, "prompt_len": 32, "load_tokens": 16}
+LOAD = {"requests": 8, "concurrency": 4, "prompt_len": 32, "load_tokens": 16, "sessions": 2, "turns": 2}
 RUNTIME = {"device": "cpu", "max_num_seqs": 16, "kv_cache_memory": "256MiB"}
 BENCH = {"workloads": ["single", "batch16"], "baselines": ["hf"], "prompt_len": 32, "new_tokens": 32, "repeat": 1}
 
@@ -85,7 +85,7 @@ def _quantized(converted: Path, soc: str) -> Quantized:
 
 def _smoke(model: Path, prompts: list[tuple[str, str]]) -> dict[str, Any]:
     """A quantized directory is compared with the source its manifest names: the bf16/fp16 model."""
-    return stages.smoke(model, prompts=prompts, max_tokens=ANSWER_TOKENS, **LOAD, runtime=RUNTIME)
+    return stages.smoke(model, prompts=prompts, max_tokens=ANSWER_TOKENS, measures=LOAD, runtime=RUNTIME)
 
 
 def print_summary(console: Console, src: Path, weights: str, quant: Quantized, out: dict[str, Conversion],

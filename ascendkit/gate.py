@@ -28,12 +28,15 @@ from .stage_runner import LogLines, StageError, StageRunner
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 #: [performance] key → (the smoke load's figure, how it reads, True for a floor / False for a ceiling)
 PERFORMANCE = {
-    "min_throughput_tok_s": (("output_throughput_tok_s",), "throughput {v:.1f} tok/s", True),
-    "max_ms_per_token": (("latency_ms_per_token",), "average latency {v:.2f} ms/token", False),
-    "max_ttft_p99_ms": (("ttft_ms", "p99"), "TTFT p99 {v:.1f} ms", False),
-    "max_tpot_p50_ms": (("tpot_ms", "p50"), "TPOT p50 {v:.1f} ms", False),
-    "max_tpot_p99_ms": (("tpot_ms", "p99"), "TPOT p99 {v:.1f} ms", False),
-    "max_memory_gb": (("memory_gb",), "memory {v:.2f} GB", False),
+    "min_throughput_tok_s": (("load", "output_throughput_tok_s"), "throughput {v:.1f} tok/s", True),
+    "max_ms_per_token": (("load", "latency_ms_per_token"), "average latency {v:.2f} ms/token", False),
+    "max_ttft_p99_ms": (("load", "ttft_ms", "p99"), "TTFT p99 {v:.1f} ms", False),
+    "max_tpot_p50_ms": (("load", "tpot_ms", "p50"), "TPOT p50 {v:.1f} ms", False),
+    "max_tpot_p99_ms": (("load", "tpot_ms", "p99"), "TPOT p99 {v:.1f} ms", False),
+    "max_tpot_std_ms": (("load", "tpot_ms", "std"), "TPOT standard deviation {v:.2f} ms", False),
+    "max_session_switch_ms": (("stability", "session_switch", "follow_up_ttft_ms", "p99"),
+                              "session switch (a follow-up turn's TTFT) p99 {v:.1f} ms", False),
+    "max_memory_gb": (("load", "memory_gb"), "memory {v:.2f} GB", False),
 }
 
 
@@ -62,6 +65,7 @@ class GateRun:
     checks: dict[str, Any] = field(default_factory=dict)  # "model"/"runtime" → opcheck.check.CheckResult
     plot: Path | None = None
     error: str | None = None
+    endpoint: dict[str, Any] | None = None  # the deployment the smoke stage asks (url, served_model, ...)
 
     @property
     def failed(self) -> list[Rule]:
@@ -223,17 +227,35 @@ def _figure(load: dict, path: tuple[str, ...]) -> float | None:
     return value
 
 
+def deployment(policy: Policy, policy_path: Path, endpoint: str | None) -> dict[str, Any] | None:
+    """The deployment the smoke stage asks (the command line's --endpoint, else the policy's), as
+    `stages.smoke` takes it; None: serve the model here."""
+    import os
+
+    url = endpoint or policy.deployment.endpoint
+    if url is None:
+        return None
+    tokenizer = policy.deployment.tokenizer
+    return {"url": url, "served_model": policy.deployment.model,
+            "api_key": os.environ.get(policy.deployment.api_key_env) or None,
+            "tokenizer_dir": (policy_path.parent / tokenizer) if tokenizer else None}
+
+
 def stage_smoke(run: GateRun) -> None:
-    """Serve the converted model, ask the policy's prompts, run the load; decide prompts, agreement and
-    the performance floors and ceilings."""
+    """Serve the converted model (or ask the deployment), ask the policy's prompts, run the load and
+    the stability figures; decide prompts, agreement, the answer checks and the performance limits."""
     smoke, policy = run.policy.smoke, run.policy
     prompts = [("chat" if p.chat else "plain", p.prompt) for p in smoke.prompts] or None
+    measures = {"requests": smoke.load.requests, "concurrency": smoke.load.concurrency,
+                "prompt_len": smoke.load.prompt_len, "load_tokens": smoke.load.tokens, "sessions": smoke.load.sessions,
+                "turns": smoke.load.turns, "long_context": policy.performance.long_context}
     # An unquantized conversion is the source's weights, cast (verify proves it): transformers runs them
     # as they are. A quantized one is compared with the source its manifest names (run_smoke's rule).
-    report = stages.smoke(run.converted, prompts=prompts, max_tokens=smoke.max_tokens, requests=smoke.load.requests,
-                          concurrency=smoke.load.concurrency, prompt_len=smoke.load.prompt_len,
-                          load_tokens=smoke.load.tokens, runtime=policy.runtime.model_dump())
+    report = stages.smoke(run.converted, prompts=prompts, max_tokens=smoke.max_tokens, measures=measures,
+                          runtime=policy.runtime.model_dump(), endpoint=run.endpoint)
     run.stages["smoke"] = report
+    if run.endpoint is not None and not judge_endpoint(run, report):
+        return
     for i, (p, r) in enumerate(zip(smoke.prompts, report["results"]), 1):
         if r["status"] == "error":
             run.add(f"smoke.prompts[{i}]", False, f"{p.prompt!r}: refused ({r['error']})", f"smoke.prompts[{i}]")
@@ -247,7 +269,10 @@ def stage_smoke(run: GateRun) -> None:
                 f"{p.prompt!r} → {answer!r}" + (f" lacks {', '.join(map(repr, missing))}" if missing else ""),
                 f"smoke.prompts[{i}]")
     compared = [r for r in report["results"] if r["status"] in ("match", "tie", "mismatch")]
-    if smoke.same_weights and run.quantized:
+    if smoke.same_weights and report.get("not_compared"):
+        run.add("smoke.same_weights", None, f"the deployment's answers: {report['not_compared']}",
+                "smoke.same_weights")
+    elif smoke.same_weights and run.quantized:
         run.add("smoke.same_weights", None, "quantized weights: transformers cannot run msModelSlim's layout, so "
                                             "the runtime is compared with the source (smoke.min_greedy_agreement)",
                 "smoke.same_weights")
@@ -261,8 +286,8 @@ def stage_smoke(run: GateRun) -> None:
         agreement = report.get("greedy_agreement")
         against = f"the source {report['reference']}" if run.quantized else "transformers on the converted weights"
         if agreement is None:
-            why = ("no source to compare with (the manifest's source is gone)" if run.quantized
-                   else "the server refused every prompt")
+            why = (report.get("not_compared") or ("no source to compare with (the manifest's source is gone)"
+                                                  if run.quantized else "the server refused every prompt"))
             run.add("smoke.min_greedy_agreement", False, f"not measured: {why}", "smoke.min_greedy_agreement")
         else:
             run.add("smoke.min_greedy_agreement", agreement >= smoke.min_greedy_agreement,
@@ -272,17 +297,52 @@ def stage_smoke(run: GateRun) -> None:
     run.add("smoke.load", load["failed"] == 0, f"{load['requests'] - load['failed']}/{load['requests']} load "
                                                f"requests answered" + (f"; {load['errors'][0]}" if load["errors"]
                                                                        else ""), "smoke.load")
+    judge_stability(run, report["stability"])
     for key, (path, text, floor) in PERFORMANCE.items():
         limit = getattr(policy.performance, key)
         if limit is None:
             continue
-        value = _figure(load, path)
+        value = _figure(report, path)
         if value is None:
             run.add(f"performance.{key}", False, f"{text.split(' {')[0]} not measured", f"performance.{key}")
             continue
         ok = value >= limit if floor else value <= limit
         run.add(f"performance.{key}", ok, f"{text.format(v=value)}, {'floor' if floor else 'ceiling'} {limit:g}",
                 f"performance.{key}")
+
+
+def judge_endpoint(run: GateRun, report: dict[str, Any]) -> bool:
+    """The deployment's own rules: reached (else nothing more can be decided: False), and each answer
+    check (the same answer twice, streamed = plain, limits, stop strings, usage)."""
+    if report.get("error"):
+        run.add("deployment.endpoint", False, report["error"], "deployment.endpoint")
+        return False
+    info = report["endpoint"]
+    absent = [name for name, there in info["extras"].items() if not there]
+    run.add("deployment.endpoint", True, f"{info['url']} serves {info['model']}"
+            + (f"; absent (vLLM's extras): {', '.join(absent)}" if absent else "; every vLLM extra present"),
+            "deployment.endpoint")
+    for check, summary in report["answer_checks"].items():
+        said = summary["first_failure"] or summary["detail"]
+        run.add(f"deployment.answers.{check}", summary["first_failure"] is None,
+                f"{summary['passed']}/{summary['checked']}: {said}", "deployment.endpoint")
+    return True
+
+
+def judge_stability(run: GateRun, stability: dict[str, Any]) -> None:
+    """Every turn of the interleaved sessions answered; long context, where the policy asks for it."""
+    sessions = stability.get("session_switch")
+    if sessions is not None:
+        run.add("smoke.sessions", sessions["failed"] == 0,
+                f"{sessions['sessions']} conversations x {sessions['turns']} turns interleaved"
+                + (f"; {sessions['failed']} turn(s) failed: {sessions['errors'][0]}" if sessions["failed"] else
+                   ", every turn answered"), "smoke.load.sessions")
+    long = stability.get("long_context")
+    if run.policy.performance.long_context:
+        from runtime.evaluation.smoke import stability_lines
+
+        said = stability_lines({"long_context": long})[0] if long else "long context: not measured"
+        run.add("performance.long_context", bool(long and long["ok"]), said, "performance.long_context")
 
 
 def stage_sweep(run: GateRun, progress: bool) -> None:
@@ -312,9 +372,10 @@ def stage_sweep(run: GateRun, progress: bool) -> None:
 # -- the pipeline ------------------------------------------------------------------------------------
 def run_gate(model: Path, policy_path: Path, policy: Policy, report_dir: Path, output: Path | None = None,
              force: bool = False, progress: bool = False, say: Callable[[str], None] = print,
-             debug: bool = False) -> GateRun:
-    """Every stage in order; the run's rules, stage reports and any error (which stops it)."""
-    run = GateRun(model, policy_path, policy, report_dir)
+             debug: bool = False, endpoint: str | None = None) -> GateRun:
+    """Every stage in order; the run's rules, stage reports and any error (which stops it). `endpoint`:
+    the deployment to smoke-test (the command line's; else the policy's; else the model is served here)."""
+    run = GateRun(model, policy_path, policy, report_dir, endpoint=deployment(policy, policy_path, endpoint))
     output = output or report_dir / "converted"
     pipeline: list[tuple[str, Callable[[], None]]] = [
         ("doctor", lambda: stage_doctor(run)),
@@ -324,8 +385,8 @@ def run_gate(model: Path, policy_path: Path, policy: Policy, report_dir: Path, o
         pipeline.append(("preflight", lambda: stage_preflight(run)))
     pipeline += [(f"check_ops {w}", lambda w=w: stage_check_ops(run, w))
                for w in ("model", "runtime") if getattr(policy.ops, w)]
-    if policy.smoke.check:
-        pipeline.append(("smoke", lambda: stage_smoke(run)))
+    if policy.smoke.check or run.endpoint is not None:
+        pipeline.append(("smoke" if run.endpoint is None else f"smoke {run.endpoint['url']}", lambda: stage_smoke(run)))
     if policy.sweep is not None:
         pipeline.append(("sweep", lambda: stage_sweep(run, progress)))
     # an error stops the run (later stages need what the failed one makes) and is the run's verdict;
@@ -341,7 +402,7 @@ def run_gate(model: Path, policy_path: Path, policy: Policy, report_dir: Path, o
         for rule in run.rules[before:]:
             if rule.status == FAIL:
                 say(f"      FAIL {rule.id}: {rule.message}")
-    if not policy.smoke.check and run.error is None:  # a rule, so the reports show what this run did not decide
+    if not policy.smoke.check and run.endpoint is None and run.error is None:  # a rule, so the reports show what this run did not decide
         run.add("smoke", None, "not served here (smoke.check = false): the prompts, the greedy agreement and the "
                                "load are decided where the model is deployed", "smoke.check")
     return run

@@ -106,6 +106,8 @@ class Load(_Section):
     concurrency: int = Field(default=4, ge=1)
     prompt_len: int = Field(default=64, ge=1)
     tokens: int = Field(default=32, ge=2)
+    sessions: int = Field(default=4, ge=0)  # conversations interleaved turn by turn (session switch; 0: none)
+    turns: int = Field(default=3, ge=2)
 
 
 class Smoke(_Section):
@@ -122,14 +124,28 @@ class Smoke(_Section):
 
 
 class Performance(_Section):
-    """Floors and ceilings on the smoke test's concurrent load (the seed article's table)."""
+    """Floors and ceilings on the smoke test's concurrent load (the seed article's table), and its
+    stability claims: TPOT's spread, the session switch, long context answered."""
 
     min_throughput_tok_s: float | None = Field(default=None, gt=0)
     max_ms_per_token: float | None = Field(default=None, gt=0)
     max_ttft_p99_ms: float | None = Field(default=None, gt=0)
     max_tpot_p50_ms: float | None = Field(default=None, gt=0)
     max_tpot_p99_ms: float | None = Field(default=None, gt=0)
+    max_tpot_std_ms: float | None = Field(default=None, gt=0)
+    max_session_switch_ms: float | None = Field(default=None, gt=0)  # a follow-up turn's TTFT, p99
     max_memory_gb: float | None = Field(default=None, gt=0)
+    long_context: bool = False  # requests at 50/90/100% of max_model_len answered beside the load
+
+
+class Deployment(_Section):
+    """A running deployment (vllm-ascend, vLLM, MindIE: any OpenAI-compatible server) that the smoke
+    stage asks instead of serving the model here; `--endpoint` on the command line wins."""
+
+    endpoint: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    model: str | None = None  # the served model's name [default: the only one /v1/models lists]
+    api_key_env: str = "ASCENDKIT_API_KEY"  # the variable that holds its key (never the key itself)
+    tokenizer: str | None = None  # a tokenizer directory [default: the converted MODEL's]; relative to the policy
 
 
 class Runtime(_Section):
@@ -162,6 +178,7 @@ class Policy(_Section):
     ops: Ops = Ops()
     smoke: Smoke = Smoke()
     performance: Performance = Performance()
+    deployment: Deployment = Deployment()
     runtime: Runtime = Runtime()
     sweep: Sweep | None = None
 
@@ -207,7 +224,8 @@ def describe_error(path: Path, exc: ValidationError) -> str:
     return f"{path}: {key}: {message[0].lower()}{message[1:]}{shown}"
 
 
-def load_policy(path: Path) -> Policy:
+def load_policy(path: Path, endpoint: str | None = None) -> Policy:
+    """The policy at `path`, checked; `endpoint`: the command line's --endpoint (a deployment to ask)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -221,11 +239,12 @@ def load_policy(path: Path) -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         raise UserError(describe_error(path, exc)) from None
-    if not policy.smoke.check:
-        floors = [k for k, v in policy.performance.model_dump().items() if v is not None]
+    if not policy.smoke.check and not (endpoint or policy.deployment.endpoint):
+        floors = [k for k, v in policy.performance.model_dump().items() if v not in (None, False)]
         if floors:
             raise UserError(f"{path}: performance.{floors[0]}: measured on the smoke load, which smoke.check = "
-                            f"false does not run (remove [performance] or set smoke.check = true)")
+                            f"false does not run here (remove it, set smoke.check = true, or give the deployment's "
+                            f"endpoint)")
     if policy.preflight.check:
         from ascend_convert.preflight.ruleset import load_ruleset
 

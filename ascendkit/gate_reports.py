@@ -15,7 +15,7 @@ from xml.etree import ElementTree as ET
 
 from ascend_common.atomic_write import write_text_atomic
 from runtime.evaluation.report_output import figure as _f
-from runtime.evaluation.smoke import answer_status
+from runtime.evaluation.smoke import answer_status, stability_lines
 
 from .gate import FAIL, PASS, SKIP, GateRun
 
@@ -140,7 +140,7 @@ def markdown(run: GateRun) -> str:
     lines += ["| rule | result | detail |", "|---|:---:|---|"]
     lines += [f"| `{r.id}` | {icons[r.status]} | {_cell(r.message)} |" for r in run.rules]
     smoke = run.stages.get("smoke")
-    if smoke:
+    if smoke and smoke.get("load"):  # an endpoint that could not be reached has neither answers nor figures
         lines += ["", "### Smoke answers (greedy)", "", "| prompt | answer | vs reference |", "|---|---|---|"]
         for r in smoke["results"]:
             status = _cell(answer_status(r, markup=False))
@@ -154,6 +154,7 @@ def markdown(run: GateRun) -> str:
                f"{_f(load['memory_gb'], 2)} | {_f(load['ttft_ms']['p50'])} / {_f(load['ttft_ms']['p99'])} | "
                f"{_f(load['tpot_ms']['p50'])} / {_f(load['tpot_ms']['p99'])} | {_f(load['tpot_ms']['std'], 2)} |")
         lines += ["", title, "", header, "|---:|---:|---:|---:|---:|---:|", row]
+        lines += [""] + [f"- {_cell(line)}" for line in stability_lines(smoke["stability"])]
     sweep = run.stages.get("sweep")
     if sweep:
         rec = sweep["recommended"]

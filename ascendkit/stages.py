@@ -116,17 +116,22 @@ def check_ops(model: Path, target: str, *, soc: str, **options: Any) -> CheckRes
     return run_check(str(model), target, soc=soc, **options)
 
 
-def smoke(model: Path, *, prompts: list[tuple[str, str]] | None, max_tokens: int, requests: int, concurrency: int,
-          prompt_len: int, load_tokens: int, runtime: Mapping[str, Any]) -> SmokeReport:
-    """Serve `model` over HTTP, ask `prompts` ((kind, text) pairs) and compare the greedy answers with
+def smoke(model: Path, *, prompts: list[tuple[str, str]] | None, max_tokens: int, measures: Mapping[str, Any],
+          runtime: Mapping[str, Any], endpoint: Mapping[str, Any] | None = None) -> SmokeReport:
+    """Serve `model` over HTTP (or, `endpoint` given, use that deployment of it: url, served_model,
+    api_key, tokenizer_dir), ask `prompts` ((kind, text) pairs) and compare the greedy answers with
     transformers (an unquantized model: on the same weights; a quantized one: with the source its
-    manifest names), then run a concurrent load. `runtime`: the engine's options (device, max_num_seqs,
-    kv_cache_memory, tensor_parallel_size)."""
+    manifest names), then run a concurrent load and the stability figures. `measures`: smoke's
+    `Measures` fields (requests, concurrency, prompt_len, load_tokens, sessions, turns, long_context);
+    `runtime`: the engine's options (device, max_num_seqs, kv_cache_memory, tensor_parallel_size)."""
     from runtime.engine.options import engine_kwargs
-    from runtime.evaluation.smoke import run_smoke
+    from runtime.evaluation.smoke import Measures, run_endpoint_smoke, run_smoke
 
-    return run_smoke(model, max_tokens=max_tokens, requests=requests, concurrency=concurrency,
-                     prompt_len=prompt_len, load_tokens=load_tokens, prompts=prompts, **engine_kwargs(**runtime))
+    if endpoint is not None:
+        return run_endpoint_smoke(directory=model, max_tokens=max_tokens, measures=Measures(**measures),
+                                  prompts=prompts, **endpoint)
+    return run_smoke(model, max_tokens=max_tokens, measures=Measures(**measures), prompts=prompts,
+                     **engine_kwargs(**runtime))
 
 
 def bench(model: Path, *, device: str, progress: bool, **options: Any) -> BenchReport:

@@ -24,9 +24,9 @@ MAX_TOKENS = 8
 
 FIRST_RULES = ["doctor", "target.torch_npu", "target.soc", "target.dtype", "target.quantize", "convert.verify",
                "preflight", "ops.model", "ops.runtime", "smoke.prompts[1]", "smoke.same_weights", "smoke.min_greedy_agreement",
-               "smoke.load", "performance.min_throughput_tok_s", "performance.max_memory_gb"]
+               "smoke.load", "smoke.sessions", "performance.min_throughput_tok_s", "performance.max_memory_gb"]
 SECOND_RULES = ["doctor", "target.torch_npu", "target.soc", "target.dtype", "target.quantize", "convert.verify",
-                "preflight", "preflight.model.tensor_dtype", "smoke.same_weights", "smoke.load"]
+                "preflight", "preflight.model.tensor_dtype", "smoke.same_weights", "smoke.load", "smoke.sessions"]
 
 
 def greedy_answer(model: Path, prompt: str, max_tokens: int) -> str:
@@ -189,7 +189,7 @@ def test_first_run_replaced_the_existing_output_with_force(first):
 
 def test_first_run_junit_has_one_case_per_rule(first):
     suite = reports(first["report_dir"])["junit"].find("testsuite")
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("15", "1", "0", "0")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("16", "1", "0", "0")
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == FIRST_RULES
     assert [c.get("classname") for c in cases][:3] == ["gate.doctor", "gate.target", "gate.target"]
@@ -410,11 +410,13 @@ TARGET = '[target]\nsoc = "ascend910b"\ndtype = "bfloat16"\n'
 POLICY_ERRORS = {
     "unknown key": (TARGET + "[performance]\nmin_throughput = 10\n",
                     ("performance.min_throughput: unknown key (known: min_throughput_tok_s, max_ms_per_token, "
-                     "max_ttft_p99_ms, max_tpot_p50_ms, max_tpot_p99_ms, max_memory_gb)")),
+                     "max_ttft_p99_ms, max_tpot_p50_ms, max_tpot_p99_ms, max_tpot_std_ms, max_session_switch_ms, "
+                     "max_memory_gb, long_context)")),
     "unknown key in a prompt": (TARGET + '[[smoke.prompts]]\nprompt = "Hi"\nexpected = ["x"]\n',
                                 "smoke.prompts[1].expected: unknown key (known: prompt, chat, expect, ignore_case)"),
     "unknown section": (TARGET + "[smoke_test]\nmax_tokens = 4\n",
-                        "smoke_test: unknown key (known: target, convert, preflight, ops, smoke, performance, runtime, sweep)"),
+                        ("smoke_test: unknown key (known: target, convert, preflight, ops, smoke, performance, "
+                         "deployment, runtime, sweep)")),
     "wrong type": (TARGET + '[smoke]\nmax_tokens = "16"\n',
                    "smoke.max_tokens: input should be a valid integer (got '16')"),
     "missing soc": ('[target]\ndtype = "bfloat16"\n', "target.soc: missing (required)"),

@@ -41,7 +41,7 @@ def test_the_example_is_deepseek_v3_w8a8_dynamic_on_two_910b_nodes_not_served_he
     assert (policy.target.tp, policy.target.ep, policy.convert.mtp) == (4, 16, "keep")
     assert policy.ops.model and policy.ops.runtime and policy.convert.verify_source and policy.preflight.check
     assert not policy.smoke.check and policy.sweep is None
-    assert all(v is None for v in policy.performance.model_dump().values())
+    assert all(v in (None, False) for v in policy.performance.model_dump().values())
     assert all(p.expect for p in policy.smoke.prompts)  # kept for the deployment's run
 
 
@@ -51,7 +51,8 @@ def test_performance_without_the_smoke_load_is_one_line(tmp_path):
                       '[performance]\nmax_memory_gb = 4\n', encoding="utf-8")
     r = run_cli("gate", tmp_path, "--policy", policy, "--report-dir", tmp_path / "r")
     assert_one_line_error(r, f"error: {policy}: performance.max_memory_gb: measured on the smoke load, which "
-                             f"smoke.check = false does not run (remove [performance] or set smoke.check = true)")
+                             f"smoke.check = false does not run here (remove it, set smoke.check = true, or give the "
+                             f"deployment's endpoint)")
 
 
 def test_the_example_gates_an_fp8_deepseek_v3_checkpoint(fp8_deepseek_v3, tmp_path):

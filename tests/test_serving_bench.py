@@ -1,4 +1,5 @@
-"""`ascendkit bench --serve` / `--server URL`: vLLM's serving metrics from a real server process."""
+"""`ascendkit bench --serve` / `--endpoint URL` (alias `--server`): vLLM's serving metrics from a real server
+process. Other servers (`transformers serve`, a misbehaving one): tests/test_endpoint.py."""
 
 from __future__ import annotations
 
@@ -48,14 +49,20 @@ def test_bench_against_a_running_server_with_its_key(keyed_server):
     report = json.loads(result.stdout)
     assert report["server"] == keyed_server.url and "started_here" not in report
     _check_level(report["levels"][0], 2, 4)
+    assert (report["prompts"], report["exact_lengths"]) == ("token ids", True)
+    sessions = report["stability"]["session_switch"]
+    assert (sessions["sessions"], sessions["turns"], sessions["failed"]) == (4, 3, 0)
+    assert sessions["first_turn_ttft_ms"]["p50"] > 0 and sessions["follow_up_ttft_ms"]["p50"] > 0
     table = run_cli("bench", "--server", keyed_server.url, "--api-key", "k3y", "--concurrency", "1",
                     "--num-prompts", "2", "--prompt-len", "4", "--new-tokens", "4")
     assert table.code == 0 and "TTFT" in table.stdout and "ITL" in table.stdout and "E2E" in table.stdout
 
 
 @pytest.mark.parametrize(("args", "fragments"), [
-    (("--server", "http://127.0.0.1:9"), ("--server http://127.0.0.1:9: cannot reach it",)),
-    (("--server", "http://127.0.0.1:9", "MODEL"), ("give no MODEL",)),
+    (("--server", "http://127.0.0.1:9"), ("--endpoint http://127.0.0.1:9: unreachable (ConnectError",)),
+    (("--endpoint", "http://127.0.0.1:9", "MODEL"), ("MODEL: no such file or directory",)),
+    (("--endpoint", "127.0.0.1:9"), ("--endpoint 127.0.0.1:9: not an http:// or https:// URL",)),
+    (("--model", "m"), ("missing MODEL (or --endpoint URL)",)),
     (("--serve",), ("--serve needs MODEL",)),
     (("--server", "http://127.0.0.1:9", "--concurrency", "0"), ("--concurrency '0': sizes must be at least 1",)),
 ])
@@ -65,4 +72,4 @@ def test_bench_serving_bad_input_is_one_line(args, fragments):
 
 def test_bench_against_a_server_without_the_key(keyed_server):
     assert_one_line_error(run_cli("bench", "--server", keyed_server.url, "--concurrency", "1"),
-                          "/v1/models answered HTTP 401")
+                          f"--endpoint {keyed_server.url}: HTTP 401, the API key was refused")

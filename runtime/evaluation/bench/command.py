@@ -39,6 +39,7 @@ from runtime.evaluation.bench.workloads import (
     parse_list,
     parse_sizes,
 )
+from runtime.evaluation.endpoint import API_KEY_ENV
 from runtime.evaluation.report_output import emit_report
 
 
@@ -78,32 +79,50 @@ from runtime.evaluation.report_output import emit_report
 @click.option("--output", type=click.Path(path_type=Path), default=None, callback=output_file,
               help="Also write the JSON report here.")
 @click.option("--progress/--no-progress", default=True, help="Show progress (on a terminal).")
-@click.option("--server", "server_url", default=None, metavar="URL",
-              help="Instead: vLLM's serving benchmark against the `ascendkit serve` at URL (no MODEL).")
+@click.option("--endpoint", "--server", "server_url", default=None, metavar="URL",
+              help="Instead: vLLM's serving benchmark against the OpenAI-compatible server at URL (ours, vLLM, "
+                   "vllm-ascend, MindIE, transformers serve); MODEL, if given, is the checkpoint it serves "
+                   "(its tokenizer sizes the prompts).")
+@click.option("--model", "served_model", default=None, metavar="NAME",
+              help="With --endpoint: the served model [default: the only one /v1/models lists].")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path), default=None,
+              help="With --endpoint: the tokenizer that sizes prompts and counts tokens [default: MODEL].")
+@click.option("--sessions", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Serving benchmark: conversations interleaved turn by turn (the session-switch figure).")
+@click.option("--turns", type=click.IntRange(min=2), default=3, show_default=True)
+@click.option("--long-context", is_flag=True,
+              help="Serving benchmark: also requests at 50/90/100% of max_model_len beside a load.")
 @click.option("--serve", is_flag=True, help="Instead: the serving benchmark against MODEL served in this process.")
 @click.option("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)), show_default=True,
               help="Serving benchmark: concurrency levels, request rate unbounded.")
 @click.option("--num-prompts", type=click.IntRange(min=1), default=None,
               help="Serving benchmark: requests per level [default: max(8, 4 x concurrency)].")
-@click.option("--api-key", envvar="ASCENDKIT_API_KEY", default=None, help="Serving benchmark: the server's key.")
+@click.option("--api-key", envvar=API_KEY_ENV, default=None,
+              help=f"Serving benchmark: the server's key [env: {API_KEY_ENV}].")
 @debug_option
 def bench_command(model: str | None, dtype: str, device: str, workloads: str, baselines: str, prompt_len: int | None,
                   new_tokens: int | None, repeat: int, threads: int | None, kv_cache_memory: str, gguf: Path | None,
                   sweep: bool, sweep_sizes: str, tpot_ms: float, plot: Path | None, seed: int, as_json: bool,
-                  output: Path | None, progress: bool, server_url: str | None, serve: bool, concurrency: str,
-                  num_prompts: int | None, api_key: str | None) -> int:
+                  output: Path | None, progress: bool, server_url: str | None, served_model: str | None,
+                  tokenizer_dir: Path | None, sessions: int, turns: int, long_context: bool, serve: bool,
+                  concurrency: str, num_prompts: int | None, api_key: str | None) -> int:
     """Benchmark the runtime against transformers (and llama.cpp) on MODEL (a directory or a GGUF):
-    throughput, latency, memory, TTFT and TPOT, side by side in one process. With --server URL or
-    --serve: vLLM's serving metrics (TTFT, TPOT, ITL, E2E, throughput) at each concurrency."""
+    throughput, latency, memory, TTFT and TPOT, side by side in one process. With --endpoint URL or
+    --serve: vLLM's serving metrics (TTFT, TPOT, ITL, E2E, throughput) at each concurrency, and the
+    stability figures (TPOT spread, session switch, long context)."""
     if plot is not None:
         _check_plot(sweep, server_url is not None or serve)  # its path: checked by output_file
     if server_url or serve:
+        endpoint = {"served_model": served_model, "tokenizer_dir": tokenizer_dir, "sessions": sessions,
+                    "turns": turns, "long_context": long_context, "api_key": api_key}
         report = _serving(model, server_url, dtype, device, kv_cache_memory, threads, concurrency, num_prompts,
-                          prompt_len, new_tokens, seed, api_key)
+                          prompt_len, new_tokens, seed, endpoint)
         emit_report(report, as_json, output, print_serving_report)
         return 0
     if model is None:
-        raise UserError("missing MODEL (or --server URL)")
+        raise UserError("missing MODEL (or --endpoint URL)")
+    if served_model or tokenizer_dir:
+        raise UserError("--model and --tokenizer name a deployment's model and tokenizer: add --endpoint URL")
     names = parse_list(workloads, WORKLOADS, "--workloads")
     wanted = parse_list(baselines, BASELINES, "--baselines") if baselines.strip() else []
     sizes = parse_sizes(sweep_sizes) if sweep else None
@@ -125,7 +144,7 @@ def bench_command(model: str | None, dtype: str, device: str, workloads: str, ba
 def _check_plot(sweep: bool, serving: bool) -> None:
     """--plot's other mistakes, found before the minutes of benchmarking rather than after them."""
     if serving:
-        raise UserError("--plot draws the batch-size sweep, not the serving benchmark: drop --server/--serve")
+        raise UserError("--plot draws the batch-size sweep, not the serving benchmark: drop --endpoint/--serve")
     if not sweep:
         raise UserError("--plot draws the sweep: add --sweep")
     try:
@@ -142,21 +161,26 @@ def _plot_title(report: dict[str, Any]) -> str:
 
 def _serving(model: str | None, server_url: str | None, dtype: str, device: str, kv_cache_memory: str,
              threads: int | None, concurrency: str, num_prompts: int | None, prompt_len: int | None,
-             new_tokens: int | None, seed: int, api_key: str | None) -> dict[str, Any]:
+             new_tokens: int | None, seed: int, endpoint: dict[str, Any]) -> dict[str, Any]:
     """The serving benchmark (runtime.evaluation.bench.serving), against a running server or one started here."""
     levels = parse_sizes(concurrency, "--concurrency")
     kwargs = {"concurrency": levels, "num_prompts": num_prompts, "prompt_len": prompt_len or DEFAULT_PROMPT_LEN,
-              "new_tokens": new_tokens or DEFAULT_NEW_TOKENS, "seed": seed, "api_key": api_key}
+              "new_tokens": new_tokens or DEFAULT_NEW_TOKENS, "seed": seed, **endpoint}
     if server_url:
-        if model is not None:
-            raise UserError("--server URL benchmarks a running server: give no MODEL")
-        return bench_server(server_url, **kwargs)
+        tokenizer = endpoint["tokenizer_dir"] or (Path(model) if model is not None else None)
+        for path in (model, tokenizer):
+            if path is not None and not Path(path).exists():
+                raise UserError(f"{path}: no such file or directory")
+        return bench_server(server_url, **{**kwargs, "tokenizer_dir": tokenizer})
     if model is None:
         raise UserError("--serve needs MODEL")
+    if endpoint["served_model"] or endpoint["tokenizer_dir"]:
+        raise UserError("--model and --tokenizer name a deployment's model and tokenizer: use --endpoint URL")
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     engine_kwargs = {"device": device, "dtype": None if dtype == "auto" else dtype, "max_num_seqs": max(levels),
                      "kv_cache_memory": None if kv_cache_memory == "auto" else kv_cache_memory}
+    del kwargs["served_model"], kwargs["tokenizer_dir"]
     return bench_started_server(Path(model), engine_kwargs, **kwargs)

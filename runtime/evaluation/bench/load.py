@@ -1,6 +1,7 @@
 """Load on an OpenAI-compatible server, measured as vLLM's `benchmark_serving` measures it.
 
-Each request streams `/v1/completions` (token-id prompt, `ignore_eos`, exactly `max_tokens` out) and
+Each request streams `/v1/completions` (a token-id prompt and `ignore_eos`, so exactly `max_tokens` out,
+where the server has those vLLM extras; a text prompt and an answer that may end early where not) and
 its client-side clock gives: TTFT (request sent → first chunk with text), ITL (every gap between two
 chunks), TPOT ((end − first token) / (tokens − 1), tokens from the usage chunk) and E2E latency.
 Requests are sent as fast as the concurrency limit allows (request rate unbounded). The run's
@@ -10,12 +11,13 @@ request and output throughput are completed requests and generated tokens over i
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.evaluation.bench.stats import distribution
+from runtime.evaluation.endpoint import Endpoint, StreamReader, request_body
 
 
 @dataclass
@@ -27,6 +29,8 @@ class RequestResult:
     ttft: float | None = None
     itl: list[float] = field(default_factory=list)
     e2e: float | None = None
+    done_marker: bool = True  # the stream ended with data: [DONE]
+    counted: str = "usage"  # where output_tokens came from: the server's usage, the tokenizer, or chunks
 
     @property
     def tpot(self) -> float | None:
@@ -35,61 +39,72 @@ class RequestResult:
         return (self.e2e - self.ttft) / (self.output_tokens - 1)
 
 
-async def _one(client, model: str, prompt: list[int] | str, max_tokens: int) -> RequestResult:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, "ignore_eos": True}
+async def one_request(client, endpoint: Endpoint, prompt: list[int] | str | list[dict], max_tokens: int,
+                      kind: str = "plain", count_tokens: Callable[[str], int] | None = None) -> RequestResult:
+    """One streamed greedy request, timed chunk by chunk. Token counts from the server's `usage`; where
+    it gives none, from `count_tokens` (the tokenizer) on the text, else one per chunk."""
+    route, body = request_body(endpoint, kind, prompt, max_tokens, stream=True, ignore_eos=True)
     result = RequestResult(ok=False)
     start = time.perf_counter()
-    last = None
+    reader = StreamReader(kind, start)
+    chunks, last = 0, None
     try:
-        async with client.stream("POST", "/v1/completions", json=body) as response:
+        async with client.stream("POST", route, json=body) as response:
             if response.status_code != 200:
                 text = (await response.aread()).decode(errors="replace")
                 result.error = f"HTTP {response.status_code}: {text[:200]}"
                 return result
             async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    result.error = chunk["error"].get("message", "error in stream")
-                    return result
-                if chunk.get("usage"):
-                    result.prompt_tokens = chunk["usage"]["prompt_tokens"]
-                    result.output_tokens = chunk["usage"]["completion_tokens"]
-                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                going = reader.feed(line)
+                if reader.piece:
                     now = time.perf_counter()
-                    if last is None:
-                        result.ttft = now - start
-                    else:
+                    if last is not None:
                         result.itl.append(now - last)
-                    last = now
+                    last, chunks = now, chunks + 1
+                if not going:
+                    break
     except Exception as exc:  # noqa: BLE001 - a failed request is a result, counted and reported
         result.error = f"{type(exc).__name__}: {exc}"
         return result
-    result.e2e = time.perf_counter() - start
+    answer = reader.finish()
+    result.e2e, result.ttft, result.done_marker = time.perf_counter() - start, answer.ttft, bool(answer.done)
+    if answer.error:
+        result.error = answer.error
+        return result
+    if answer.usage:
+        result.prompt_tokens = answer.usage.get("prompt_tokens", 0)
+        result.output_tokens = answer.usage.get("completion_tokens", 0)
+    elif count_tokens is not None:
+        result.output_tokens, result.counted = count_tokens(answer.text), "tokenizer"
+    else:
+        result.output_tokens, result.counted = chunks, "chunks"
     result.ok = result.ttft is not None and result.output_tokens > 0
     if not result.ok:
         result.error = "the stream ended without text or usage"
     return result
 
 
-async def run_load(url: str, model: str, prompts: list[list[int]] | list[str], max_tokens: int, concurrency: int,
-                   api_key: str | None = None) -> tuple[list[RequestResult], float]:
+async def run_load(endpoint: Endpoint, prompts: list[list[int]] | list[str], max_tokens: int, concurrency: int,
+                   count_tokens: Callable[[str], int] | None = None) -> tuple[list[RequestResult], float]:
     """Every prompt once, at most `concurrency` in flight; the results (in prompt order) and the wall time."""
-    import httpx
+    async with load_client(endpoint, concurrency) as client:
+        gate = asyncio.Semaphore(concurrency)
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=None) as client:
         async def limited(prompt):
             async with gate:
-                return await _one(client, model, prompt, max_tokens)
+                return await one_request(client, endpoint, prompt, max_tokens, count_tokens=count_tokens)
 
         start = time.perf_counter()
         results = await asyncio.gather(*(limited(p) for p in prompts))
         return list(results), time.perf_counter() - start
+
+
+def load_client(endpoint: Endpoint, concurrency: int):
+    """An async client with `concurrency` connections and no timeout (a long prompt may take minutes)."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(base_url=endpoint.url, headers=endpoint.headers, limits=limits, timeout=None)
 
 
 def summarize_load(results: list[RequestResult], wall: float) -> dict[str, Any]:
@@ -100,6 +115,8 @@ def summarize_load(results: list[RequestResult], wall: float) -> dict[str, Any]:
     return {
         "requests": len(results), "completed": len(done), "failed": len(results) - len(done), "output_tokens": output,
         "errors": sorted({r.error for r in results if r.error})[:5], "duration_s": wall,
+        "streams_without_done": sum(not r.done_marker for r in done),
+        "tokens_counted_by": sorted({r.counted for r in done}),
         "request_throughput": len(done) / wall if wall > 0 else None,
         "output_throughput_tok_s": output / wall if wall > 0 else None,
         "total_token_throughput_tok_s": (output + sum(r.prompt_tokens for r in done)) / wall if wall > 0 else None,
@@ -109,21 +126,3 @@ def summarize_load(results: list[RequestResult], wall: float) -> dict[str, Any]:
         "itl_ms": distribution([gap * ms for r in done for gap in r.itl]),
         "e2e_ms": distribution([r.e2e * ms for r in done]),
     }
-
-
-def server_memory(url: str) -> dict[str, float | None]:
-    """The server's memory from its /metrics: the device allocator's peak on CUDA/NPU, else the
-    process's resident set (on CPU the KV pool is allocated up front, so that is its high level)."""
-    import httpx
-
-    values: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        name, _, value = line.rpartition(" ")
-        key = name.split("{", 1)[0]
-        if key in ("process_resident_memory_bytes", "ascendkit:device_memory_peak_bytes"):
-            values[key] = float(value)
-    device = values.get("ascendkit:device_memory_peak_bytes")
-    rss = values.get("process_resident_memory_bytes")
-    chosen = device if device is not None else rss
-    return {"memory_gb": chosen / 1e9 if chosen is not None else None,
-            "memory_kind": "device peak" if device is not None else "process RSS"}

@@ -1,61 +1,62 @@
-"""`ascendkit bench --server URL` (or `bench MODEL --serve`): the serving benchmark.
+"""`ascendkit bench --endpoint URL` (alias `--server`; or `bench MODEL --serve`): the serving benchmark.
 
-vLLM's `benchmark_serving` metrics against an OpenAI-compatible server — TTFT, TPOT, ITL and E2E
+vLLM's `benchmark_serving` metrics against any OpenAI-compatible server — TTFT, TPOT, ITL and E2E
 latency (p50, p99), request and output throughput — at each concurrency level with the request rate
 unbounded, so the figures compare with vLLM's own. Prompts are seeded random token ids (vLLM's
-"random" dataset) of `prompt_len` tokens; every request generates exactly `new_tokens` (ignore_eos).
-The vocabulary comes from the server's `/v1/models` (`vocab_size`, which `ascendkit serve` reports).
+"random" dataset) of `prompt_len` tokens where the server takes token-id prompts (ours, vLLM), else
+their text (`--tokenizer`); every request generates exactly `new_tokens` where the server honours
+`ignore_eos`. Then the seed article's stability figures: TPOT's spread under the load, the session
+switch and (asked for) long context (`runtime.evaluation.stability`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 from typing import Any
 
-from ascend_common.errors import UserError
-from runtime.evaluation.bench.load import run_load, server_memory, summarize_load
+from runtime.evaluation.bench.load import run_load, summarize_load
+from runtime.evaluation.endpoint import open_endpoint
 
 DEFAULT_CONCURRENCY = (1, 4, 16)
 
 
-def served_model(url: str, api_key: str | None = None) -> dict[str, Any]:
-    """The server's model card (`/v1/models`); its "ascendkit" entry has vocab_size, dtype, device."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        response = httpx.get(f"{url.rstrip('/')}/v1/models", headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
-        raise UserError(f"--server {url}: cannot reach it ({type(exc).__name__}: {exc})") from None
-    if response.status_code != 200:
-        raise UserError(f"--server {url}: /v1/models answered HTTP {response.status_code}: {response.text[:200]}")
-    card = response.json()["data"][0]
-    if "ascendkit" not in card:
-        raise UserError(f"--server {url}: its /v1/models has no vocab_size; bench --server drives `ascendkit serve`")
-    return card
-
-
 def bench_server(url: str, *, concurrency: list[int], num_prompts: int | None, prompt_len: int, new_tokens: int,
-                 seed: int = 0, api_key: str | None = None, warmup: int = 2) -> dict[str, Any]:
-    """Each concurrency level in turn (after `warmup` requests); the report `--json` prints."""
-    url = url.rstrip("/")
-    card = served_model(url, api_key)
-    model, vocab = card["id"], card["ascendkit"]["vocab_size"]
-    rng = random.Random(seed)
+                 seed: int = 0, api_key: str | None = None, served_model: str | None = None,
+                 tokenizer_dir: Path | None = None, warmup: int = 2, sessions: int = 4, turns: int = 3,
+                 long_context: bool = False, pid: int | None = None) -> dict[str, Any]:
+    """Each concurrency level in turn (after `warmup` requests), then the stability figures; the
+    report `--json` prints."""
+    from runtime.engine.llm_engine import load_tokenizer
+    from runtime.evaluation.load_prompts import PromptMaker
+    from runtime.evaluation.server_memory import server_memory
+    from runtime.evaluation.smoke import Measures, stability_figures
 
-    def prompts(n: int) -> list[list[int]]:
-        return [[rng.randrange(1, vocab) for _ in range(prompt_len)] for _ in range(n)]
+    endpoint = open_endpoint(url, served_model, api_key)
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
+    maker = PromptMaker(endpoint, tokenizer, seed)
+    count = (lambda text: len(tokenizer.encode(text, add_special_tokens=False))) if tokenizer is not None else None
 
-    asyncio.run(run_load(url, model, prompts(warmup), new_tokens, warmup, api_key))
+    def prompts(n: int) -> list:
+        return [maker.random(prompt_len) for _ in range(n)]
+
+    asyncio.run(run_load(endpoint, prompts(warmup), new_tokens, warmup, count))
     levels = []
     for c in concurrency:
-        count = num_prompts or max(8, 4 * c)
-        results, wall = asyncio.run(run_load(url, model, prompts(count), new_tokens, c, api_key))
-        levels.append({"concurrency": c, **summarize_load(results, wall), **server_memory(url)})
-    return {"server": url, "model": model, **card["ascendkit"], "prompt_len": prompt_len, "new_tokens": new_tokens,
-            "request_rate": "inf", "levels": levels}
+        n = num_prompts or max(8, 4 * c)
+        results, wall = asyncio.run(run_load(endpoint, prompts(n), new_tokens, c, count))
+        levels.append({"concurrency": c, **summarize_load(results, wall), **server_memory(endpoint, pid)})
+    busiest = levels[-1]
+    stability = stability_figures(endpoint, tokenizer, maker, busiest, Measures(
+        concurrency=max(concurrency), prompt_len=prompt_len, sessions=sessions, turns=turns,
+        long_context=long_context))
+    ours = endpoint.ours or {}
+    return {"server": endpoint.url, "model": endpoint.model, "endpoint": endpoint.summary(), **ours,
+            "device": ours.get("device", "endpoint"), "dtype": ours.get("dtype"),
+            "max_num_seqs": ours.get("max_num_seqs"), "prompt_len": prompt_len, "new_tokens": new_tokens,
+            "prompts": "token ids" if maker.vocab is not None else "text" if maker.exact else "words (no tokenizer)",
+            "exact_lengths": endpoint.has("ignore_eos"), "request_rate": "inf", "levels": levels,
+            "stability": stability}
 
 
 def bench_started_server(model: Path, engine_kwargs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def bench_started_server(model: Path, engine_kwargs: dict[str, Any], **kwargs: A
     from runtime.server.process import ServerProcess
 
     with ServerProcess(model, serve_args(engine_kwargs)) as server:
-        report = bench_server(server.url, **kwargs)
+        report = bench_server(server.url, pid=server.pid, tokenizer_dir=model if model.is_dir() else None, **kwargs)
     report["started_here"] = True
     return report
 
@@ -77,11 +78,14 @@ def print_serving_report(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 170)
-    console.print(f"[bold]ascendkit bench --server[/] {report['server']}"
+    served = (f" on {report['device']} ({report['dtype']}, max_num_seqs {report['max_num_seqs']})"
+              if report.get("max_num_seqs") else "")
+    console.print(f"[bold]ascendkit bench --endpoint[/] {report['server']}"
                   + (" (started for this run)" if report.get("started_here") else "")
-                  + f" · model {report['model']} on {report['device']} ({report['dtype']}, max_num_seqs "
-                    f"{report['max_num_seqs']}) · {report['prompt_len']} in / {report['new_tokens']} out · "
-                    f"request rate unbounded")
+                  + f" · model {report['model']}{served} · {report['prompt_len']} in / {report['new_tokens']} out"
+                    f" ({report['prompts']}" + ("" if report["exact_lengths"] else "; answers may end early: no "
+                                                                                    "ignore_eos")
+                  + ") · request rate unbounded")
     table = Table(title="serving benchmark (times in ms, p50 / p99)", title_justify="left")
     for col in ("concurrency", "requests", "failed", "req/s", "output tok/s", "TTFT", "TPOT", "ITL", "E2E",
                 "memory GB"):
@@ -99,3 +103,10 @@ def print_serving_report(report: dict[str, Any]) -> None:
     for level in report["levels"]:
         for error in level["errors"]:
             console.print(f"[red]concurrency {level['concurrency']}: {escape(error)}[/]")
+    from runtime.evaluation.smoke import stability_lines
+
+    for line in stability_lines(report.get("stability", {})):
+        console.print(escape(line))
+    absent = [name for name, there in report["endpoint"]["extras"].items() if not there]
+    if absent:
+        console.print("absent on this server (vLLM's extras): " + ", ".join(absent))
