@@ -95,7 +95,7 @@ def print_summary(console: Console, src: Path, weights: str, quant: Quantized, o
     fp16 weights in fp32: that is smoke's and bench's "dtype"); `quant` the quantized model's."""
     from ascend_convert.report import human_bytes
     from runtime.evaluation.report_output import figure as _f
-    from runtime.evaluation.smoke import answer_status
+    from runtime.evaluation.smoke import answer_status, stability_lines
 
     table = Table(title=f"converted: {src.name}", title_justify="left")
     for column in ("output", "SoC", "dtype", "layout", "size", "tensors", "verified"):
@@ -151,6 +151,9 @@ def print_summary(console: Console, src: Path, weights: str, quant: Quantized, o
                       _f(load["latency_ms_per_token"], 2), _f(load["memory_gb"], 2), _f(load["ttft_ms"]["p50"]),
                       _f(load["tpot_ms"]["p50"]), "—")
     console.print(table)
+    for name, s in smoke.items():  # the seed's stability claims, on the same load and served model
+        for line in stability_lines(s["stability"]):
+            console.print(f"ascendkit serve ({name}): {escape(line)}", highlight=False)
     computed = bench["dtype"] if bench["dtype"] == weights else f"{weights} weights computed in {bench['dtype']}"
     console.print(f"{computed} on {bench['device']}, {bench['threads']} threads, one run each (for medians "
                   f"of several: ascendkit bench). Total {sum(seconds.values()):.0f} s.", highlight=False)

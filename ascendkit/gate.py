@@ -236,8 +236,9 @@ def deployment(policy: Policy, policy_path: Path, endpoint: str | None) -> dict[
     if url is None:
         return None
     tokenizer = policy.deployment.tokenizer
-    return {"url": url, "served_model": policy.deployment.model,
-            "api_key": os.environ.get(policy.deployment.api_key_env) or None,
+    variable = policy.deployment.api_key_env
+    return {"url": url, "served_model": policy.deployment.model, "api_key": os.environ.get(variable) or None,
+            "key_hint": f"set {variable} (the policy's deployment.api_key_env) to the deployment's key",
             "tokenizer_dir": (policy_path.parent / tokenizer) if tokenizer else None}
 
 
@@ -256,6 +257,11 @@ def stage_smoke(run: GateRun) -> None:
     run.stages["smoke"] = report
     if run.endpoint is not None and not judge_endpoint(run, report):
         return
+    if not smoke.prompts:  # the fixed prompts: a refused one is a failure too, not only an unjudged answer
+        refused = [r for r in report["results"] if r["status"] == "error"]
+        run.add("smoke.prompts", not refused, f"{len(report['results']) - len(refused)}/{len(report['results'])} "
+                f"of the fixed prompts answered" + (f"; {refused[0]['prompt']!r}: {refused[0]['error']}" if refused
+                                                    else ""), "smoke.prompts")
     for i, (p, r) in enumerate(zip(smoke.prompts, report["results"]), 1):
         if r["status"] == "error":
             run.add(f"smoke.prompts[{i}]", False, f"{p.prompt!r}: refused ({r['error']})", f"smoke.prompts[{i}]")

@@ -245,6 +245,10 @@ def load_policy(path: Path, endpoint: str | None = None) -> Policy:
             raise UserError(f"{path}: performance.{floors[0]}: measured on the smoke load, which smoke.check = "
                             f"false does not run here (remove it, set smoke.check = true, or give the deployment's "
                             f"endpoint)")
+    tokenizer = policy.deployment.tokenizer
+    if tokenizer is not None and not (path.parent / tokenizer).is_dir():
+        raise UserError(f"{path}: deployment.tokenizer: {path.parent / tokenizer}: no such directory (it is "
+                        f"relative to the policy file)")
     if policy.preflight.check:
         from ascend_convert.preflight.ruleset import load_ruleset
 

@@ -3,7 +3,7 @@ a key it requires, a model it does not serve (404), a 5xx in the middle of a loa
 without a finish_reason or `data: [DONE]`. It runs for real (uvicorn on 127.0.0.1, its own thread).
 
 Its models: "steady" answers every request; "flaky" answers HTTP 500 to every third completion;
-"cut" streams two chunks and closes the connection. Answers are a fixed text, one word a "token"; its
+"cut" streams two chunks and closes the connection; "html" answers completions with a web page (200). Answers are a fixed text, one word a "token"; its
 /tokenize (vLLM's shape) counts words, so `usage` and /tokenize agree.
 """
 
@@ -18,10 +18,10 @@ from typing import Self
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 KEY = "s3cret"
-MODELS = ("steady", "flaky", "cut")
+MODELS = ("steady", "flaky", "cut", "html")
 WORDS = ["Paris", "is", "the", "capital", "of", "France", "and", "its", "largest", "city", "by", "far"]
 
 
@@ -46,6 +46,8 @@ def _app() -> FastAPI:
         model = body.get("model")
         if model not in MODELS:
             return JSONResponse({"error": {"message": f"The model `{model}` does not exist."}}, status_code=404)
+        if model == "html":  # a proxy's page where the API should be
+            return HTMLResponse("<html><body>Service temporarily unavailable</body></html>")
         if model == "flaky" and next(counter) % 3 == 0:
             return JSONResponse({"error": {"message": "CUDA error: an illegal memory access"}}, status_code=500)
         n = min(int(body.get("max_tokens", 16)), len(WORDS))

@@ -38,6 +38,10 @@ def test_demo_on_smollm2_converts_checks_serves_and_compares(tmp_path):
     assert [(x["kind"], x["prompt"]) for x in base["results"]] == [("chat", q) for q in QUESTIONS]
     assert base["verdict"] == "PASS" and all(x["status"] in ("match", "tie") for x in base["results"])
     assert "Paris" in base["results"][0]["text"]
+    sessions = base["stability"]["session_switch"]  # the seed's stability figures beside the load's
+    assert (sessions["sessions"], sessions["turns"], sessions["failed"]) == (2, 2, 0)
+    assert "ascendkit serve (bfloat16): session switch: 2 conversations x 2 turns, follow-up TTFT p50 " in r.stdout
+    assert "ascendkit serve (w8a16): latency spread: TPOT std " in r.stdout
     quant = data["smoke"]["w8a16"]
     assert quant["quantized"] and quant["reference"] == str(base_dir)
     # W8A16 keeps SmolLM2's answers (100% here: where they part, bf16's top two logits were a tie); a

@@ -16,14 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from greedy_reference import assert_greedy_equal, hf_greedy
 from misbehaving_server import KEY, MisbehavingServer
 from server_process import TestServer
 
 from ascend_common.npu_smi import parse_memory_used_mb
-from runtime.evaluation.answer_checks import limits_row
+from runtime.evaluation.answer_checks import limits_row, stop_string
 from runtime.evaluation.endpoint import Answer, read_stream
+from runtime.evaluation.smoke import run_endpoint_smoke
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "policies" / "deployment.toml"
 QUICK = ("--json", "--requests", "4", "--concurrency", "2", "--prompt-len", "16", "--load-tokens", "8",
@@ -103,8 +104,12 @@ def test_the_example_policy_gates_transformers_serve_and_fails_only_its_stop_str
     passes but one: transformers serve keeps the stop string in the text, where OpenAI leaves it out."""
     policy = tmp_path / "deployment.toml"
     text = EXAMPLE.read_text(encoding="utf-8")
-    assert "\nlong_context = true " in text
-    policy.write_text(text.replace("\nlong_context = true ", "\nlong_context = false"), encoding="utf-8")
+    # transformers serve answers one request at a time on two cores: a lighter load and fewer turns
+    for old, new in (("\nlong_context = true ", "\nlong_context = false"), ("\nrequests = 8\n", "\nrequests = 4\n"),
+                     ("\nsessions = 4 ", "\nsessions = 2 "), ("\nturns = 3\n", "\nturns = 2\n")):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    policy.write_text(text, encoding="utf-8")
     result = run_cli("gate", smollm2_bf16, "--policy", policy, "--report-dir", tmp_path / "r",
                      "--endpoint", transformers_serve, timeout=600)
     assert result.code == 1, result.stdout + result.stderr
@@ -126,7 +131,7 @@ def test_the_example_policy_gates_transformers_serve_and_fails_only_its_stop_str
     assert not any(r.startswith("ops.") for r in rules)  # the example leaves operators to the deployment
     smoke = data["stages"]["smoke"]
     assert all(r["status"] == "match" and r["ids_from_text"] for r in smoke["results"]), smoke["results"]
-    assert smoke["load"]["streams_without_done"] == 8 and smoke["load"]["memory_gb"] is None
+    assert smoke["load"]["streams_without_done"] == 4 and smoke["load"]["memory_gb"] is None
     for name in ("gate.junit.xml", "gate.sarif", "gate.md"):
         assert "deployment.answers.stop" in (tmp_path / "r" / name).read_text(encoding="utf-8"), name
 
@@ -151,20 +156,24 @@ def misbehaving():
         yield server
 
 
-@pytest.mark.parametrize(("args", "error"), [
-    (("--endpoint", "http://127.0.0.1:9"), "--endpoint http://127.0.0.1:9: unreachable (ConnectError: "),
-    (("--api-key", "wrong"), ("HTTP 401, the API key was refused (Invalid API key); give --api-key or set "
-                              "ASCENDKIT_API_KEY")),
-    (("--model", "nope"), "unknown model 'nope' (it serves: steady, flaky, cut)"),
-    ((), "serves 3 models (steady, flaky, cut); name one with --model"),
-])
-def test_an_endpoint_that_cannot_be_used_is_a_failed_verdict(misbehaving, args, error):
-    flags = ["--endpoint", misbehaving.url, "--api-key", KEY, *args]
-    result = run_cli("smoke", *flags, *QUICK)
+def test_an_unreachable_endpoint_is_a_failed_verdict_on_the_command_line():
+    result = run_cli("smoke", "--endpoint", "http://127.0.0.1:9", *QUICK)
     assert result.code == 1, result.stderr
     report = json.loads(result.stdout)
+    assert report["verdict"] == "FAIL" and "Traceback" not in result.stderr
+    assert report["error"].startswith("--endpoint http://127.0.0.1:9: unreachable (ConnectError: "), report["error"]
+
+
+@pytest.mark.parametrize(("options", "error"), [
+    ({"api_key": "wrong"}, "HTTP 401, the API key was refused (Invalid API key); give --api-key or set ASCENDKIT_API_KEY"),
+    ({"served_model": "nope"}, "unknown model 'nope' (it serves: steady, flaky, cut, html)"),
+    ({}, "serves 4 models (steady, flaky, cut, html); name one with --model"),
+    ({"served_model": "html"}, "a one-token completion is not OpenAI's completion object: '<html><body>Service "),
+])
+def test_an_endpoint_that_cannot_be_used_is_a_failed_verdict(misbehaving, options, error):
+    report = run_endpoint_smoke(misbehaving.url, **{"api_key": KEY, **options}, max_tokens=4)
     assert report["verdict"] == "FAIL" and error in report["error"], report["error"]
-    assert "Traceback" not in result.stderr
+    assert report["error"].startswith(f"--endpoint {misbehaving.url}: ")
 
 
 def test_a_5xx_in_the_load_and_a_cut_stream_fail_the_smoke_with_their_reasons(misbehaving):
@@ -186,18 +195,22 @@ def test_a_5xx_in_the_load_and_a_cut_stream_fail_the_smoke_with_their_reasons(mi
 def test_without_a_tokenizer_here_the_servers_tokenize_counts_and_a_kept_stop_string_fails(misbehaving):
     """No MODEL, no --tokenizer: vLLM's /tokenize counts the prompts and answers for the usage check. The
     server ignores stop strings: the stop check says what came back and what was expected."""
-    result = run_cli("smoke", "--endpoint", misbehaving.url, "--api-key", KEY, "--model", "steady", *QUICK)
+    result = run_cli("smoke", "--endpoint", misbehaving.url + "/v1", "--api-key", KEY, "--model", "steady", *QUICK,
+                     "--long-context")
     assert result.code == 1, result.stderr
     report = json.loads(result.stdout)
+    assert report["endpoint"]["url"] == misbehaving.url  # an OpenAI client's base URL names the same server
     assert report["endpoint"]["extras"]["tokenize"] is True
-    assert report["not_compared"] == "no checkpoint directory here to compare with (give MODEL)"
+    assert report["not_compared"] == "no checkpoint here to compare with (give MODEL)"
     usage = report["answer_checks"]["usage"]
     assert (usage["passed"], usage["checked"]) == (7, 7), usage
-    assert usage["detail"] == "usage 5 + 8: consistent with the tokenizer"
+    assert usage["detail"] == "usage 5 + 8: consistent with the server's /tokenize"
+    assert report["stability"]["long_context"] == {
+        "ok": False, "error": "the server reports no max_model_len and the tokenizer here says none"}
     assert report["answer_checks"]["stop"]["first_failure"] == (
         "'The capital of France is': stop ' is': 'Paris is the capital of France and its' (finish_reason "
         "'length'), expected 'Paris'")
-    assert [c for c, v in report["answer_checks"].items() if v["first_failure"]] == ["stop"]
+    assert report["failed_checks"] == ["stop"]
     assert report["load"]["failed"] == 0 and report["stability"]["session_switch"]["failed"] == 0
 
 
@@ -257,12 +270,31 @@ def test_npu_smi_memory_is_each_chips_last_pair():
     assert parse_memory_used_mb(table) == [3387, 1520]
 
 
-def test_a_deployment_key_of_the_wrong_shape_is_one_line(tmp_path):
+@pytest.mark.parametrize(("text", "error"), [
+    ('endpoint = "staging:8000"', "deployment.endpoint: string should match pattern"),
+    ('tokenizer = "tok"', "deployment.tokenizer: {dir}/tok: no such directory (it is relative to the policy file)"),
+])
+def test_a_deployment_key_of_the_wrong_shape_is_one_line(tmp_path, text, error):
     policy = tmp_path / "p.toml"
-    policy.write_text('[target]\nsoc = "ascend910b"\ndtype = "bfloat16"\n\n[deployment]\nendpoint = "staging:8000"\n',
-                      encoding="utf-8")
+    policy.write_text(f'[target]\nsoc = "ascend910b"\ndtype = "bfloat16"\n\n[deployment]\n{text}\n', encoding="utf-8")
     result = run_cli("gate", tmp_path, "--policy", policy, "--report-dir", tmp_path / "r")
-    assert result.code == 2 and result.stderr.startswith(f"error: {policy}: deployment.endpoint: string should "
-                                                         f"match pattern"), result.stderr
+    assert_one_line_error(result, f"error: {policy}: {error.format(dir=tmp_path)}")
+
+
+def test_a_tokenizer_directory_without_a_tokenizer_is_one_line(tmp_path):
+    result = run_cli("smoke", "--endpoint", "http://127.0.0.1:9", "--tokenizer", tmp_path)
+    assert_one_line_error(result, f"error: --tokenizer {tmp_path}: no tokenizer there (tokenizer.json or "
+                                  f"tokenizer_config.json)")
+
+
+@pytest.mark.parametrize(("text", "chosen"), [
+    ("Paris is the capital", (" is", "Paris")),
+    (" Paris.\nThe capital of France", ("\nThe", " Paris.")),  # the newline, as it is in the text
+    ("**Paris**\n\nIt is", ("\n\nIt", "**Paris**")),
+    ("Is it Paris? It is", (" it", "Is")),
+    ("one two", None),
+])
+def test_the_stop_string_is_the_second_word_as_written(text, chosen):
+    assert stop_string(text) == chosen
 
 

@@ -29,7 +29,7 @@ REPORTS = ("gate.json", "gate.junit.xml", "gate.sarif", "gate.md")
 def test_every_example_policy_loads():
     examples = sorted(p.relative_to(EXAMPLES / "policies").as_posix() for p in (EXAMPLES / "policies").rglob("*.toml"))
     assert examples == ["ascend310p.toml", "ascend910a.toml", "ascend910b.toml", "deepseek-v3.toml",
-                        "moe/qwen3-30b-a3b-910b-w8a8.toml"]
+                        "deployment.toml", "moe/qwen3-30b-a3b-910b-w8a8.toml"]
     assert all(load_policy(EXAMPLES / "policies" / p) for p in examples)
     assert [p.stem for p in POLICIES] == list(SOCS)
     policies = {p.stem: load_policy(p) for p in POLICIES}

@@ -10,12 +10,14 @@ it to the end, and the load counts such streams (`streams_without_done`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from runtime.evaluation.endpoint import Answer, Endpoint, ask
 
 CHECKS = ("repeat", "stream", "limits", "stop", "usage")
+_SECOND_WORD = re.compile(r"\s*\S+(\s+\S+)\s+\S")
 
 
 def _row(check: str, prompt: str, ok: bool, detail: str) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def limits_row(prompt: str, answer: Answer, max_tokens: int) -> dict[str, Any]:
 
 
 def usage_row(prompt: str, answer: Answer, prompt_tokens: int | None,
-              count_text: Callable[[str], int | None] | None) -> dict[str, Any]:
+              count_text: Callable[[str], int | None] | None, counter: str = "the tokenizer") -> dict[str, Any]:
     """The server's prompt count equals the tokenizer's; its completion count equals the answer's token
     ids, or the text's tokens plus at most one (an end token the text does not show)."""
     usage = answer.usage
@@ -43,7 +45,7 @@ def usage_row(prompt: str, answer: Answer, prompt_tokens: int | None,
     said = f"usage {usage.get('prompt_tokens')} + {usage.get('completion_tokens')}"
     problems = []
     if prompt_tokens is not None and usage.get("prompt_tokens") != prompt_tokens:
-        problems.append(f"the tokenizer counts {prompt_tokens} prompt tokens")
+        problems.append(f"{counter} counts {prompt_tokens} prompt tokens")
     completion = usage.get("completion_tokens")
     if answer.token_ids is not None:
         if completion != len(answer.token_ids):
@@ -55,13 +57,14 @@ def usage_row(prompt: str, answer: Answer, prompt_tokens: int | None,
     if usage.get("total_tokens") not in (None, (usage.get("prompt_tokens") or 0) + (completion or 0)):
         problems.append(f"total_tokens {usage['total_tokens']} is not their sum")
     return _row("usage", prompt, not problems, said + ("; " + "; ".join(problems) if problems else
-                                                         ": consistent with the tokenizer" if count_text else ""))
+                                                         f": consistent with {counter}" if count_text else ""))
 
 
 def check_answers(endpoint: Endpoint, asked: list[tuple[str, Any, str, Answer]], max_tokens: int,
                   prompt_tokens: Callable[[str, Any], int | None],
-                  count_text: Callable[[str], int | None] | None) -> list[dict[str, Any]]:
-    """`asked`: (kind, prompt as sent, prompt as shown, its plain greedy answer) of every smoke prompt."""
+                  count_text: Callable[[str], int | None] | None, counter: str = "the tokenizer") -> list[dict[str, Any]]:
+    """`asked`: (kind, prompt as sent, prompt as shown, its plain greedy answer) of every smoke prompt;
+    `counter` names what counts tokens (the tokenizer here, or the server's /tokenize)."""
     rows: list[dict[str, Any]] = []
     with endpoint.client() as client:
         for kind, prompt, shown, first in asked:
@@ -80,7 +83,7 @@ def check_answers(endpoint: Endpoint, asked: list[tuple[str, Any, str, Answer]],
                 detail += "; the stream closes without data: [DONE] after its finish_reason"
             rows.append(_row("stream", shown, equal, detail))
             rows.append(limits_row(shown, first, max_tokens))
-            rows.append(usage_row(shown, first, prompt_tokens(kind, prompt), count_text))
+            rows.append(usage_row(shown, first, prompt_tokens(kind, prompt), count_text, counter))
         stop = _stop_check(client, endpoint, asked, max_tokens)
         if stop is not None:
             rows.append(stop)
@@ -88,20 +91,30 @@ def check_answers(endpoint: Endpoint, asked: list[tuple[str, Any, str, Answer]],
 
 
 def _stop_check(client, endpoint: Endpoint, asked, max_tokens: int) -> dict[str, Any] | None:
-    """A stop string from inside a greedy answer (its second word, with the space before it): the answer
-    must end just before its first occurrence, with finish_reason "stop" (OpenAI leaves it out)."""
+    """A stop string from inside a greedy answer of three words or more (its second word, with the space
+    before it): the answer must end just before its first occurrence, with finish_reason "stop" (OpenAI
+    leaves the stop string out)."""
     for kind, prompt, shown, first in asked:
-        words = first.text.split()
-        if not first.ok or len(words) < 3:
+        chosen = stop_string(first.text) if first.ok else None
+        if chosen is None:
             continue
-        stop = " " + words[1]
-        cut = first.text[:first.text.index(stop)]
+        stop, cut = chosen
         answer = ask(client, endpoint, kind, prompt, max_tokens, stop=[stop])
         ok = answer.ok and answer.text == cut and answer.finish_reason == "stop"
         return _row("stop", shown, ok, f"stop {stop!r}: " + ("ended before it, finish_reason 'stop'" if ok else
                     f"{answer.error or repr(answer.text[:60])} (finish_reason {answer.finish_reason!r}), "
                     f"expected {cut!r}"))
     return None
+
+
+def stop_string(text: str) -> tuple[str, str] | None:
+    """For an answer of three words or more: its second word with the whitespace before it (a space, a
+    newline: as it is in the text), and the text before that string's first occurrence."""
+    second = _SECOND_WORD.match(text)
+    if second is None:
+        return None
+    stop = second.group(1)
+    return stop, text[:text.index(stop)]
 
 
 def summarize_checks(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

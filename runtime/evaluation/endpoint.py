@@ -42,9 +42,7 @@ class Answer:
     usage: dict[str, int] | None = None
     done: bool | None = None  # None: not streamed
     error: str | None = None
-    status: int | None = None
     ttft: float | None = None  # seconds from sending to the first text (streamed)
-    seconds: float | None = None  # to the end of the answer
 
     @property
     def ok(self) -> bool:
@@ -61,6 +59,7 @@ class Endpoint:
     card: dict[str, Any] = field(default_factory=dict)  # the model's /v1/models entry
     extras: dict[str, bool] = field(default_factory=dict)  # EXTRAS → present
     metrics_kind: str | None = None  # "vllm" | "ascendkit" | "prometheus" | None (no /metrics)
+    chat: bool = True  # /v1/chat/completions answers (a base model served without a template refuses it)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -90,7 +89,12 @@ class Endpoint:
             body.update(messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
         else:
             body.update(prompt=prompt, add_special_tokens=add_special_tokens)
-        response = client.post("/tokenize", json=body)
+        import httpx
+
+        try:
+            response = client.post("/tokenize", json=body)
+        except httpx.HTTPError:
+            return None
         count = _json(response).get("count") if response.status_code == 200 else None
         return count if isinstance(count, int) else None
 
@@ -101,7 +105,7 @@ class Endpoint:
 
     def summary(self) -> dict[str, Any]:
         """What reports record about the endpoint."""
-        return {"url": self.url, "model": self.model, "max_model_len": self.max_model_len,
+        return {"url": self.url, "model": self.model, "max_model_len": self.max_model_len, "chat": self.chat,
                 "extras": {name: self.has(name) for name in EXTRAS}, "metrics": self.metrics_kind,
                 "server": "ascendkit" if self.ours else self.card.get("owned_by")}
 
@@ -124,11 +128,13 @@ def _error_message(response) -> str:
 
 
 def open_endpoint(url: str, model: str | None = None, api_key: str | None = None, *,
-                  label: str = "--endpoint", timeout: float = 30) -> Endpoint:
-    """The endpoint at `url` serving `model` (default: the only model its /v1/models lists), probed."""
+                  label: str = "--endpoint", key_hint: str = f"give --api-key or set {API_KEY_ENV}",
+                  timeout: float = 30) -> Endpoint:
+    """The endpoint at `url` serving `model` (default: the only model its /v1/models lists), probed.
+    `url` may end in /v1, as OpenAI clients' base URLs do. `key_hint`: where a refused key comes from."""
     import httpx
 
-    url = url.rstrip("/")
+    url = url.rstrip("/").removesuffix("/v1")
     if not url.startswith(("http://", "https://")):
         raise EndpointError(f"{label} {url}: not an http:// or https:// URL")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -138,14 +144,14 @@ def open_endpoint(url: str, model: str | None = None, api_key: str | None = None
         raise EndpointError(f"{label} {url}: unreachable ({type(exc).__name__}: {exc})") from None
     if response.status_code in (401, 403):
         raise EndpointError(f"{label} {url}: HTTP {response.status_code}, the API key was refused "
-                            f"({_error_message(response)}); give --api-key or set {API_KEY_ENV}")
+                            f"({_error_message(response)}); {key_hint}")
     if response.status_code != 200:
         raise EndpointError(f"{label} {url}: /v1/models answered HTTP {response.status_code}: "
                             f"{_error_message(response)}")
-    try:
-        cards = [c for c in response.json()["data"] if isinstance(c, dict) and "id" in c]
-    except (ValueError, KeyError, TypeError):
-        raise EndpointError(f"{label} {url}: /v1/models is not OpenAI's model list (no data[].id)") from None
+    data = _json(response).get("data")
+    cards = [c for c in data if isinstance(c, dict) and isinstance(c.get("id"), str)] if isinstance(data, list) else []
+    if not cards and not isinstance(data, list):
+        raise EndpointError(f"{label} {url}: /v1/models is not OpenAI's model list (no data[].id)")
     names = [c["id"] for c in cards]
     if model is None:
         if len(cards) != 1:
@@ -157,32 +163,40 @@ def open_endpoint(url: str, model: str | None = None, api_key: str | None = None
         if card is None:
             raise EndpointError(f"{label} {url}: unknown model {model!r} (it serves: {', '.join(names) or 'none'})")
     endpoint = Endpoint(url, card["id"], api_key, card)
-    _probe(endpoint, label)
+    try:
+        _probe(endpoint, label)
+    except httpx.HTTPError as exc:
+        raise EndpointError(f"{label} {url}: the probe requests failed ({type(exc).__name__}: {exc})") from None
     return endpoint
 
 
 def _probe(endpoint: Endpoint, label: str) -> None:
     """Which extras the server has, each asked with a one-token request; a refused extra is absent.
-    The first plain request must succeed: a server that cannot answer one token is not usable."""
+    The first plain request must succeed with a completion: a server that cannot answer one token is
+    not usable. Chat is probed too: a base model served without a chat template refuses it."""
     import httpx
 
-    with endpoint.client(timeout=120) as client:
+    with endpoint.client(timeout=600) as client:  # a cold engine's first request compiles graphs: minutes
         plain = {"model": endpoint.model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
         first = client.post("/v1/completions", json=plain)
-        if first.status_code == 404:
-            raise EndpointError(f"{label} {endpoint.url}: HTTP 404 for model {endpoint.model!r}: "
-                                f"{_error_message(first)}")
         if first.status_code != 200:
-            raise EndpointError(f"{label} {endpoint.url}: a one-token completion answered HTTP "
-                                f"{first.status_code}: {_error_message(first)}")
-        ids = client.post("/v1/completions", json={**plain, "logprobs": 0, "return_tokens_as_token_ids": True})
-        endpoint.extras["token_ids"] = ids.status_code == 200 and _token_ids(ids.json()["choices"][0]) is not None
-        token_prompt = client.post("/v1/completions", json={**plain, "prompt": [1, 2, 3]})
-        endpoint.extras["token_prompts"] = token_prompt.status_code == 200
-        eos = client.post("/v1/completions", json={**plain, "ignore_eos": True})
-        endpoint.extras["ignore_eos"] = eos.status_code == 200
+            raise EndpointError(f"{label} {endpoint.url}: a one-token completion of model {endpoint.model!r} "
+                                f"answered HTTP {first.status_code}: {_error_message(first)}")
+        if _plain_answer(first, "plain").error:
+            raise EndpointError(f"{label} {endpoint.url}: a one-token completion is not OpenAI's completion "
+                                f"object: {first.text.strip()[:120]!r}")
+        chat = client.post("/v1/chat/completions", json={"model": endpoint.model, "max_tokens": 1, "temperature": 0,
+                                                         "messages": [{"role": "user", "content": "Hello"}]})
+        endpoint.chat = chat.status_code == 200 and not _plain_answer(chat, "chat").error
+        ids = _plain_answer(client.post("/v1/completions", json={**plain, "logprobs": 0,
+                                                                 "return_tokens_as_token_ids": True}), "plain")
+        endpoint.extras["token_ids"] = ids.token_ids is not None
+        endpoint.extras["token_prompts"] = client.post("/v1/completions",
+                                                       json={**plain, "prompt": [1, 2, 3]}).status_code == 200
+        endpoint.extras["ignore_eos"] = client.post("/v1/completions",
+                                                    json={**plain, "ignore_eos": True}).status_code == 200
         tokenize = client.post("/tokenize", json={"model": endpoint.model, "prompt": "Hello"})
-        endpoint.extras["tokenize"] = tokenize.status_code == 200 and "tokens" in _json(tokenize)
+        endpoint.extras["tokenize"] = tokenize.status_code == 200 and isinstance(_json(tokenize).get("count"), int)
         try:
             metrics = client.get("/metrics")
         except httpx.HTTPError:
@@ -204,8 +218,12 @@ def _json(response) -> dict:
 
 def _token_ids(choice: dict) -> list[int] | None:
     """The answer's token ids from vLLM's `token_id:N` logprob tokens (completions or chat), if there."""
-    logprobs = choice.get("logprobs") or {}
-    tokens = logprobs.get("tokens") if "tokens" in logprobs else [c.get("token") for c in logprobs.get("content") or []]
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
+        return None
+    content = logprobs.get("content")
+    tokens = (logprobs.get("tokens") if "tokens" in logprobs else
+              [c.get("token") if isinstance(c, dict) else None for c in content] if isinstance(content, list) else None)
     if not tokens or not all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
         return None
     return [int(t.split(":", 1)[1]) for t in tokens]
@@ -244,14 +262,12 @@ def ask(client, endpoint: Endpoint, kind: str, prompt: str | list[int] | list[di
         if stream:
             with client.stream("POST", route, json=body) as response:
                 answer = (read_stream(response.iter_lines(), kind, start) if response.status_code == 200
-                          else Answer(error=f"HTTP {response.status_code}: {_error_message(_read(response))}",
-                                      status=response.status_code))
+                          else Answer(error=f"HTTP {response.status_code}: {_error_message(_read(response))}"))
         else:
             response = client.post(route, json=body)
             answer = _plain_answer(response, kind)
     except httpx.HTTPError as exc:
         return Answer(error=f"{type(exc).__name__}: {exc}")
-    answer.seconds = time.perf_counter() - start
     return answer
 
 
@@ -262,15 +278,24 @@ def _read(response):
 
 def _plain_answer(response, kind: str) -> Answer:
     if response.status_code != 200:
-        return Answer(error=f"HTTP {response.status_code}: {_error_message(response)}", status=response.status_code)
+        return Answer(error=f"HTTP {response.status_code}: {_error_message(response)}")
     body = _json(response)
     try:
         choice = body["choices"][0]
         text = choice["message"]["content"] if kind == "chat" else choice["text"]
     except (KeyError, IndexError, TypeError):
-        return Answer(error="the answer has no choices[0] text", status=200)
+        return Answer(error="the answer has no choices[0] text")
+    if text is not None and not isinstance(text, str):
+        return Answer(error="the answer's text is not a string")
     return Answer(text=text or "", token_ids=_token_ids(choice), finish_reason=choice.get("finish_reason"),
-                  usage=body.get("usage"), status=200)
+                  usage=_usage(body.get("usage")))
+
+
+def _usage(usage: Any) -> dict[str, int] | None:
+    """OpenAI's usage object, its counts as ints (a missing or null count is left out); None without one."""
+    if not isinstance(usage, dict):
+        return None
+    return {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 class StreamReader:
@@ -281,7 +306,7 @@ class StreamReader:
 
     def __init__(self, kind: str, start: float) -> None:
         self.kind, self.start = kind, start
-        self.answer = Answer(done=False, status=200)
+        self.answer = Answer(done=False)
         self.piece = ""  # the text the last line fed brought
 
     def feed(self, line: str) -> bool:
@@ -297,17 +322,24 @@ class StreamReader:
         try:
             chunk = json.loads(data)
         except ValueError:
-            answer.error = f"a stream chunk is not JSON: {data[:80]!r}"
+            chunk = None
+        if not isinstance(chunk, dict):
+            answer.error = f"a stream chunk is not a JSON object: {data[:80]!r}"
             return False
         if "error" in chunk:
             error = chunk["error"]
             answer.error = "error in stream: " + (error.get("message", "") if isinstance(error, dict) else str(error))
             return False
         if chunk.get("usage"):
-            answer.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            piece = (choice.get("delta") or {}).get("content") if self.kind == "chat" else choice.get("text")
-            if piece:
+            answer.usage = _usage(chunk["usage"])
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            piece = (delta.get("content") if isinstance(delta, dict) else None) if self.kind == "chat" \
+                else choice.get("text")
+            if isinstance(piece, str) and piece:
                 if answer.ttft is None:
                     answer.ttft = time.perf_counter() - self.start
                 answer.text += piece

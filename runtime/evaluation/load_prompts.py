@@ -33,13 +33,14 @@ class PromptMaker:
 
     def random(self, n: int) -> list[int] | str:
         """`n` random tokens (ids, or their text where the server takes only text)."""
-        ids = [self.rng.randrange(1, self.vocab or 1000) for _ in range(n)]
+        ids = [self.rng.randrange(1, self.vocab or (len(self.tokenizer) if self.tokenizer is not None else 1000))
+               for _ in range(n)]
         if self.vocab is not None:
             return ids
         if self.tokenizer is None:
             words = _FILLER.split()
             return " ".join(words[i % len(words)] for i in ids)
-        return self._fit(self.tokenizer.decode([i % len(self.tokenizer) for i in ids], skip_special_tokens=True), n)
+        return self._fit(self.tokenizer.decode(ids, skip_special_tokens=True), n)
 
     def sized(self, n: int) -> list[int] | str:
         """A prompt of `n` tokens of plain prose (the long-context requests)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
+from ascend_common.proc_memory import peak_rss
 from runtime.evaluation.endpoint import Endpoint
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
@@ -41,17 +42,6 @@ def metric_samples(endpoint: Endpoint) -> dict[str, float]:
     return values
 
 
-def _peak_rss(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def server_memory(endpoint: Endpoint, pid: int | None = None) -> dict[str, Any]:
     """`memory_gb` and `memory_kind` (the source), the KV cache's usage where the server says it,
     and every source's figure under `memory_sources`."""
@@ -69,7 +59,7 @@ def server_memory(endpoint: Endpoint, pid: int | None = None) -> dict[str, Any]:
         if npu is not None:
             sources["npu-smi"] = npu
     if pid is not None:
-        rss = _peak_rss(pid)
+        rss = peak_rss(pid)
         if rss is not None:
             sources["process peak RSS"] = rss
     kv_usage = next((samples[k] for k in _KV_USAGE if k in samples), None)

@@ -16,6 +16,7 @@ reproduces, and its verdict is the load's (`ascendkit gate` sets a floor on that
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,16 +120,17 @@ class Measures:
     long_context: bool = False  # requests at 50/90/100% of max_model_len beside a load
 
 
-def _prompts(tokenizer, prompts: list[tuple[str, str]] | None, label: str) -> tuple[list[tuple[str, str]], bool]:
-    """The (kind, text) prompts to ask, and whether the tokenizer has a chat template."""
-    has_template = bool(getattr(tokenizer, "chat_template", None))
+def _prompts(tokenizer, prompts: list[tuple[str, str]] | None, label: str,
+             server_chat: bool = True) -> tuple[list[tuple[str, str]], bool]:
+    """The (kind, text) prompts to ask, and whether chat prompts can be sent: the tokenizer here has a
+    chat template, or (no tokenizer here) the server answers chat (`server_chat`)."""
+    chat = bool(getattr(tokenizer, "chat_template", None)) if tokenizer is not None else server_chat
     if prompts is not None:
-        if tokenizer is not None and not has_template and any(kind == "chat" for kind, _ in prompts):
+        if tokenizer is not None and not chat and any(kind == "chat" for kind, _ in prompts):
             raise UserError(f"{label}: the tokenizer has no chat template, so chat prompts cannot be sent")
-        return list(prompts), has_template
+        return list(prompts), chat
     kinds = [("plain", p) for p in PLAIN_PROMPTS]
-    chat = has_template or tokenizer is None  # an endpoint without a tokenizer here: its server has the template
-    return kinds + ([("chat", p) for p in CHAT_PROMPTS] if chat else []), has_template
+    return kinds + ([("chat", p) for p in CHAT_PROMPTS] if chat else []), chat
 
 
 def _ask_all(endpoint, tokenizer, kinds: list[tuple[str, str]], max_tokens: int) -> tuple[list[PromptResult], list]:
@@ -178,19 +180,23 @@ def stability_figures(endpoint, tokenizer, maker, load: dict[str, Any], m: Measu
 
     stability: dict[str, Any] = {"tpot_std_ms": load["tpot_ms"]["std"], "tpot_p99_ms": load["tpot_ms"]["p99"]}
     if m.sessions:
-        chat = tokenizer is None or bool(getattr(tokenizer, "chat_template", None))
+        chat = bool(getattr(tokenizer, "chat_template", None)) if tokenizer is not None else endpoint.chat
         stability["session_switch"] = session_switch(endpoint, sessions=m.sessions, turns=m.turns,
                                                      max_tokens=m.session_tokens, chat=chat)
     if m.long_context:
         limit = endpoint.max_model_len or _tokenizer_limit(tokenizer)
-        if limit is None:
-            stability["long_context"] = {"ok": False, "error": "the server reports no max_model_len and the "
-                                                               "tokenizer here says none"}
-        else:
-            stability["long_context"] = long_context(endpoint, maker, max_model_len=limit, new_tokens=8,
-                                                     background=max(1, m.concurrency // 2),
-                                                     background_prompt_len=m.prompt_len)
+        why_not = ("the server reports no max_model_len and the tokenizer here says none" if limit is None else
+                   f"max_model_len {limit} leaves no room for a prompt beside {LONG_CONTEXT_NEW_TOKENS} new tokens"
+                   if limit < LONG_CONTEXT_NEW_TOKENS + 4 else
+                   "no tokenizer here to size prompts near max_model_len: give MODEL or --tokenizer"
+                   if not maker.exact else None)
+        stability["long_context"] = {"ok": False, "error": why_not} if why_not else long_context(
+            endpoint, maker, max_model_len=limit, new_tokens=LONG_CONTEXT_NEW_TOKENS,
+            background=max(1, m.concurrency // 2), background_prompt_len=m.prompt_len)
     return stability
+
+
+LONG_CONTEXT_NEW_TOKENS = 8  # each long request's answer: enough to see decode run at that context
 
 
 def _tokenizer_limit(tokenizer) -> int | None:
@@ -243,7 +249,8 @@ def run_smoke(model: Path, *, max_tokens: int, measures: Measures | None = None,
         raise UserError(f"{model}: no tokenizer, so no prompts to smoke-test; convert a checkpoint with its tokenizer")
     kinds, has_template = _prompts(tokenizer, prompts, str(model))
     with ServerProcess(model, serve_args(engine_kwargs)) as server:
-        endpoint = open_endpoint(server.url, label="the started server")
+        # the server was started with this environment: it wants the key ASCENDKIT_API_KEY holds, if any
+        endpoint = open_endpoint(server.url, api_key=os.environ.get(API_KEY_ENV) or None, label="the started server")
         results, _ = _ask_all(endpoint, tokenizer, kinds, max_tokens)
         measured = _measure(endpoint, tokenizer, measures, pid=server.pid)
     info = endpoint.ours
@@ -265,7 +272,7 @@ def run_smoke(model: Path, *, max_tokens: int, measures: Measures | None = None,
 def run_endpoint_smoke(url: str, *, served_model: str | None = None, api_key: str | None = None,
                        directory: Path | None = None, tokenizer_dir: Path | None = None, max_tokens: int,
                        measures: Measures | None = None, prompts: list[tuple[str, str]] | None = None,
-                       trust_remote_code: bool = False) -> dict[str, Any]:
+                       trust_remote_code: bool = False, key_hint: str | None = None) -> dict[str, Any]:
     """The smoke test against a deployment at `url` (any OpenAI-compatible server): the answers and their
     checks, the load, the stability figures. `directory` is the checkpoint it serves, here: its tokenizer
     counts tokens (or `tokenizer_dir`'s), and where its weights fit this machine transformers gives the
@@ -273,22 +280,20 @@ def run_endpoint_smoke(url: str, *, served_model: str | None = None, api_key: st
     that cannot be reached, refuses the key or lacks the model is the report's `error`, verdict FAIL."""
     import torch
 
-    from runtime.engine.llm_engine import load_tokenizer
     from runtime.evaluation.answer_checks import check_answers, summarize_checks
     from runtime.evaluation.endpoint import EndpointError, open_endpoint
 
     measures = measures or Measures()
-    tokenizer = load_tokenizer(tokenizer_dir or directory, trust_remote_code) if (tokenizer_dir or directory) else None
-    kinds, has_template = _prompts(tokenizer, prompts, str(tokenizer_dir or directory or url))
+    tokenizer = endpoint_tokenizer(tokenizer_dir, directory, trust_remote_code)
     try:
-        endpoint = open_endpoint(url, served_model, api_key)
+        endpoint = open_endpoint(url, served_model, api_key, **({"key_hint": key_hint} if key_hint else {}))
     except EndpointError as exc:
         return {"endpoint": {"url": url.rstrip("/"), "model": served_model}, "model": url, "device": "endpoint",
                 "dtype": None, "verdict": "FAIL", "error": str(exc), "prompts": 0, "prompts_agreeing": 0,
-                "results": [], "answer_checks": {}, "load": None, "stability": {}, "chat_template": has_template,
+                "results": [], "answer_checks": {}, "load": None, "stability": {}, "chat_template": None,
                 "quantized": False, "reference": None, "greedy_agreement": None, "kv_cache": {}}
+    kinds, chat = _prompts(tokenizer, prompts, str(tokenizer_dir or directory or url), endpoint.chat)
     results, asked = _ask_all(endpoint, tokenizer, kinds, max_tokens)
-
     with endpoint.client() as client:  # no tokenizer here: the server's /tokenize, where it has one
         def prompt_tokens(kind: str, prompt: str) -> int | None:
             if tokenizer is not None:
@@ -300,15 +305,17 @@ def run_endpoint_smoke(url: str, *, served_model: str | None = None, api_key: st
                 return len(tokenizer.encode(text, add_special_tokens=False))
             return endpoint.count_tokens(client, "plain", text, add_special_tokens=False)
 
+        counter = "the tokenizer" if tokenizer is not None else "the server's /tokenize"
         counting = tokenizer is not None or endpoint.has("tokenize")
-        rows = check_answers(endpoint, asked, max_tokens, prompt_tokens, count if counting else None)
+        rows = check_answers(endpoint, asked, max_tokens, prompt_tokens, count if counting else None, counter)
     measured = _measure(endpoint, tokenizer, measures)
     reference, quantized, dtype, why_not = _endpoint_reference(directory, endpoint)
-    if reference is not None and tokenizer is not None:
-        _compare(reference, getattr(torch, dtype), results, max_tokens, trust_remote_code, tokenizer)
-    agreed, share = _agreement(results)
     compared = reference is not None and tokenizer is not None
-    passed = (all(r.status != "error" for r in results) and all(r["ok"] for r in rows)
+    if compared:
+        _compare(reference, getattr(torch, dtype or "float32"), results, max_tokens, trust_remote_code, tokenizer)
+    agreed, share = _agreement(results)
+    failed_checks = sorted({r["check"] for r in rows if not r["ok"]})
+    passed = (all(r.status != "error" for r in results) and not failed_checks
               and (not compared or quantized or agreed == len(results))
               and measured["load"]["failed"] == 0 and stability_ok(measured["stability"]))
     info = endpoint.ours or {}
@@ -317,46 +324,51 @@ def run_endpoint_smoke(url: str, *, served_model: str | None = None, api_key: st
             "prompts_agreeing": agreed, "prompts": len(results), "quantized": quantized,
             "reference": str(reference) if compared else None,
             "not_compared": None if compared else (why_not or "no tokenizer here: give MODEL or --tokenizer"),
-            "greedy_agreement": share, "chat_template": has_template, "results": [asdict(r) for r in results],
-            "answer_checks": summarize_checks(rows), "answer_check_rows": rows,
+            "greedy_agreement": share, "chat_template": chat, "results": [asdict(r) for r in results],
+            "answer_checks": summarize_checks(rows), "failed_checks": failed_checks, "answer_check_rows": rows,
             "kv_cache": kv_cache_figures(info), **measured}
 
 
-def _endpoint_reference(directory: Path | None, endpoint) -> tuple[Path | None, bool, str, str | None]:
-    """What transformers runs to compare with a deployment's answers: (weights or None, quantized, dtype,
-    why not). The weights must be here and fit this machine's free memory with room to spare."""
+def endpoint_tokenizer(tokenizer_dir: Path | None, directory: Path | None, trust_remote_code: bool = False):
+    """The tokenizer that counts a deployment's tokens: `tokenizer_dir`'s (it must have one), else the
+    served checkpoint's here (a checkpoint without one: None, and the server's counts are taken)."""
+    from runtime.engine.llm_engine import load_tokenizer
+
+    if tokenizer_dir is not None:
+        tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code)
+        if tokenizer is None:
+            raise UserError(f"--tokenizer {tokenizer_dir}: no tokenizer there (tokenizer.json or tokenizer_config.json)")
+        return tokenizer
+    return load_tokenizer(directory, trust_remote_code) if directory is not None else None
+
+
+def _endpoint_reference(directory: Path | None, endpoint) -> tuple[Path | None, bool, str | None, str | None]:
+    """What transformers runs to compare with a deployment's answers: (weights or None, quantized, dtype
+    or None where nothing says it, why not). The weights must be here and fit this machine's free
+    memory twice over (transformers' load holds a copy while it builds the model)."""
+    from ascend_common.proc_memory import available_memory
     from ascend_convert.layout_names import QUANT_DESCRIPTION_NAME
     from ascend_convert.manifest import MANIFEST_NAME, read_manifest, recorded_source
     from ascend_convert.readers.base import read_config
 
-    if directory is None or not directory.is_dir():
-        return None, False, "bfloat16", "no checkpoint directory here to compare with (give MODEL)"
+    if directory is None or not directory.exists():
+        return None, False, (endpoint.ours or {}).get("dtype"), "no checkpoint here to compare with (give MODEL)"
     config = read_config(directory) if (directory / "config.json").is_file() else {}
-    dtype = (endpoint.ours or {}).get("dtype") or config.get("torch_dtype") or config.get("dtype") or "float32"
+    dtype = (endpoint.ours or {}).get("dtype") or config.get("torch_dtype") or config.get("dtype")
     quantized = (directory / QUANT_DESCRIPTION_NAME).is_file()
     reference: Path | None = directory
     if quantized:
         reference = recorded_source(read_manifest(directory)) if (directory / MANIFEST_NAME).is_file() else None
         if reference is None:
             return None, True, dtype, "quantized weights whose source is not here: answers not compared"
-    weights = sum(f.stat().st_size for f in Path(reference).glob("*.safetensors")) if Path(reference).is_dir() else \
-        Path(reference).stat().st_size
-    free = _available_memory()
+    reference = Path(reference)
+    weights = (sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in reference.glob(pattern))
+               if reference.is_dir() else reference.stat().st_size)  # a GGUF: transformers dequantizes it
+    free = available_memory()
     if free is not None and weights * 2 > free:
         return None, quantized, dtype, (f"{weights / 1e9:.1f} GB of weights do not fit this machine's "
                                         f"{free / 1e9:.1f} GB free twice over: answers not compared")
-    return Path(reference), quantized, dtype, None
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return reference, quantized, dtype, None
 
 
 def answer_status(r: dict[str, Any], differs: str = "differs", markup: bool = True) -> str:
@@ -421,10 +433,17 @@ def print_smoke(report: dict[str, Any]) -> None:
     if kv_line:
         console.print(kv_line)
     if not report["chat_template"]:
-        console.print("no chat template in the tokenizer: chat prompts skipped")
+        console.print("no chat template (in the tokenizer here, or the server refuses chat): chat prompts skipped")
     colour = "green" if report["verdict"] == "PASS" else "red"
     failed = f"{load['failed']} of {load['requests']} load requests failed"
-    if report.get("quantized"):
+    if endpoint:
+        said = (f"{report['prompts_agreeing']}/{report['prompts']} prompts agree with transformers"
+                if report.get("not_compared") is None else "answers not compared with transformers")
+        checks = report["failed_checks"]
+        console.print(f"[bold {colour}]{report['verdict']}[/]: {said}, "
+                      + (f"answer checks failed: {', '.join(checks)}, " if checks else "every answer check passed, ")
+                      + failed)
+    elif report.get("quantized"):
         agreement = report["greedy_agreement"]
         said = (f"quantized weights reproduce {agreement:.0%} of the greedy tokens of their source {report['reference']}"
                 if agreement is not None else "quantized weights whose source is gone: answers not compared")

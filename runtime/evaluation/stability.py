@@ -96,8 +96,9 @@ async def _long_context(endpoint: Endpoint, prompts: PromptMaker, max_model_len:
         wall = time.perf_counter() - started
     load = summarize_load(beside, wall)
     server_errors = sum(1 for r in beside if (r.error or "").startswith("HTTP 5"))
+    out_of_memory = sum(1 for r in beside if _OOM.search(r.error or ""))
     return {"max_model_len": max_model_len, "new_tokens": new_tokens, "requests": rows,
             "background": {"concurrency": background, "prompt_len": background_prompt_len,
                            "requests": load["requests"], "failed": load["failed"], "server_errors": server_errors,
-                           "errors": load["errors"]},
+                           "out_of_memory": out_of_memory, "errors": load["errors"]},
             "ok": all(r["ok"] for r in rows) and load["failed"] == 0}

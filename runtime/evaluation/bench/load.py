@@ -19,6 +19,9 @@ from typing import Any
 from runtime.evaluation.bench.stats import distribution
 from runtime.evaluation.endpoint import Endpoint, StreamReader, request_body
 
+#: the longest wait for a server's next bytes before a request counts as failed (a long prefill included)
+STALL_S = 600.0
+
 
 @dataclass
 class RequestResult:
@@ -100,11 +103,14 @@ async def run_load(endpoint: Endpoint, prompts: list[list[int]] | list[str], max
 
 
 def load_client(endpoint: Endpoint, concurrency: int):
-    """An async client with `concurrency` connections and no timeout (a long prompt may take minutes)."""
+    """An async client with `concurrency` connections; a request may take minutes (a long prompt), but no
+    wait for the next chunk may take more than STALL_S."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(base_url=endpoint.url, headers=endpoint.headers, limits=limits, timeout=None)
+    # no limit on the whole request, but on each wait: a stalled deployment is a failed request, not a hang
+    timeout = httpx.Timeout(None, connect=30, read=STALL_S, write=60)
+    return httpx.AsyncClient(base_url=endpoint.url, headers=endpoint.headers, limits=limits, timeout=timeout)
 
 
 def summarize_load(results: list[RequestResult], wall: float) -> dict[str, Any]:

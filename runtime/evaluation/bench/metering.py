@@ -12,6 +12,8 @@ import os
 import threading
 from typing import Any
 
+from ascend_common.proc_memory import peak_rss
+
 
 def _rss() -> int | None:
     """The process's resident bytes now: /proc without a dependency, psutil elsewhere, else None."""
@@ -29,14 +31,7 @@ def _rss() -> int | None:
 
 def _hwm() -> int | None:
     """The process's peak resident bytes since the last reset (Linux's VmHWM), or None."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
+    return peak_rss()
 
 
 def _reset_hwm() -> bool:

@@ -27,13 +27,12 @@ def bench_server(url: str, *, concurrency: list[int], num_prompts: int | None, p
                  long_context: bool = False, pid: int | None = None) -> dict[str, Any]:
     """Each concurrency level in turn (after `warmup` requests), then the stability figures; the
     report `--json` prints."""
-    from runtime.engine.llm_engine import load_tokenizer
     from runtime.evaluation.load_prompts import PromptMaker
     from runtime.evaluation.server_memory import server_memory
-    from runtime.evaluation.smoke import Measures, stability_figures
+    from runtime.evaluation.smoke import Measures, endpoint_tokenizer, stability_figures
 
+    tokenizer = endpoint_tokenizer(None, tokenizer_dir)  # a checkpoint without a tokenizer: prompts as words
     endpoint = open_endpoint(url, served_model, api_key)
-    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
     maker = PromptMaker(endpoint, tokenizer, seed)
     count = (lambda text: len(tokenizer.encode(text, add_special_tokens=False))) if tokenizer is not None else None
 
