@@ -148,3 +148,26 @@ def test_missing_model_is_a_one_line_error(tmp_path):
 ])
 def test_bad_options_are_one_line_errors(checkpoint, args, fragments):
     assert_one_line_error(run_cli("bench", checkpoint("llama"), *args), *fragments)
+
+
+def _decode_weight_elements(config: dict) -> int:
+    """The weights one batch-1 decode step of a dense Llama reads: q, k, v, o, gate, up, down per
+    layer, and the output projection (the tied embedding or lm_head) — from its config alone."""
+    h, heads, kv = config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"]
+    dim = config.get("head_dim") or h // heads
+    per_layer = h * heads * dim + 2 * h * kv * dim + heads * dim * h + 3 * h * config["intermediate_size"]
+    return config["num_hidden_layers"] * per_layer + config["vocab_size"] * h
+
+
+def test_the_floor_reads_every_decode_weight_once_and_each_system_is_a_share_of_it(report, checkpoint):
+    config = json.loads((checkpoint("llama") / "config.json").read_text())
+    floor = report["floor"]
+    itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[report["dtype"]]
+    assert floor["weight_bytes"] == _decode_weight_elements(config) * itemsize
+    assert floor["formats"] == {report["dtype"]: floor["weight_bytes"]}
+    assert floor["passes"] == 5 * report["repeat"] and 0 < floor["min_ms"] <= floor["ms"]
+    assert floor["tok_s"] == pytest.approx(1000 / floor["ms"])
+    single = report["workloads"]["single"]["systems"]
+    assert set(floor["decode_share"]) == set(single)
+    for name, share in floor["decode_share"].items():
+        assert share == pytest.approx(floor["ms"] / single[name]["tpot_ms"]["p50"])

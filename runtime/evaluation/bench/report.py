@@ -35,6 +35,18 @@ def _x(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def _floor_line(floor: dict[str, Any] | None, systems: dict[str, dict]) -> str | None:
+    """The weights' floor and each system's batch-1 decode as a share of it."""
+    if not floor:
+        return None
+    formats = " + ".join(f"{b / 1e6:.0f} MB {fmt}" for fmt, b in floor["formats"].items())
+    line = (f"  floor: one pass of single-row matmuls over the weights a decode step reads ({formats}) takes "
+            f"{_f(floor['ms'])} ms ({floor['gb_per_s']:.1f} GB/s): at most {_f(floor['tok_s'])} tok/s at batch 1")
+    shares = [f"{systems[name]['label']} {share:.0%}" for name, share in floor.get("decode_share", {}).items()
+              if share is not None]
+    return line + ("; batch-1 decode as a share of it: " + ", ".join(shares) if shares else "")
+
+
 def _system_row(label: str, m: dict[str, Any], ratio: dict | None) -> list[str]:
     t, p = m["ttft_ms"], m["tpot_ms"]
     return [label, _f(m["throughput_tok_s"]), _f(m["latency_ms_per_token"]), _f(m["memory_gb"], 2),
@@ -76,6 +88,9 @@ def print_report(report: dict[str, Any]) -> None:
     kv_line = kv_cache_line(rt.get("kv_cache", {}))
     if kv_line:
         console.print(f"  runtime {kv_line}")
+    floor_line = _floor_line(report.get("floor"), report["systems"])
+    if floor_line:
+        console.print(floor_line)
     for name, entry in report.get("workloads", {}).items():
         table = Table(title=f"{name}: {entry['description']}", title_justify="left")
         for i, col in enumerate(COLUMNS):

@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import platform as host_platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +105,15 @@ def _timed(system: System, prompts: list[list[int]], new_tokens: int, meter: Mem
 
 
 def run_workloads(systems: list[System], workloads: list[Workload], cfg: BenchConfig, repeat: int, vocab: int,
-                  meter: MemoryMeter, progress: _Progress) -> dict[str, dict]:
+                  meter: MemoryMeter, progress: _Progress, each_repeat: Callable[[], None] = lambda: None
+                  ) -> dict[str, dict]:
     """Interleaved: for each repeat, for each workload, every system back to back (the order
-    reversed on odd repeats). The no-cache runtime runs the prefix workload only."""
+    reversed on odd repeats). The no-cache runtime runs the prefix workload only. `each_repeat` runs
+    at the start of every repeat (the floor's measurement, so it sees the same machine)."""
     runs: dict[tuple[str, str], list[Run]] = {}
     for rep in range(repeat):
+        progress.step(f"repeat {rep + 1}/{repeat} · the weights' floor")
+        each_repeat()
         order = systems if rep % 2 == 0 else systems[::-1]
         for w in workloads:
             prompts = w.prompts(vocab, cfg.seed, rep)
@@ -226,6 +231,7 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
     import torch
 
     from runtime.engine.llm_engine import compute_dtype
+    from runtime.evaluation.bench.floor import decode_shares, floor_figures, floor_pass, measure_floor
     from runtime.model.loader import open_model
     from runtime.platform import resolve
 
@@ -269,13 +275,17 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
     runs_total = repeat * sum(1 + sum(1 for s in systems[1:] if s.name != "runtime-no-cache" or w.prefix_len)
                               for w in plan)
     bar = _Progress(progress, runs_total + len(systems))
+    floor_times: list[float] = []
     try:
         for system in systems:
             _load(system, meter, bar)
             bar.advance()
+        runner = systems[0].llm.engine.runner
+        floor = floor_pass(runner.model, runner.dtype)
         gc.collect()
         gc.freeze()  # what is loaded stays: the collection before each run then takes ms, not a second
-        results = run_workloads(systems, plan, cfg, repeat, ckpt_cfg.vocab_size, meter, bar)
+        results = run_workloads(systems, plan, cfg, repeat, ckpt_cfg.vocab_size, meter, bar,
+                                lambda: floor_times.extend(measure_floor(floor, runner.device)))
     finally:
         bar.close()
     report: dict[str, Any] = {
@@ -287,6 +297,7 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
         "systems": {s.name: {"label": LABELS[s.name], "loaded_gb": (s.weights_bytes / GB if s.weights_bytes is not None
                                                                       else None), **s.info} for s in systems},
         "skipped": skipped,
+        "floor": floor_figures(floor, floor_times),
     }
     if sweep_sizes:
         sizes = []
@@ -296,8 +307,11 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
             sizes.append(entry)
         report["sweep"] = {"tpot_ms_ceiling": tpot_ms, "prompt_len": plan[0].prompt_lens[0],
                            "new_tokens": plan[0].new_tokens, "sizes": sizes, "recommended": recommend(sizes, tpot_ms)}
+        at_batch_1 = next((s for s in sizes if s["batch"] == 1), {})
     else:
         report["workloads"] = results
         report["targets"] = targets(results)
+        at_batch_1 = results.get("single", {}).get("systems", {})
+    report["floor"]["decode_share"] = decode_shares(report["floor"]["ms"], at_batch_1)
     return report
 
