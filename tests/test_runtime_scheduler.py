@@ -203,3 +203,26 @@ def test_abort_frees_blocks_wherever_the_request_is():
     assert sched.abort(waiting.seq_id) is waiting and sched.abort(12345) is None
     assert not sched.has_unfinished()
     bm.check_whole()
+
+
+def test_while_a_request_decodes_prefill_is_capped_and_gets_the_whole_budget_when_none_does():
+    sched = Scheduler(BlockManager(64, BS), max_num_seqs=8, max_num_batched_tokens=32, prefill_tokens_with_decodes=6)
+    short = seq([1, 2, 3], max_tokens=3)
+    sched.add(short)
+    batch, _ = run_step(sched)
+    assert batch.num_new_tokens == [3]  # nothing decodes yet: the whole budget
+    first, second = seq(list(range(100, 120))), seq(list(range(200, 204)))
+    sched.add(first)
+    sched.add(second)
+    batch, _ = run_step(sched)  # short decodes; the two prompts share 6 tokens, arrival order
+    assert batch.seqs == [short, first] and batch.num_new_tokens == [1, 6]
+    batch, _ = run_step(sched)
+    assert batch.seqs == [short, first] and batch.num_new_tokens == [1, 6]
+    finish_done(sched)  # short has its 3 tokens: nothing decodes
+    batch, sampled = run_step(sched)
+    assert batch.seqs == [first, second] and batch.num_new_tokens == [8, 4] and sampled == [True, True]
+
+
+def test_a_prefill_cap_below_one_token_is_refused():
+    with pytest.raises(ValueError, match="prefill_tokens_with_decodes must be at least 1, got 0"):
+        Scheduler(BlockManager(8, BS), max_num_seqs=1, max_num_batched_tokens=8, prefill_tokens_with_decodes=0)

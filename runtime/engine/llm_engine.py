@@ -15,9 +15,9 @@ from ascend_common.errors import UserError
 from ascend_common.sizes import parse_size
 from runtime.detokenizer import IncrementalDetokenizer
 from runtime.engine.block_manager import BlockManager
-from runtime.engine.model_runner import ModelRunner
+from runtime.engine.model_runner import ModelRunner, gather_slots
 from runtime.engine.sampler import Sampler, logprob_entries, make_generator
-from runtime.engine.scheduler import ScheduledBatch, Scheduler
+from runtime.engine.scheduler import DEFAULT_PREFILL_WITH_DECODES, ScheduledBatch, Scheduler
 from runtime.engine.sequence import Sequence
 from runtime.model.config import MLA_DECODE
 from runtime.model.loader import open_model
@@ -65,6 +65,7 @@ class EngineInfo:
     max_num_seqs: int
     kv_bytes_per_token: int = 0  # the KV cache a token takes, all layers (MLA: its latent and rope key)
     full_kv_bytes_per_token: int = 0  # what per-head keys and values would take (equal but for MLA)
+    attention_working_set_bytes: int = 0  # the most one layer's attention gathers beside the pool
 
 
 @dataclass
@@ -98,7 +99,8 @@ class LLMEngine:
                  kv_cache_memory: int | str | None = None, max_num_seqs: int = 64,
                  max_num_batched_tokens: int | None = None, max_model_len: int | None = None,
                  enable_prefix_caching: bool = True, trust_remote_code: bool = False,
-                 mla_decode: str = "auto") -> None:
+                 mla_decode: str = "auto",
+                 prefill_tokens_with_decodes: int | None = DEFAULT_PREFILL_WITH_DECODES) -> None:
         if not isinstance(tensor_parallel_size, int) or isinstance(tensor_parallel_size, bool) \
                 or tensor_parallel_size < 1:
             raise UserError(f"tensor_parallel_size {tensor_parallel_size!r}: expected an integer >= 1")
@@ -136,7 +138,8 @@ class LLMEngine:
         self.block_manager = BlockManager(self.grow_step, block_size, enable_prefix_caching)
         budget_tokens = max_num_batched_tokens or max(DEFAULT_BATCHED_TOKENS, max_num_seqs)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, budget_tokens, grow=self._grow,
-                                   max_blocks=self.max_blocks)
+                                   max_blocks=self.max_blocks,
+                                   prefill_tokens_with_decodes=prefill_tokens_with_decodes)
         self.sampler = Sampler()
         self.requests: dict[int, _Request] = {}
         self.num_generated_tokens = 0
@@ -301,7 +304,9 @@ class LLMEngine:
                           dtype=str(self.dtype).removeprefix("torch."), device=self.platform.name,
                           max_num_seqs=self.scheduler.max_num_seqs,
                           kv_bytes_per_token=self.config.kv_token_bytes(self.dtype),
-                          full_kv_bytes_per_token=self.config.kv_token_bytes(self.dtype, full=True))
+                          full_kv_bytes_per_token=self.config.kv_token_bytes(self.dtype, full=True),
+                          attention_working_set_bytes=self.config.attention_gather_bytes(
+                              gather_slots(self.max_model_len, self.block_manager.block_size), self.dtype))
 
     def stats(self) -> dict:
         """Counts the server's /metrics and the benchmarks report: running and waiting requests, the

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from runtime.engine.scheduler import DEFAULT_PREFILL_WITH_DECODES
 from runtime.model.config import MLA_DECODE
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "npu", "ascend")
@@ -18,7 +19,7 @@ DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 ENGINE_DEFAULTS: dict[str, Any] = {
     "device": "auto", "dtype": None, "max_num_seqs": 64, "max_model_len": None, "memory_policy": "static",
     "kv_cache_memory": "1GiB", "block_size": 16, "enable_prefix_caching": True, "tensor_parallel_size": 1,
-    "trust_remote_code": False, "mla_decode": "auto",
+    "trust_remote_code": False, "mla_decode": "auto", "prefill_tokens_with_decodes": DEFAULT_PREFILL_WITH_DECODES,
 }
 
 _OPTIONS = (
@@ -38,6 +39,10 @@ _OPTIONS = (
     click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=ENGINE_DEFAULTS["enable_prefix_caching"], show_default=True),
     click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=ENGINE_DEFAULTS["tensor_parallel_size"],
                  show_default=True),
+    click.option("--prefill-tokens-with-decodes", type=click.IntRange(min=1),
+                 default=ENGINE_DEFAULTS["prefill_tokens_with_decodes"], show_default=True,
+                 help="Prompt tokens a step prefills while other requests decode (the rest wait for later "
+                      "steps): lower keeps time per output token even under arrivals, higher admits prompts faster."),
     click.option("--trust-remote-code", is_flag=True, help="Allow a tokenizer that is remote code to run."),
     click.option("--mla-decode", type=click.Choice(("auto", *MLA_DECODE)), default=ENGINE_DEFAULTS["mla_decode"],
                  show_default=True,

@@ -1,8 +1,13 @@
 """Continuous batching: each step picks which sequences run and how many of their tokens, under a
 token budget and a cap on running sequences.
 
-Running sequences go first (a decode token each, or the next chunk of a prefill that did not fit in
-one step), then waiting ones in arrival order, their prompts chunked to what is left of the budget.
+Running sequences go first — decodes (a token each) before the next chunk of a prefill that did not
+fit in one step, which is always the newest: nothing is admitted behind it — then waiting ones in
+arrival order, their prompts chunked to what is left of the budget. While any running sequence decodes, the prefill tokens of a step are capped further
+(`prefill_tokens_with_decodes`): a decode step then costs at most that much prefill on top, so
+arrivals do not stall the tokens of running requests (on the 64-request mixed load the TPOT p99 fell
+from ~10x its p50 to ~2x at the same throughput: benchmarks/README.md), and prompts are still
+prefilled at the full budget when nothing decodes.
 When the pool has no block for a running sequence, the pool grows (memory_policy="dynamic") or the
 most recently admitted sequence is preempted: its blocks are freed and it goes back to the front of
 the queue, to be recomputed later. A full pool therefore slows requests down and never fails one.
@@ -16,6 +21,11 @@ from dataclasses import dataclass
 
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.sequence import Sequence, SequenceStatus
+
+#: A step's prefill tokens while any running request decodes: 64 decodes plus 256 prefill tokens keep
+#: TPOT p99 within ~2x its p50 here where 2,048 made it ~10x, at the same throughput (measured with
+#: 128 and 512 too: benchmarks/README.md, "Prefill beside decodes").
+DEFAULT_PREFILL_WITH_DECODES = 256
 
 
 @dataclass
@@ -42,7 +52,8 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 grow: Callable[[], bool] | None = None, max_blocks: int | None = None) -> None:
+                 grow: Callable[[], bool] | None = None, max_blocks: int | None = None,
+                 prefill_tokens_with_decodes: int | None = None) -> None:
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
         if max_num_batched_tokens < 1:
@@ -50,6 +61,9 @@ class Scheduler:
         self.bm = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        if prefill_tokens_with_decodes is not None and prefill_tokens_with_decodes < 1:
+            raise ValueError(f"prefill_tokens_with_decodes must be at least 1, got {prefill_tokens_with_decodes}")
+        self.prefill_tokens_with_decodes = prefill_tokens_with_decodes or max_num_batched_tokens
         self.grow = grow or (lambda: False)
         self.max_blocks = max_blocks if max_blocks is not None else block_manager.num_blocks
         self.waiting: deque[Sequence] = deque()
@@ -115,13 +129,15 @@ class Scheduler:
         seqs: list[Sequence] = []
         counts: list[int] = []
         budget = self.max_num_batched_tokens
+        decoding = any(seq.num_tokens - seq.num_computed_tokens == 1 for seq in self.running)
+        prefill_budget = min(budget, self.prefill_tokens_with_decodes) if decoding else budget
         preempted = False
-        for seq in list(self.running):
+        for seq in list(self.running):  # decodes first: a prefill still in chunks is always the newest
             if budget == 0:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget, prefill_budget)
             while not self._room(seq, n):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -132,10 +148,13 @@ class Scheduler:
                 seqs.append(seq)
                 counts.append(n)
                 budget -= n
-        while self.waiting and not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
+                if n > 1:
+                    prefill_budget -= n
+        while self.waiting and not preempted and min(budget, prefill_budget) > 0 \
+                and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             cached = self.bm.allocate_prefix(seq)
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget, prefill_budget)
             if not self._room(seq, n):
                 self.bm.free(seq)  # the hit blocks go back; the sequence waits for room
                 break
@@ -149,6 +168,7 @@ class Scheduler:
             seqs.append(seq)
             counts.append(n)
             budget -= n
+            prefill_budget -= n
         return ScheduledBatch(seqs, counts)
 
     def postprocess(self, batch: ScheduledBatch, tokens: list[int | None]) -> None:
