@@ -78,4 +78,7 @@ def test_smoke_on_deepseek_v3_compares_in_transformers_op_order_and_reports_the_
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert (report["verdict"], report["prompts_agreeing"], report["dtype"]) == ("PASS", 7, "bfloat16")
-    assert report["kv_cache"] == {"bytes_per_token": 240, "full_kv_bytes_per_token": 960, "ratio": 4.0}
+    # attention's working set: 4,096 gathered slots x (the 40 cached values + the 160 decompressed
+    # per-head keys and values of its prefill path) x 2 bytes, in one layer at a time
+    assert report["kv_cache"] == {"bytes_per_token": 240, "full_kv_bytes_per_token": 960, "ratio": 4.0,
+                                  "attention_working_set_bytes": 4096 * (40 + 160) * 2}

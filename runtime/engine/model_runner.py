@@ -89,20 +89,53 @@ def uniform_batch(num_seqs: int, new_tokens: int, cached: int, block_size: int) 
     return ScheduledBatch(seqs, [new_tokens] * num_seqs)
 
 
-def prepare_step(batch: ScheduledBatch, block_size: int, device: torch.device) -> PreparedStep:
+#: Context slots (tokens, padding included) one attention group gathers at most: a step whose
+#: sequences need more is split into several groups, so the per-layer copy of their keys and values
+#: is bounded whatever the batch (`gather_slots`), and the engine reports those bytes beside the KV
+#: pool. Measured with benchmarks/bench_decode_attention.py (one SmolLM2 layer, bf16, 2 threads): 64
+#: decodes of 40-382 tokens take 10.7-15.8 ms in one padded group, 5.8-4.2 ms in runs of <= 4,096
+#: slots (2.6-2.7x), 5.3 ms at 8,192, 3.6-5.8 ms at 2,048; 32 decodes of ~2,075 tokens 1.2-1.7x
+#: faster at 4,096. Smaller runs pad less and stay in cache; many more groups cost their own overhead.
+MAX_GATHER_SLOTS = 4096
+
+
+def gather_slots(max_model_len: int, block_size: int, bound: int = MAX_GATHER_SLOTS) -> int:
+    """The most context slots any attention group gathers: the bound, or one sequence of the longest
+    context (a sequence is never split)."""
+    return max(bound, -(-max_model_len // block_size) * block_size)
+
+
+def _chunks(members: list[int], contexts: dict[int, int], bs: int, limit: int) -> list[list[int]]:
+    """`members` sorted by context length, cut into runs whose padded gather (sequences × the run's
+    longest context, in whole blocks) stays within `limit` slots: sorting pads each run only to a
+    length close to its own, so less is copied than when every row pads to the step's longest."""
+    out: list[list[int]] = []
+    for i in sorted(members, key=lambda i: contexts[i]):
+        width = -(-contexts[i] // bs) * bs  # the longest of the run so far: the members are sorted
+        if out and (len(out[-1]) + 1) * width <= limit:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def prepare_step(batch: ScheduledBatch, block_size: int, device: torch.device,
+                 max_gather_slots: int = MAX_GATHER_SLOTS) -> PreparedStep:
     """(input ids [T], attention metadata, row of each sampling sequence's last token in batch
     order, the prompt rows to score), the tensors on `device`. Decode tokens are laid out first and
-    prefill chunks after them: two attention groups, so no decode row is padded to a prefill chunk's
-    length."""
+    prefill chunks after them, each kind in attention groups of sequences of similar context length
+    that gather at most `max_gather_slots` slots: no decode row is padded to a prefill chunk's length,
+    and no group's copy of K/V grows with the batch."""
     bs = block_size
     lengths = batch.num_new_tokens
-    decodes = [i for i, n in enumerate(lengths) if n == 1]
-    prefills = [i for i, n in enumerate(lengths) if n > 1]
+    contexts = {i: seq.num_computed_tokens + n for i, (seq, n) in enumerate(zip(batch.seqs, lengths))}
+    decodes = _chunks([i for i, n in enumerate(lengths) if n == 1], contexts, bs, max_gather_slots)
+    prefills = _chunks([i for i, n in enumerate(lengths) if n > 1], contexts, bs, max_gather_slots)
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
     starts: dict[int, int] = {}
-    for i in decodes + prefills:
+    for i in (i for members in decodes + prefills for i in members):
         seq, n = batch.seqs[i], lengths[i]
         start = seq.num_computed_tokens
         starts[i] = len(ids)
@@ -111,7 +144,7 @@ def prepare_step(batch: ScheduledBatch, block_size: int, device: torch.device) -
         positions.extend(span)
         slots.extend(seq.block_table[p // bs] * bs + p % bs for p in span)
     sample_rows = [starts[i] + lengths[i] - 1 for i in range(len(lengths)) if batch.samples(i)]
-    groups = [_group(batch, members, starts, positions, bs, device) for members in (decodes, prefills) if members]
+    groups = [_group(batch, members, starts, positions, bs, device) for members in decodes + prefills]
     meta = AttentionMetadata(positions=_tensor(positions, device), slot_mapping=_tensor(slots, device), groups=groups)
     return _tensor(ids, device), meta, sample_rows, _prompt_rows(batch, starts)
 
@@ -159,6 +192,7 @@ class ModelRunner:
         self.model = model.eval()
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.num_blocks = 0
+        self.max_gather_slots = MAX_GATHER_SLOTS
 
     @property
     def block_bytes(self) -> int:
@@ -175,7 +209,7 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch) -> PreparedStep:
         """`prepare_step` on this runner's block size and device."""
-        return prepare_step(batch, self.block_size, self.device)
+        return prepare_step(batch, self.block_size, self.device, self.max_gather_slots)
 
     def run(self, batch: ScheduledBatch) -> StepLogits:
         return self.execute(self.prepare(batch))

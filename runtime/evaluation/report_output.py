@@ -34,7 +34,8 @@ def kv_cache_figures(info: dict[str, Any]) -> dict[str, Any]:
     multi-head latent attention's saving (DeepSeek-V3: 576 values per layer against 40,960)."""
     ours, full = info.get("kv_bytes_per_token"), info.get("full_kv_bytes_per_token")
     return {"bytes_per_token": ours, "full_kv_bytes_per_token": full,
-            "ratio": full / ours if ours and full else None}
+            "ratio": full / ours if ours and full else None,
+            "attention_working_set_bytes": info.get("attention_working_set_bytes")}
 
 
 def kv_cache_line(kv: dict[str, Any]) -> str | None:
@@ -44,4 +45,6 @@ def kv_cache_line(kv: dict[str, Any]) -> str | None:
     line = f"KV cache: {kv['bytes_per_token']:,} bytes per token"
     if kv["full_kv_bytes_per_token"] != kv["bytes_per_token"]:
         line += f" (latent; full keys and values would take {kv['full_kv_bytes_per_token']:,}: {kv['ratio']:.1f}x)"
+    if kv.get("attention_working_set_bytes"):
+        line += f"; attention gathers at most {kv['attention_working_set_bytes'] / 2**20:,.1f} MiB beside the pool"
     return line

@@ -31,8 +31,8 @@ from runtime.layers.attention import (
 
 
 def is_decode(group: AttentionGroup) -> bool:
-    """A step's decode group holds one query per sequence (`prepare_step` puts prefill chunks, two
-    or more tokens each, in a group of their own)."""
+    """A step's decode groups hold one query per sequence (`prepare_step` never mixes decodes with
+    prefill chunks, two or more tokens each, in one group)."""
     return group.query_index.shape[1] == 1
 
 

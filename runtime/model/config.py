@@ -155,6 +155,14 @@ class ModelConfig:
         values = self.full_kv_values_per_token if full else self.kv_values_per_token
         return self.num_layers * values * _element_size(dtype)
 
+    def attention_gather_bytes(self, slots: int, dtype: Any) -> int:
+        """The temporary bytes one layer's attention over `slots` gathered context slots takes beside
+        the pool: the cached values copied out of their blocks and, for MLA, the per-head keys and
+        values decompressed from them (its prefill path). Layers run one after another, so this is
+        the whole step's attention working set."""
+        values = self.kv_values_per_token + (self.full_kv_values_per_token if self.mla is not None else 0)
+        return slots * values * _element_size(dtype)
+
     def kv_block_bytes(self, block_size: int, dtype: Any) -> int:
         """Bytes one KV-cache block of `block_size` tokens takes across all layers, in `dtype`: one
         formula for the engine's pool and for the benchmark that sizes a pool before any engine exists."""

@@ -144,7 +144,8 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None) 
             "max_model_len": info.max_model_len,
             "ascendkit": {"vocab_size": info.vocab_size, "dtype": info.dtype, "device": info.device,
                           "max_num_seqs": info.max_num_seqs, "kv_bytes_per_token": info.kv_bytes_per_token,
-                          "full_kv_bytes_per_token": info.full_kv_bytes_per_token}}]}
+                          "full_kv_bytes_per_token": info.full_kv_bytes_per_token,
+                          "attention_working_set_bytes": info.attention_working_set_bytes}}]}
 
     @app.get("/health")
     async def health() -> Response:
