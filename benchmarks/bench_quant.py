@@ -15,6 +15,10 @@ Quality, each variant served by the runtime on the CPU:
   * perplexity of `runtime/data/perplexity.txt` (1,199 tokens, windows of 512), through prompt logprobs.
 Speed: batch-1 decode (128-token prompt, 64 new tokens), the variants interleaved --reps times,
 median time per output token; llama-cpp-python on the Q4_1 GGUF beside them when it is installed.
+Beside each variant, its floor (`runtime.evaluation.bench.floor`: one pass of single-row matmuls over
+the weights a decode step reads, in the format served: int8 kernels for the quantized layers, bf16 for
+what stays float, the tied head included), measured in the same repetitions, and its decode as a share
+of that floor: the floors' ratio is the most a format can gain over bf16 on this machine.
 
 Results: tables on stdout and `<workdir>/bench_quant.json`.
 """
@@ -90,6 +94,9 @@ def quality(dirs: dict[str, Path]) -> dict[str, dict]:
 
 
 def speed(dirs: dict[str, Path], gguf: Path, reps: int) -> dict[str, dict]:
+    import torch
+
+    from runtime.evaluation.bench.floor import floor_pass, measure_floor
     from runtime.evaluation.bench.systems import (
         BenchConfig,
         LlamaCppSystem,
@@ -112,17 +119,27 @@ def speed(dirs: dict[str, Path], gguf: Path, reps: int) -> dict[str, dict]:
     for system in systems.values():
         system.load()
         system.run([prompt], 4)  # warm-up
+    floors = {name: floor_pass(s.llm.engine.runner.model, s.llm.engine.runner.dtype)
+              for name, s in systems.items() if isinstance(s, RuntimeSystem)}
+    floor_ms: dict[str, list[float]] = {name: [] for name in floors}
     tpots: dict[str, list[float]] = {name: [] for name in systems}
     for rep in range(reps):
         for name, system in systems.items():
+            if name in floors:
+                floor_ms[name] += measure_floor(floors[name], torch.device("cpu"), passes=3)
             run = system.run([prompt], DECODE_TOKENS)
             times = run.token_times[0]
             tpots[name].append((times[-1] - times[0]) / (len(times) - 1))
         print(f"speed: rep {rep + 1}/{reps}", flush=True)
     base = statistics.median(tpots["bf16"])
-    return {name: {"tpot_ms": statistics.median(t) * 1000, "tok_s": 1 / statistics.median(t),
-                   "vs_bf16": base / statistics.median(t), "runs_ms": [x * 1000 for x in t]}
-            for name, t in tpots.items()} | ({"llama-cpp skipped": {"why": skipped}} if skipped else {})
+    out = {name: {"tpot_ms": statistics.median(t) * 1000, "tok_s": 1 / statistics.median(t),
+                  "vs_bf16": base / statistics.median(t), "runs_ms": [x * 1000 for x in t]}
+           for name, t in tpots.items()}
+    for name, times in floor_ms.items():
+        ms = statistics.median(times)
+        out[name].update(floor_ms=ms, floor_formats=floors[name].formats, floor_share=ms / out[name]["tpot_ms"],
+                         floor_vs_bf16=statistics.median(floor_ms["bf16"]) / ms)
+    return out | ({"llama-cpp skipped": {"why": skipped}} if skipped else {})
 
 
 def main() -> int:
@@ -141,11 +158,13 @@ def main() -> int:
     for name, r in report["quality"].items():
         print(f"| {name} | {r['agreement']:.1%} / {r['agreement_prefix']:.1%} | {r['perplexity']:.3f} | "
               f"{r['perplexity_change']:+.2%} |")
-    print("\n| system | batch-1 decode tok/s | ms/token | vs bf16 |")
-    print("|---|---:|---:|---:|")
+    print("\n| system | batch-1 decode tok/s | ms/token | vs bf16 | floor ms (vs bf16's) | share of its floor |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, r in report["speed"].items():
         if "tok_s" in r:
-            print(f"| {name} | {r['tok_s']:.1f} | {r['tpot_ms']:.1f} | {r['vs_bf16']:.2f}x |")
+            floor = (f"{r['floor_ms']:.1f} ({r['floor_vs_bf16']:.2f}x) | {r['floor_share']:.0%}" if "floor_ms" in r
+                     else "— | —")
+            print(f"| {name} | {r['tok_s']:.1f} | {r['tpot_ms']:.1f} | {r['vs_bf16']:.2f}x | {floor} |")
     report["targets"] = {name: {"agreement": report["quality"][name]["agreement"] >= t["agreement"],
                                 "perplexity": report["quality"][name]["perplexity_change"] <= t["ppl"]}
                          for name, t in TARGETS.items()}
