@@ -52,7 +52,11 @@ def test_ratios_are_ours_over_theirs(report):
             assert ratio["throughput"] == pytest.approx(ours["throughput_tok_s"] / theirs["throughput_tok_s"])
             assert ratio["ttft_p50"] == pytest.approx(theirs["ttft_ms"]["p50"] / ours["ttft_ms"]["p50"])
     for target in report["targets"]:
-        assert target["pass"] == (target["value"] >= target["at_least"])
+        bar = target.get("at_least", target.get("at_most"))
+        assert target["pass"] == (target["value"] >= bar if "at_least" in target else target["value"] <= bar)
+    spread = next(t for t in report["targets"] if t["target"] == "runtime TPOT p99 <= 3x its p50")
+    tpot = report["workloads"]["batch64"]["systems"]["runtime"]["tpot_ms"]
+    assert spread["value"] == pytest.approx(tpot["p99"] / tpot["p50"])
 
 
 def test_every_system_generates_the_same_tokens(report):
