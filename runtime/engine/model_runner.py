@@ -93,9 +93,9 @@ def uniform_batch(num_seqs: int, new_tokens: int, cached: int, block_size: int) 
 #: sequences need more is split into several groups, so the per-layer copy of their keys and values
 #: is bounded whatever the batch (`gather_slots`), and the engine reports those bytes beside the KV
 #: pool. Measured with benchmarks/bench_decode_attention.py (one SmolLM2 layer, bf16, 2 threads): 64
-#: decodes of 40-382 tokens take 10.7-15.8 ms in one padded group, 5.8-4.2 ms in runs of <= 4,096
-#: slots (2.6-2.7x), 5.3 ms at 8,192, 3.6-5.8 ms at 2,048; 32 decodes of ~2,075 tokens 1.2-1.7x
-#: faster at 4,096. Smaller runs pad less and stay in cache; many more groups cost their own overhead.
+#: decodes of 40-382 tokens take 6.0 ms in one padded group, 2.3 ms in runs of <= 4,096 slots (2.7x),
+#: 2.4 ms at 2,048, 2.6 ms at 8,192, 3.9 ms at 16,384; 32 decodes of ~2,075 tokens 14.0 ms in one
+#: group, 13.8 ms at 4,096. Runs of similar length pad less; many more groups cost their own calls.
 MAX_GATHER_SLOTS = 4096
 
 

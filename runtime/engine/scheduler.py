@@ -3,11 +3,11 @@ token budget and a cap on running sequences.
 
 Running sequences go first — decodes (a token each) before the next chunk of a prefill that did not
 fit in one step, which is always the newest: nothing is admitted behind it — then waiting ones in
-arrival order, their prompts chunked to what is left of the budget. While any running sequence decodes, the prefill tokens of a step are capped further
-(`prefill_tokens_with_decodes`): a decode step then costs at most that much prefill on top, so
-arrivals do not stall the tokens of running requests (on the 64-request mixed load the TPOT p99 fell
-from ~10x its p50 to ~2x at the same throughput: benchmarks/README.md), and prompts are still
-prefilled at the full budget when nothing decodes.
+arrival order, their prompts chunked to what is left of the budget. While any running sequence
+decodes, a step's prompt tokens are capped further (`prefill_tokens_with_decodes`): a decode step
+then carries at most that much prefill, so arrivals do not stall the tokens of running requests (on
+the 64-request mixed load TPOT p99 fell from ~14x its p50 to 2-2.5x at the same throughput); when
+nothing decodes, prompts are prefilled at the full budget.
 When the pool has no block for a running sequence, the pool grows (memory_policy="dynamic") or the
 most recently admitted sequence is preempted: its blocks are freed and it goes back to the front of
 the queue, to be recomputed later. A full pool therefore slows requests down and never fails one.
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.sequence import Sequence, SequenceStatus
 
-#: A step's prefill tokens while any running request decodes: 64 decodes plus 256 prefill tokens keep
-#: TPOT p99 within ~2x its p50 here where 2,048 made it ~10x, at the same throughput (measured with
-#: 128 and 512 too: benchmarks/README.md, "Prefill beside decodes").
+#: A step's prefill tokens while any running request decodes: on 64 mixed requests 256 keeps TPOT p99
+#: within 2.0-2.5x its p50 where the whole 2,048-token budget made it ~14x, at the same throughput; 512
+#: left ~4x (benchmarks/bench_prefill_cap.py; benchmarks/README.md, "Prefill beside decodes").
 DEFAULT_PREFILL_WITH_DECODES = 256
 
 
