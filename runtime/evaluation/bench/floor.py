@@ -11,6 +11,7 @@ What one pass covers, per kind of module of the served model:
 - float linears (and a float router): `F.linear` of one row in the model's dtype;
 - W8A16 (int8 weight-only): `torch._weight_int8pack_mm`, the int8 kernel the runtime's per-channel
   layers call (per-group layers have no faster CPU kernel: the per-channel one is their floor too);
+  off the CPU, a float matmul over the dequantized weight, as the runtime's host path computes it;
 - W8A8 / W8A8_DYNAMIC: the row quantized per token, then `torch._int_mm` on the [in, out] int8 weight;
 - routed experts: the `num_experts_per_tok` experts one token reads (their gate/up and down);
 - the output projection: `lm_head`, or the tied embedding, in the format it is served in.
@@ -86,6 +87,10 @@ def floor_pass(model: nn.Module, dtype: torch.dtype) -> FloorPass:
     formats: dict[str, int] = {}
 
     def add(kind: str, weight: torch.Tensor) -> None:
+        if kind == "W8A16" and weight.device.type != "cpu":
+            # off the CPU torch has no int8 weight-only matmul: the runtime's host path multiplies by
+            # the dequantized float weight (an NPU runs torch_npu's kernel: not measured here)
+            kind, weight = "FLOAT", weight.to(dtype)
         label = kind if kind in ("W8A16", "W8A8", "W8A8_DYNAMIC") else str(dtype).removeprefix("torch.")
         calls.append(_call_for(kind, weight, dtype))
         formats[label] = formats.get(label, 0) + weight.numel() * (1 if weight.dtype == torch.int8 else dtype.itemsize)

@@ -47,6 +47,8 @@ def _floor_line(floor: dict[str, Any] | None, systems: dict[str, dict]) -> str |
     """The weights' floor and each system's batch-1 decode as a share of it."""
     if not floor:
         return None
+    if "error" in floor:
+        return f"  floor: {floor['error']}"
     formats = " + ".join(f"{b / 1e6:.0f} MB {fmt}" for fmt, b in floor["formats"].items())
     line = (f"  floor: one pass of single-row matmuls over the weights a decode step reads ({formats}) takes "
             f"{_f(floor['ms'])} ms ({floor['gb_per_s']:.1f} GB/s): at most {_f(floor['tok_s'])} tok/s at batch 1")
