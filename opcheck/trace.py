@@ -17,7 +17,9 @@ from .npu_stand_ins import NAMESPACE as NPU_NAMESPACE
 
 UNSUPPORTED = "unsupported"
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
-_INTERNAL = ("/torch/", "/transformers/utils/", "/contextlib.py")
+# frames that are plumbing, not the model: torch, transformers' helpers, and the `kernels` package's
+# hub wrappers (transformers >= 5.25 routes e.g. `apply_rotary_pos_emb` through them when it is installed)
+_INTERNAL = ("/torch/", "/transformers/utils/", "/contextlib.py", "/kernels/_internals/")
 
 
 @dataclass
