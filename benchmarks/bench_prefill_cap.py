@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,27 +32,27 @@ def main() -> None:
     caps = [int(c) for c in args.caps.split(",")]
     model = smollm2_bf16(args.workdir)
 
-    from runtime import LLM, SamplingParams
-    from runtime.evaluation.bench.figures import Run, summarize
+    import torch
+
+    from runtime.evaluation.bench.figures import summarize
+    from runtime.evaluation.bench.systems import BenchConfig, RuntimeSystem
     from runtime.evaluation.bench.workloads import make_workloads
 
-    llm = LLM(model, device="cpu", kv_cache_memory="512MiB", max_num_seqs=64, enable_prefix_caching=False)
-    scheduler = llm.engine.scheduler
     workload = make_workloads(["batch64"], None, args.new_tokens)[0]
     n = args.new_tokens
-    params = SamplingParams(temperature=0, max_tokens=n, min_tokens=n, ignore_eos=True)
+    # the bench's own runtime system (greedy, exactly n tokens, EOS ignored), prefix cache off
+    cfg = BenchConfig(model, "bfloat16", "cpu", torch.get_num_threads(), 512 << 20, 64, max(workload.prompt_lens) + n, None)
+    system = RuntimeSystem(cfg, prefix_caching=False)
+    system.load()
+    scheduler = system.llm.engine.scheduler
     print(f"{workload.description}; prefix cache off; {args.repeat} interleaved runs per cap")
     print("| prompt tokens per step beside decodes | tok/s | TPOT p50 ms | TPOT p99 ms | p99 / p50 | TTFT p50 ms |")
     print("|---|---:|---:|---:|---:|---:|")
     for rep in range(args.repeat):
-        prompts = workload.prompts(llm.engine.info.vocab_size, 0, rep)
+        prompts = workload.prompts(system.llm.engine.info.vocab_size, 0, rep)
         for cap in caps if rep % 2 == 0 else caps[::-1]:
             scheduler.prefill_tokens_with_decodes = cap
-            start = time.perf_counter()
-            outs = llm.generate(prompts, params, progress=False)
-            end = time.perf_counter()
-            f = summarize(Run([o.arrival_time for o in outs], [list(o.token_times) for o in outs],
-                              [list(o.token_ids) for o in outs], start, end))
+            f = summarize(system.run(prompts, n))
             tpot = f["tpot_ms"]
             print(f"| {cap} (run {rep + 1}) | {f['throughput_tok_s']:.1f} | {tpot['p50']:.0f} | {tpot['p99']:.0f} | "
                   f"{tpot['p99'] / tpot['p50']:.1f}x | {f['ttft_ms']['p50']:.0f} |", flush=True)

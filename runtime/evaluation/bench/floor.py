@@ -135,6 +135,34 @@ def floor_figures(floor: FloorPass, times_ms: list[float]) -> dict:
             "tok_s": 1000 / ms}
 
 
+class FloorMeter:
+    """The floor measured once per benchmark repeat (`measure`), then the report's entry (`figures`).
+    A kernel the device lacks (torch's int8 matmuls on an NPU) leaves the entry an error that says
+    why, and later repeats do not try again, instead of failing the benchmark."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+        self.floor = floor_pass(model, dtype)
+        self.device = device
+        self.times_ms: list[float] = []
+        self.error: str | None = None
+
+    def measure(self) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.times_ms.extend(measure_floor(self.floor, self.device))
+        except (RuntimeError, NotImplementedError) as e:
+            first = str(e).splitlines()[0] if str(e) else ""
+            self.error = f"not measured on {self.device.type}: {type(e).__name__}: {first}"
+
+    def figures(self, at_batch_1: dict[str, object]) -> dict:
+        """The report's `floor`, with each system's batch-1 decode as a share of it (`decode_shares`)."""
+        if self.error is not None:
+            return {"error": self.error}
+        figures = floor_figures(self.floor, self.times_ms)
+        return {**figures, "decode_share": decode_shares(figures["ms"], at_batch_1)}
+
+
 def decode_shares(floor_ms: float, at_batch_1: dict[str, object]) -> dict[str, float | None]:
     """Each system's batch-1 decode as a share of the floor: floor ms / its TPOT p50 (`at_batch_1`:
     the single workload's systems, or the sweep's batch-1 entry, whose other keys are skipped)."""

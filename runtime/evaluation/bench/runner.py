@@ -231,7 +231,7 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
     import torch
 
     from runtime.engine.llm_engine import compute_dtype
-    from runtime.evaluation.bench.floor import decode_shares, floor_figures, floor_pass, measure_floor
+    from runtime.evaluation.bench.floor import FloorMeter
     from runtime.model.loader import open_model
     from runtime.platform import resolve
 
@@ -275,27 +275,15 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
     runs_total = repeat * sum(1 + sum(1 for s in systems[1:] if s.name != "runtime-no-cache" or w.prefix_len)
                               for w in plan)
     bar = _Progress(progress, runs_total + len(systems))
-    floor_times: list[float] = []
-    floor_failed: list[str] = []
-
-    def measure() -> None:
-        """One floor measurement; a kernel the device lacks (torch's int8 matmuls on an NPU) leaves the
-        report without a floor, saying why, instead of failing the benchmark."""
-        if not floor_failed:
-            try:
-                floor_times.extend(measure_floor(floor, runner.device))
-            except (RuntimeError, NotImplementedError) as e:
-                floor_failed.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-
     try:
         for system in systems:
             _load(system, meter, bar)
             bar.advance()
         runner = systems[0].llm.engine.runner
-        floor = floor_pass(runner.model, runner.dtype)
+        floor = FloorMeter(runner.model, runner.dtype, runner.device)
         gc.collect()
         gc.freeze()  # what is loaded stays: the collection before each run then takes ms, not a second
-        results = run_workloads(systems, plan, cfg, repeat, ckpt_cfg.vocab_size, meter, bar, measure)
+        results = run_workloads(systems, plan, cfg, repeat, ckpt_cfg.vocab_size, meter, bar, floor.measure)
     finally:
         bar.close()
     report: dict[str, Any] = {
@@ -307,8 +295,6 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
         "systems": {s.name: {"label": LABELS[s.name], "loaded_gb": (s.weights_bytes / GB if s.weights_bytes is not None
                                                                       else None), **s.info} for s in systems},
         "skipped": skipped,
-        "floor": (floor_figures(floor, floor_times) if not floor_failed
-                  else {"error": f"not measured on {runner.device.type}: {floor_failed[0]}"}),
     }
     if sweep_sizes:
         sizes = []
@@ -323,7 +309,6 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
         report["workloads"] = results
         report["targets"] = targets(results)
         at_batch_1 = results.get("single", {}).get("systems", {})
-    if not floor_failed:
-        report["floor"]["decode_share"] = decode_shares(report["floor"]["ms"], at_batch_1)
+    report["floor"] = floor.figures(at_batch_1)
     return report
 
