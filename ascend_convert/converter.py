@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ascend_common.errors import CheckFailed
+
 from .convert_options import ConvertOptions
 from .manifest import build_manifest, hash_sources
 from .packed import PackedWriter, layout_of
@@ -66,8 +68,12 @@ def convert(src: Path, out: Path, options: ConvertOptions, reporter: Reporter | 
         finished, warnings = write_files(writer, reporter)
         side_files = write_side_files(plan, work, names)
         if not plan.packed:  # the packed layout's reader is ascendkit's runtime, not an engine's loader
-            warnings += check_before_publish(work.path, plan.out, plan.options.soc, plan.options.engine,
-                                             plan.quant is not None)
+            try:
+                warnings += check_before_publish(work.path, plan.out, plan.options.soc, plan.options.engine,
+                                                 plan.quant is not None)
+            except CheckFailed:
+                work.mark_refused()  # kept for `ascendkit preflight`; a rerun says why it is there
+                raise
         hash_thread.join()
         manifest = build_manifest(plan, work.path, finished, side_files, source_files, writer.target(),
                                   writer.source_cast())

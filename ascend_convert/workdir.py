@@ -52,6 +52,22 @@ def resumable_journal(plan: ConversionPlan) -> dict | None:
     return journal if journal.get("fingerprint") == fingerprint(plan) else None
 
 
+#: The journal's key of a conversion that preflight refused to publish.
+REFUSED = "refused_by_preflight"
+
+
+def _left_behind(work: Path) -> str:
+    """What the partial directory a new run finds is, and what to do with it."""
+    try:
+        refused = json.loads((work / JOURNAL_NAME).read_text()).get(REFUSED, False)
+    except (OSError, ValueError, AttributeError):
+        refused = False
+    if refused:
+        return (f"{work}: a conversion the target engine's loader would refuse is there (kept for `ascendkit "
+                f"preflight {work}`); rerun with --force to start over (with --engine none to publish it for another loader)")
+    return f"{work}: an interrupted conversion is there; rerun with --resume to finish it, or --force to start over"
+
+
 class WorkDir:
     """The partial directory of one conversion and its journal (`journal`, saved with `save`)."""
 
@@ -82,8 +98,7 @@ class WorkDir:
                 raise UserError(f"{work}: left by a conversion with other inputs or options; "
                                 f"rerun with the same options, or --force to start over")
             elif not opts.force and not opts.resume:
-                raise UserError(f"{work}: an interrupted conversion is there; rerun with --resume to finish it, "
-                                f"or --force to start over")
+                raise UserError(_left_behind(work))
             else:
                 shutil.rmtree(work)
         try:
@@ -104,6 +119,12 @@ class WorkDir:
     def save(self) -> None:
         """The journal, atomically: a kill at any point leaves the old one or the new one."""
         write_json_atomic(self.path / JOURNAL_NAME, self.journal)
+
+    def mark_refused(self) -> None:
+        """The finished files were not published (preflight refused them): say so in the journal, so
+        that a rerun tells a refused conversion from an interrupted one."""
+        self.journal[REFUSED] = True
+        self.save()
 
     def discard(self) -> None:
         """Remove everything (a failed check: nothing worth resuming)."""

@@ -44,6 +44,15 @@ def test_per_group_w8a16_is_not_published_for_vllm_ascend(checkpoint, tmp_path):
                                   "error quant.part_shape: model.layers.0.mlp.down_proj.weight_scale: shape [64, 8], "
                                   "the W8A16 method declares [64, 1] (and 27 more: `ascendkit preflight ", code=1)
     assert not out.exists()
+    partial = tmp_path / ".out.partial"  # kept for `ascendkit preflight`; a rerun says it was refused, not interrupted
+    again = run_cli("convert", checkpoint("llama"), out, "--quantize", "w8a16", "--group-size", "16", "--no-progress")
+    assert_one_line_error(again, f"{partial}: a conversion the target engine's loader would refuse is there (kept for "
+                                 f"`ascendkit preflight {partial}`); rerun with --force to start over (with --engine "
+                                 f"none to publish it for another loader)", code=2)
+    published = run_cli("convert", checkpoint("llama"), out, "--quantize", "w8a16", "--group-size", "16",
+                        "--no-progress", "--engine", "none", "--force")
+    assert published.code == 0, published.stderr
+    assert out.is_dir() and not partial.exists()
 
 
 def tensors_of(out: Path) -> dict[str, torch.Tensor]:
