@@ -55,7 +55,8 @@ def compare_greedy(ours: list[int], ref_tokens: list[int], ref_logits: list[torc
 def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
     """transformers' greedy continuation (stopping at EOS, as the runtime does) and its fp32 logits."""
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        ids = torch.tensor([prompt], device=model.device)  # the model's device: smoke's CPU, bench_cuda's GPU
+        out = model.generate(ids, attention_mask=torch.ones_like(ids),
                              max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
                              return_dict_in_generate=True, pad_token_id=model.generation_config.eos_token_id)
     return out.sequences[0, len(prompt):].tolist(), [step[0].float() for step in out.logits]
