@@ -13,12 +13,14 @@ to the longest context, then SDPA: what the runtime did before), and once per bo
 group may gather (`max_gather_slots`: sequences sorted by context length and gathered in runs padded
 to their own longest). Every option's output is checked against the first before it is timed.
 Reported: the median time of one layer's decode attention, the ratio to the single group, and the
-largest per-layer temporary copy of K and V (what the KV budget must leave room for).
+largest per-layer temporary copy of K and V (what the KV budget must leave room for); the same in
+`<workdir>/bench_decode_attention.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from runtime.engine.model_runner import prepare_step  # noqa: E402
+from runtime.engine.model_runner import MAX_GATHER_SLOTS, prepare_step  # noqa: E402
 from runtime.engine.scheduler import ScheduledBatch  # noqa: E402
 from runtime.engine.sequence import Sequence  # noqa: E402
 from runtime.layers.attention import causal_mask, paged_attention  # noqa: E402
@@ -72,6 +74,7 @@ def main() -> None:
     ap.add_argument("--bounds", default="2048,4096,8192,16384")
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--workdir", type=Path, default=Path("bench-out"), help="where bench_decode_attention.json goes")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,6 +102,7 @@ def main() -> None:
           f"{args.heads} heads / {args.kv_heads} KV heads x {args.head_dim}, {args.dtype}, "
           f"{torch.get_num_threads()} threads; KV held: {sum(contexts) * token_bytes / 1e6:.2f} MB per layer")
     reference = base = None
+    options = []
     for bound in (ONE_GROUP, *(int(b) for b in args.bounds.split(","))):
         _, meta, rows, _ = prepare_step(step, bs, torch.device("cpu"), max_gather_slots=bound)
         masks = [causal_mask(g, None) for g in meta.groups]
@@ -117,8 +121,13 @@ def main() -> None:
         base = base or ms
         temp = max(len(g.output_rows) * g.block_tables.shape[1] * bs for g in meta.groups) * token_bytes
         name = "one group (padded)" if bound == ONE_GROUP else f"runs of <= {bound} slots"
+        options.append({"bound": bound, "groups": len(meta.groups), "ms": ms, "largest_copy_bytes": temp})
         print(f"  {name:24s} {len(meta.groups):3d} groups {ms:8.3f} ms  {base / ms:5.2f}x  "
               f"largest K/V copy {temp / 1e6:.2f} MB")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "bench_decode_attention.json").write_text(json.dumps(
+        {"batch": args.batch, "contexts": contexts, "dtype": args.dtype, "threads": torch.get_num_threads(),
+         "repeat": args.repeat, "default": MAX_GATHER_SLOTS, "options": options}, indent=1))
 
 
 if __name__ == "__main__":

