@@ -20,7 +20,8 @@ class LLM:
     def __init__(self, model: str | Path, **engine_args) -> None:
         """`engine_args` are `LLMEngine`'s: device, dtype, memory_policy, tensor_parallel_size,
         block_size, kv_cache_memory, max_num_seqs, max_num_batched_tokens, max_model_len,
-        enable_prefix_caching, trust_remote_code, mla_decode, prefill_tokens_with_decodes."""
+        enable_prefix_caching, trust_remote_code, mla_decode, prefill_tokens_with_decodes,
+        compile_decode."""
         self.engine = LLMEngine(model, **engine_args)
 
     def get_tokenizer(self):

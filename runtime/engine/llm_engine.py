@@ -14,6 +14,7 @@ import torch
 from ascend_common.errors import UserError
 from ascend_common.sizes import parse_size
 from runtime.detokenizer import IncrementalDetokenizer
+from runtime.engine import compiled_decode
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.model_runner import ModelRunner, gather_slots
 from runtime.engine.sampler import Sampler, logprob_entries, make_generator
@@ -100,7 +101,8 @@ class LLMEngine:
                  max_num_batched_tokens: int | None = None, max_model_len: int | None = None,
                  enable_prefix_caching: bool = True, trust_remote_code: bool = False,
                  mla_decode: str = "auto",
-                 prefill_tokens_with_decodes: int | None = DEFAULT_PREFILL_WITH_DECODES) -> None:
+                 prefill_tokens_with_decodes: int | None = DEFAULT_PREFILL_WITH_DECODES,
+                 compile_decode: bool = False) -> None:
         if not isinstance(tensor_parallel_size, int) or isinstance(tensor_parallel_size, bool) \
                 or tensor_parallel_size < 1:
             raise UserError(f"tensor_parallel_size {tensor_parallel_size!r}: expected an integer >= 1")
@@ -121,13 +123,17 @@ class LLMEngine:
         self.dtype = getattr(torch, name)
         self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.tokenizer = load_tokenizer(Path(model), trust_remote_code)
-        if tensor_parallel_size > 1 or ckpt.packed:
+        tensor_parallel = tensor_parallel_size > 1 or ckpt.packed
+        if compile_decode and (why := compiled_decode.refusal(self.platform.name, tensor_parallel)):
+            raise UserError(why)
+        if tensor_parallel:
             from runtime.engine.tp_executor import TPExecutor
 
             self.runner = TPExecutor(Path(model), ckpt, tensor_parallel_size, self.platform.device, name, block_size,
                                      self.platform.kernels())
         else:
-            self.runner = ModelRunner(ckpt, self.platform.device, self.dtype, block_size, self.platform.kernels())
+            self.runner = ModelRunner(ckpt, self.platform.device, self.dtype, block_size, self.platform.kernels(),
+                                      compile_decode)
         budget = DEFAULT_KV_CACHE_MEMORY if kv_cache_memory is None else parse_size(
             kv_cache_memory, f"kv_cache_memory {kv_cache_memory!r}: expected bytes or a size such as 2GiB or 512MiB")
         self.max_blocks = budget // self.runner.block_bytes
@@ -173,9 +179,29 @@ class LLMEngine:
             self.platform.synchronize()
         finally:
             self.block_manager.free(seq)
+        if getattr(self.runner, "compiled", None) is not None:
+            self._warm_up_compiled()
         log.info("%s kernel launch success", self.platform.name)
         if self.platform.fused_ops:
             log.info("ASCEND_OP_FUSION=1: RMSNorm, RoPE and SwiGLU run as torch_npu fused kernels")
+
+    def _warm_up_compiled(self) -> None:
+        """`compile_decode` builds its two graphs here (`compiled_decode`): decode steps of one and of
+        two sequences, over contexts of more than one block (Dynamo specializes sizes 0 and 1, so a
+        one-block context would build a graph no later step uses). A pool too small for that leaves
+        them to the first requests."""
+        context = min(self.runner.block_size + 1, self.max_model_len)
+        seqs = [Sequence([0] * context, SamplingParams(max_tokens=1)) for _ in range(2)]
+        try:
+            if all(self.block_manager.ensure_slots(seq, context) for seq in seqs):
+                for count in (1, 2):
+                    for seq in seqs:
+                        seq.num_computed_tokens = context - 1
+                    self.runner.run(ScheduledBatch(seqs[:count], [1] * count))
+                self.platform.synchronize()
+        finally:
+            for seq in seqs:
+                self.block_manager.free(seq)
 
     # -- requests ------------------------------------------------------------------------------
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from runtime.engine.compiled_decode import CompiledDecode
 from runtime.engine.scheduler import ScheduledBatch
 from runtime.engine.sequence import Sequence
 from runtime.layers.attention import AttentionGroup, AttentionMetadata
@@ -184,12 +185,13 @@ def _group(batch: ScheduledBatch, members: list[int], starts: dict[int, int], po
 
 class ModelRunner:
     def __init__(self, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, block_size: int,
-                 kernels: Kernels = PLAIN) -> None:
+                 kernels: Kernels = PLAIN, compile_decode: bool = False) -> None:
         cfg = ckpt.config
         self.cfg, self.device, self.dtype, self.block_size = cfg, device, dtype, block_size
         model = build_model(ckpt, device, dtype, kernels)
         load_weights(model, ckpt)
         self.model = model.eval()
+        self.compiled: CompiledDecode | None = CompiledDecode(self.model) if compile_decode else None
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.num_blocks = 0
         self.max_gather_slots = MAX_GATHER_SLOTS
@@ -218,7 +220,8 @@ class ModelRunner:
     def execute(self, prepared: PreparedStep) -> StepLogits:
         """Run a prepared step (under tensor parallel every rank runs the one rank 0 prepared)."""
         ids, meta, rows, prompt = prepared
-        hidden = self.model(ids, meta, self.kv_caches)
+        compiled = self.compiled is not None and CompiledDecode.applies(meta)
+        hidden = (self.compiled if compiled else self.model)(ids, meta, self.kv_caches)
         extra = [r for p in prompt for r in range(p.first_row, p.first_row + p.count)]
         if not rows and not extra:
             return StepLogits(hidden.new_empty((0, self.cfg.vocab_size), dtype=torch.float32))

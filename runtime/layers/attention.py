@@ -38,6 +38,12 @@ class AttentionMetadata:
     groups: list[AttentionGroup]
 
 
+def is_decode(group: AttentionGroup) -> bool:
+    """A step's decode groups hold one query per sequence (`prepare_step` never mixes decodes with
+    prefill chunks, two or more tokens each, in one group)."""
+    return group.query_index.shape[1] == 1
+
+
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
     """Store the new tokens' keys and values [T, kv_heads, head_dim] at their slots."""

@@ -26,14 +26,9 @@ from runtime.layers.attention import (
     AttentionGroup,
     AttentionMetadata,
     gather_context,
+    is_decode,
     write_kv,
 )
-
-
-def is_decode(group: AttentionGroup) -> bool:
-    """A step's decode groups hold one query per sequence (`prepare_step` never mixes decodes with
-    prefill chunks, two or more tokens each, in one group)."""
-    return group.query_index.shape[1] == 1
 
 
 def mla_attention(q_nope: torch.Tensor, q_pe: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tensor,

@@ -31,6 +31,7 @@ from runtime.evaluation.bench.serving import (
 )
 from runtime.evaluation.bench.workloads import (
     BASELINES,
+    OPT_IN_BASELINES,
     DEFAULT_NEW_TOKENS,
     DEFAULT_PROMPT_LEN,
     PREFIX_FACTOR,
@@ -53,7 +54,8 @@ from runtime.evaluation.report_output import emit_report
                    "sharing a long prefix, runtime with and without its prefix cache).")
 @click.option("--baselines", default=",".join(BASELINES), show_default=True,
               help="Comma list of: hf (generate, static padded batch), hf-batch (generate_batch), llama-cpp "
-                   "(llama-cpp-python on a GGUF). Unavailable ones are skipped with a note.")
+                   "(llama-cpp-python on a GGUF), runtime-compiled (the runtime with --compile-decode; not "
+                   "run unless named). Unavailable ones are skipped with a note.")
 @click.option("--prompt-len", type=click.IntRange(min=1), default=None,
               help=f"Prompt length of `single` and the sweep; mixed lengths are 1/4x-2x it, the shared prefix "
                    f"{PREFIX_FACTOR}x it. [default: {DEFAULT_PROMPT_LEN}]")
@@ -124,7 +126,7 @@ def bench_command(model: str | None, dtype: str, device: str, workloads: str, ba
     if served_model or tokenizer_dir:
         raise UserError("--model and --tokenizer name a deployment's model and tokenizer: add --endpoint URL")
     names = parse_list(workloads, WORKLOADS, "--workloads")
-    wanted = parse_list(baselines, BASELINES, "--baselines") if baselines.strip() else []
+    wanted = parse_list(baselines, BASELINES + OPT_IN_BASELINES, "--baselines") if baselines.strip() else []
     sizes = parse_sizes(sweep_sizes) if sweep else None
     report = run_bench(Path(model), dtype=None if dtype == "auto" else dtype, device=device, workloads=names,
                        baselines=wanted, prompt_len=prompt_len, new_tokens=new_tokens, repeat=repeat,

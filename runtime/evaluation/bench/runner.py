@@ -270,7 +270,8 @@ def run_bench(model: Path, *, dtype: str | None = None, device: str = "cpu", wor
         if name in skipped:
             continue
         systems.append({"hf": lambda: HFStaticSystem(cfg, shared), "hf-batch": lambda: HFBatchSystem(cfg, shared),
-                        "llama-cpp": lambda: LlamaCppSystem(cfg)}[name]())
+                        "llama-cpp": lambda: LlamaCppSystem(cfg),
+                        "runtime-compiled": lambda: RuntimeSystem(cfg, compile_decode=True)}[name]())
     meter = MemoryMeter(plat.name)
     runs_total = repeat * sum(1 + sum(1 for s in systems[1:] if s.name != "runtime-no-cache" or w.prefix_len)
                               for w in plan)

@@ -25,6 +25,7 @@ HF_BATCH_TOKENS = 2048  # its token budget per step: the runtime's default
 LABELS = {
     "runtime": "runtime",
     "runtime-no-cache": "runtime, prefix cache off",
+    "runtime-compiled": "runtime, compiled decode",
     "hf": "transformers generate (static batch)",
     "hf-batch": "transformers generate_batch",
     "llama-cpp": "llama-cpp-python (sequential)",
@@ -69,12 +70,14 @@ class System:
 
 
 class RuntimeSystem(System):
-    """The runtime's `LLM`, with or without its prefix cache (the prefix workload runs both)."""
+    """The runtime's `LLM`, with or without its prefix cache (the prefix workload runs both), and with
+    `compile_decode` when asked for (`runtime-compiled`)."""
 
-    def __init__(self, cfg: BenchConfig, prefix_caching: bool = True) -> None:
+    def __init__(self, cfg: BenchConfig, prefix_caching: bool = True, compile_decode: bool = False) -> None:
         self.cfg = cfg
-        self.name = "runtime" if prefix_caching else "runtime-no-cache"
+        self.name = "runtime-compiled" if compile_decode else "runtime" if prefix_caching else "runtime-no-cache"
         self.prefix_caching = prefix_caching
+        self.compile_decode = compile_decode
         self.info = {}
 
     def load(self) -> None:
@@ -82,7 +85,8 @@ class RuntimeSystem(System):
 
         cfg = self.cfg
         self.llm = LLM(cfg.model, device=cfg.device, dtype=cfg.dtype, kv_cache_memory=cfg.kv_cache_memory,
-                       max_num_seqs=cfg.max_num_seqs, enable_prefix_caching=self.prefix_caching)
+                       max_num_seqs=cfg.max_num_seqs, enable_prefix_caching=self.prefix_caching,
+                       compile_decode=self.compile_decode)
         engine = self.llm.engine
         stats = engine.stats()
         self.info = {"kv_pool_gb": stats["kv_blocks_total"] * engine.runner.block_bytes / GB,
@@ -278,6 +282,11 @@ def unavailable_reason(name: str, cfg: BenchConfig) -> str | None:
             return "needs a GGUF: MODEL is a directory (pass --gguf FILE)"
         if cfg.device not in ("cpu", "auto"):
             return f"runs on the CPU only, not {cfg.device}"
+    if name == "runtime-compiled":
+        from runtime.engine.compiled_decode import refusal
+        from runtime.platform import resolve
+
+        return refusal(resolve(cfg.device).name, False)
     if name == "hf-batch":
         from transformers import GenerationMixin
 

@@ -14,6 +14,9 @@ from ascend_common.errors import UserError
 
 WORKLOADS = ("single", "batch16", "batch64", "prefix")
 BASELINES = ("hf", "hf-batch", "llama-cpp")
+#: Systems `--baselines` also takes but does not run unless named: the runtime with `compile_decode`
+#: (its graphs take a minute to build on two cores).
+OPT_IN_BASELINES = ("runtime-compiled",)
 SWEEP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 DEFAULT_PROMPT_LEN = 128
 DEFAULT_NEW_TOKENS = 128

@@ -1,0 +1,67 @@
+"""`compile_decode` (`--compile-decode`): decode steps run the model's forward compiled by
+`torch.compile` (Inductor), on the CPU or a CUDA GPU. Off by default.
+
+Why: at batch 1 a decode step is the weights' matmuls plus thousands of small ATen calls (RMSNorm,
+RoPE, the KV write and gather, residual adds; 6,800 with the nested ones on SmolLM2), each 1-5 us
+whatever its size. On SmolLM2-135M bf16, 2 CPU threads, the matmuls take 20.6 ms of a 30-31 ms step
+(the floor pass: 18.5 ms); compiled, Inductor fuses the element-wise chains into a few loops and
+TPOT p50 drops from 30.8 to 23.9 ms, 60 % to 77 % of the floor
+(`ascendkit bench MODEL --workloads single --baselines runtime-compiled`).
+
+Why opt-in: Inductor computes a fused chain in fp32 and rounds once, eager rounds after every op,
+and its reductions sum in another order. Even with `emulate_precision_casts` (which puts eager's
+roundings back where it can) the bf16 hidden states differ from eager's in the last bits, so greedy
+tokens can part from transformers' at a near-tie (1 step in 198 on SmolLM2 under teacher forcing).
+The default path reproduces transformers op for op and the greedy tests hold it to that; this one is
+held to accuracy instead: against fp64, its error is eager's (tests/test_runtime_compiled_decode.py).
+
+Why only decode steps of one attention group: Dynamo specializes a graph on the number of groups (a
+Python list) and on batch 1 against larger batches. One group covers batch 1 and any batch whose
+padded context fits `MAX_GATHER_SLOTS`; a prefill chunk is matmul-bound and gains little. So at most
+two graphs are built (batch 1, batch > 1, context length symbolic in both), and the engine builds
+both at start-up (`warm_up_steps`), not in a user's first request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from runtime.layers.attention import AttentionMetadata, is_decode
+
+#: Inductor settings: eager's intermediate roundings kept where a fused chain would skip them.
+INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
+
+#: Where Inductor generates code: the CPU (C++, needs a compiler) and CUDA (Triton).
+DEVICES = ("cpu", "cuda")
+
+
+class CompiledDecode:
+    """The model's forward compiled once, called for the steps it applies to (`applies`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.forward: Callable[..., torch.Tensor] = torch.compile(model.forward, dynamic=True,
+                                                                 options=INDUCTOR_OPTIONS)
+        self.steps = 0  # steps run compiled (tests and benchmarks check the path was taken)
+
+    @staticmethod
+    def applies(meta: AttentionMetadata) -> bool:
+        """A step of decodes only, attending as one group."""
+        return len(meta.groups) == 1 and is_decode(meta.groups[0])
+
+    def __call__(self, ids: torch.Tensor, meta: AttentionMetadata,
+                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        self.steps += 1
+        return self.forward(ids, meta, kv_caches)
+
+
+def refusal(device: str, tensor_parallel: bool) -> str | None:
+    """Why `compile_decode` cannot run here, or None."""
+    if device not in DEVICES:
+        return (f"compile_decode: torch.compile's Inductor generates no {device} code (an Ascend NPU compiles "
+                "with torchair; ASCEND_OP_FUSION=1 gives the fused kernels): drop --compile-decode")
+    if tensor_parallel:
+        return "compile_decode runs on one device: drop --compile-decode or use tensor_parallel_size 1"
+    return None
