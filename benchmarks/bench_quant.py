@@ -14,7 +14,7 @@ Quality, each variant served by the runtime on the CPU:
     token and the rest of the continuation with it).
   * perplexity of `runtime/data/perplexity.txt` (1,199 tokens, windows of 512), through prompt logprobs.
 Speed: batch-1 decode (128-token prompt, 64 new tokens), the variants interleaved --reps times,
-median time per output token; llama-cpp-python on the Q4_1 GGUF beside them when it is installed.
+median time per output token; bf16 and W8A16 also with `--compile-decode` (`runtime.engine.compiled_decode`); llama-cpp-python on the Q4_1 GGUF beside them when it is installed.
 Beside each variant, its floor (`runtime.evaluation.bench.floor`: one pass of single-row matmuls over
 the weights a decode step reads, in the format served: int8 kernels for the quantized layers, bf16 for
 what stays float, the tied head included), measured in the same repetitions, and its decode as a share
@@ -48,6 +48,7 @@ VARIANTS = {  # name -> convert options on the bf16 directory (None: the bf16 di
     "w8a16-g64": ["--quantize", "w8a16", "--group-size", "64", "--engine", "none"],
     "w8a8": ["--quantize", "w8a8"],
 }
+COMPILED = ("bf16", "w8a16")  # also served with --compile-decode (each builds its graphs at load: ~1 min)
 TARGETS = {"w8a16": {"agreement": 0.90, "ppl": 0.02}, "w8a8": {"agreement": 0.75, "ppl": 0.05}}
 DECODE_PROMPT, DECODE_TOKENS = 128, 64
 
@@ -112,6 +113,8 @@ def speed(dirs: dict[str, Path], gguf: Path, reps: int) -> dict[str, dict]:
     for name in ("bf16", "w8a16", "w8a8"):
         cfg = BenchConfig(dirs[name], None, "cpu", 2, 256 << 20, 1, DECODE_PROMPT + DECODE_TOKENS, None)
         systems[name] = RuntimeSystem(cfg)
+        if name in COMPILED:
+            systems[f"{name} compiled"] = RuntimeSystem(cfg, compile_decode=True)
     cfg = BenchConfig(gguf, "float32", "cpu", 2, 0, 1, DECODE_PROMPT + DECODE_TOKENS, gguf)
     skipped = _available("llama-cpp", cfg)
     if skipped is None:
@@ -171,6 +174,9 @@ def main() -> int:
                                 "perplexity": report["quality"][name]["perplexity_change"] <= t["ppl"]}
                          for name, t in TARGETS.items()}
     report["targets"]["w8a16 decode >= 1.5x bf16"] = report["speed"]["w8a16"]["vs_bf16"] >= 1.5
+    compiled = report["speed"]["w8a16 compiled"]
+    report["targets"]["w8a16 compiled decode >= 75% of its floor"] = compiled["floor_share"] >= 0.75
+    report["targets"]["w8a16 compiled decode >= 2x bf16"] = compiled["vs_bf16"] >= 2.0
     (args.workdir / "bench_quant.json").write_text(json.dumps(report, indent=2))
     print(f"\ntargets: {json.dumps(report['targets'])}\nwritten: {args.workdir / 'bench_quant.json'}")
     return 0

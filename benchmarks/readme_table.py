@@ -127,6 +127,14 @@ def _quant(name: str) -> Callable[[Report], str]:
     return figure
 
 
+def _compiled(r: Report) -> str:
+    speed = r["speed"]
+    return "; ".join(
+        f"{name}: {speed[f'{name} compiled']['tok_s']:.1f} vs {speed[name]['tok_s']:.1f} tok/s eager, "
+        f"**{speed[f'{name} compiled']['floor_share']:.0%}** vs {speed[name]['floor_share']:.0%} of its floor"
+        for name in ("bf16", "w8a16")) + f"; W8A16 compiled {speed['w8a16 compiled']['vs_bf16']:.2f}x bf16 eager"
+
+
 def _tp(r: Report) -> str:
     rows = r["SmolLM2-135M (bf16)"]
     one, many = rows["16 requests, TP 1"], rows["16 requests, TP 3"]
@@ -199,6 +207,7 @@ ROWS: tuple[Row, ...] = (
         "--plot docs/sweep-smollm2-bf16.png --output-name bench_sweep.json", "bench_sweep.json", _sweep),
     Row("W8A16 vs bf16 decode, batch 1", QUANT, "bench_quant.json", _quant("w8a16")),
     Row("W8A8 (SmoothQuant, down_proj float) vs bf16", QUANT, "bench_quant.json", _quant("w8a8")),
+    Row("`--compile-decode` vs eager, batch 1", QUANT, "bench_quant.json", _compiled),
     Row("tensor parallel 3 ranks vs 1, SmolLM2, 16 requests", "python benchmarks/bench_tp.py", "bench_tp.json", _tp),
     Row("MoE decode (seeded Qwen3-MoE, 32 experts, top-4, bf16), runtime vs transformers",
         "python benchmarks/bench_moe_decode.py", "bench_moe_decode.json", _moe),
