@@ -192,6 +192,7 @@ class LLMEngine:
         them to the first requests."""
         context = min(self.runner.block_size + 1, self.max_model_len)
         seqs = [Sequence([0] * context, SamplingParams(max_tokens=1)) for _ in range(2)]
+        start = time.perf_counter()
         try:
             if all(self.block_manager.ensure_slots(seq, context) for seq in seqs):
                 for count in (1, 2):
@@ -199,6 +200,7 @@ class LLMEngine:
                         seq.num_computed_tokens = context - 1
                     self.runner.run(ScheduledBatch(seqs[:count], [1] * count))
                 self.platform.synchronize()
+                log.info("compile_decode: torch.compile built the decode graphs in %.0f s", time.perf_counter() - start)
         finally:
             for seq in seqs:
                 self.block_manager.free(seq)
