@@ -73,22 +73,36 @@ def test_compiled_decode_is_as_accurate_as_eager_against_fp64(checkpoint, count)
     assert errors["compiled"].mean() <= 1.25 * errors["eager"].mean(), errors
 
 
+def _graphs() -> int:
+    """The graphs Dynamo holds for the model's forward (every compiled engine of the process shares them)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from runtime.model.decoder import CausalLM
+
+    return len(_debug_get_cache_entry_list(CausalLM.forward.__code__))
+
+
 def test_the_engine_builds_both_graphs_at_start_and_decodes_with_them(checkpoint):
-    """Warm-up runs a batch-1 and a batch-2 decode step compiled; a mixed batch of requests then
-    decodes compiled (in fp32, the same tokens as eager, logprobs within 1e-4)."""
+    """Warm-up runs a batch-1 and a batch-2 decode step compiled; requests of any batch and context
+    then decode compiled with no graph built after the warm-up (block counts of 1 and more, batches
+    of 1 and 3), and in fp32 give eager's tokens, logprobs within 1e-4."""
     path = checkpoint("llama")
     args = {"device": "cpu", "dtype": "float32", "block_size": BLOCK, "kv_cache_memory": "1MiB"}
     compiled = LLM(path, compile_decode=True, **args)
     assert compiled.engine.runner.compiled.steps == 2
+    graphs = _graphs()
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(1, 300, (n,), generator=g).tolist() for n in (5, 17, 9)]
     params = SamplingParams(temperature=0, max_tokens=6, logprobs=3, ignore_eos=True)
-    ours = compiled.generate(prompts, params)
+    compiled.generate([prompts[0][:2]], params)  # contexts of one block, then two
     assert compiled.engine.runner.compiled.steps == 2 + 5  # every decode step (the prefill gives the first token)
+    ours = compiled.generate(prompts, params)
+    assert compiled.engine.runner.compiled.steps == 2 + 5 + 5
+    assert _graphs() == graphs
     runner = compiled.engine.runner
     runner.max_gather_slots = BLOCK  # each sequence attends as a group of its own: no step is compiled
     assert [o.token_ids for o in compiled.generate(prompts, params)] == [o.token_ids for o in ours]
-    assert runner.compiled.steps == 7
+    assert runner.compiled.steps == 12
     for a, b in zip(ours, LLM(path, **args).generate(prompts, params)):
         assert a.token_ids == b.token_ids
         for step_a, step_b in zip(a.logprobs, b.logprobs):

@@ -16,10 +16,10 @@ The default path reproduces transformers op for op and the greedy tests hold it 
 held to accuracy instead: against fp64, its error is eager's (tests/test_runtime_compiled_decode.py).
 
 Why only decode steps of one attention group: Dynamo specializes a graph on the number of groups (a
-Python list) and on batch 1 against larger batches. One group covers batch 1 and any batch whose
-padded context fits `MAX_GATHER_SLOTS`; a prefill chunk is matmul-bound and gains little. So at most
-two graphs are built (batch 1, batch > 1, context length symbolic in both), and the engine builds
-both at start-up (`warm_up_steps`), not in a user's first request.
+Python list). One group covers batch 1 and any batch whose padded context fits `MAX_GATHER_SLOTS`; a
+prefill chunk is matmul-bound and gains little. Every size is symbolic (`SHAPE_OPTIONS`) but the
+batch, which a view in the attention specializes to 1 or more: two graphs in all, which the engine
+builds at start-up (`LLMEngine._warm_up_compiled`), not in a user's first request.
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ from runtime.layers.attention import AttentionMetadata, is_decode
 
 #: Inductor settings: eager's intermediate roundings kept where a fused chain would skip them.
 INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
+
+#: How Dynamo treats sizes while it traces. Without these, equal sizes share a symbol (duck sizing: a
+#: step whose block count equals the KV heads' builds a graph the next block count fails) and sizes
+#: 0 and 1 are specialized (a one-block context gets a graph of its own): on the Llama fixture, six
+#: graphs for four requests instead of two.
+SHAPE_OPTIONS = {"use_duck_shape": False, "backed_size_oblivious": True}
 
 #: Where Inductor generates code: the CPU (C++, needs a compiler) and CUDA (Triton).
 DEVICES = ("cpu", "cuda")
@@ -53,8 +59,11 @@ class CompiledDecode:
 
     def __call__(self, ids: torch.Tensor, meta: AttentionMetadata,
                  kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        from torch.fx.experimental import _config as shape_config
+
         self.steps += 1
-        return self.forward(ids, meta, kv_caches)
+        with shape_config.patch(**SHAPE_OPTIONS):
+            return self.forward(ids, meta, kv_caches)
 
 
 def refusal(device: str, tensor_parallel: bool) -> str | None:

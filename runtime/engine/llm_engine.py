@@ -187,10 +187,8 @@ class LLMEngine:
 
     def _warm_up_compiled(self) -> None:
         """`compile_decode` builds its two graphs here (`compiled_decode`): decode steps of one and of
-        two sequences, over contexts of more than one block (Dynamo specializes sizes 0 and 1, so a
-        one-block context would build a graph no later step uses). A pool too small for that leaves
-        them to the first requests."""
-        context = min(self.runner.block_size + 1, self.max_model_len)
+        two sequences. A pool too small for them leaves that to the first requests."""
+        context = min(2, self.max_model_len)
         seqs = [Sequence([0] * context, SamplingParams(max_tokens=1)) for _ in range(2)]
         start = time.perf_counter()
         try:
