@@ -114,3 +114,11 @@ def test_compile_decode_is_refused_under_tensor_parallel(checkpoint):
     with pytest.raises(UserError) as err:
         LLM(checkpoint("llama"), device="cpu", tensor_parallel_size=2, compile_decode=True)
     assert str(err.value) == "compile_decode runs on one device: drop --compile-decode or use tensor_parallel_size 1"
+
+
+@pytest.mark.parametrize("family, kind", [("qwen3_moe", "mixture-of-experts layers"),
+                                          ("deepseek_v3", "multi-head latent attention")])
+def test_compile_decode_is_refused_for_models_it_does_not_trace(checkpoint, family, kind):
+    with pytest.raises(UserError) as err:
+        LLM(checkpoint(family), device="cpu", compile_decode=True)
+    assert str(err.value) == f"compile_decode serves dense models; this one has {kind}: drop --compile-decode"

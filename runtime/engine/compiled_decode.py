@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from runtime.layers.attention import AttentionMetadata, is_decode
+from runtime.model.config import ModelConfig
 
 #: Inductor settings: eager's intermediate roundings kept where a fused chain would skip them.
 INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
@@ -66,11 +67,17 @@ class CompiledDecode:
             return self.forward(ids, meta, kv_caches)
 
 
-def refusal(device: str, tensor_parallel: bool) -> str | None:
-    """Why `compile_decode` cannot run here, or None."""
+def refusal(device: str, tensor_parallel: bool, cfg: ModelConfig | None = None) -> str | None:
+    """Why `compile_decode` cannot run here, or None. Dense models only: the grouped matmul of
+    mixture-of-experts layers has no bf16-free fake-tensor rule in torch 2.13 and, left out of the
+    graph, splits it where the RoPE tables' size-1 axis can no longer be assumed; multi-head latent
+    attention has not been traced. Every dense fixture family is (fp32: eager's tokens)."""
     if device not in DEVICES:
         return (f"compile_decode: torch.compile's Inductor generates no {device} code (an Ascend NPU compiles "
                 "with torchair; ASCEND_OP_FUSION=1 gives the fused kernels): drop --compile-decode")
     if tensor_parallel:
         return "compile_decode runs on one device: drop --compile-decode or use tensor_parallel_size 1"
+    if cfg is not None and (cfg.mla is not None or cfg.is_moe):
+        kind = "multi-head latent attention" if cfg.mla is not None else "mixture-of-experts layers"
+        return f"compile_decode serves dense models; this one has {kind}: drop --compile-decode"
     return None

@@ -124,7 +124,7 @@ class LLMEngine:
         self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.tokenizer = load_tokenizer(Path(model), trust_remote_code)
         tensor_parallel = tensor_parallel_size > 1 or ckpt.packed
-        if compile_decode and (why := compiled_decode.refusal(self.platform.name, tensor_parallel)):
+        if compile_decode and (why := compiled_decode.refusal(self.platform.name, tensor_parallel, cfg)):
             raise UserError(why)
         if tensor_parallel:
             from runtime.engine.tp_executor import TPExecutor
