@@ -82,11 +82,12 @@ def _graphs() -> int:
     return len(_debug_get_cache_entry_list(CausalLM.forward.__code__))
 
 
-def test_the_engine_builds_both_graphs_at_start_and_decodes_with_them(checkpoint):
+@pytest.mark.parametrize("family", ["llama", "qwen3", "mistral"])  # + q/k norms; + sliding window
+def test_the_engine_builds_both_graphs_at_start_and_decodes_with_them(checkpoint, family):
     """Warm-up runs a batch-1 and a batch-2 decode step compiled; requests of any batch and context
     then decode compiled with no graph built after the warm-up (block counts of 1 and more, batches
     of 1 and 3), and in fp32 give eager's tokens, logprobs within 1e-4."""
-    path = checkpoint("llama")
+    path = checkpoint(family)
     args = {"device": "cpu", "dtype": "float32", "block_size": BLOCK, "kv_cache_memory": "1MiB"}
     compiled = LLM(path, compile_decode=True, **args)
     assert compiled.engine.runner.compiled.steps == 2
