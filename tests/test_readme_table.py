@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -82,3 +83,17 @@ def test_a_readme_without_the_markers_is_refused(tmp_path):
     assert result.stderr.strip() == (f"{copy / 'README.md'}: no <!-- readme_table.py: begin --> ... "
                                      f"<!-- readme_table.py: end --> markers around the table")
     assert (copy / "README.md").read_text() == "no markers here\n"
+
+
+def _render_with_hash_seed(script: Path, seed: int) -> str:
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('readme_table', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(spec); sys.modules['readme_table'] = m; spec.loader.exec_module(m); "
+            "print(m.render())")
+    return subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+
+
+def test_the_rendering_is_the_same_in_every_process():
+    """The runs under the table come in the time order of their reports, not in a set's, whose order
+    changes with the string hash seed of each process (two runs made on one day once swapped places)."""
+    assert len({_render_with_hash_seed(SCRIPT, seed) for seed in range(6)}) == 1

@@ -37,7 +37,7 @@ INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
 
 #: How Dynamo treats sizes while it traces. Without these, equal sizes share a symbol (duck sizing: a
 #: step whose block count equals the KV heads' builds a graph the next block count fails) and sizes
-#: 0 and 1 are specialized (a one-block context gets a graph of its own): on the Llama fixture, six
+#: 0 and 1 are specialized (a one-block context gets a graph of its own): on the Llama fixture, five
 #: graphs for four requests instead of two.
 SHAPE_OPTIONS = {"use_duck_shape": False, "backed_size_oblivious": True}
 
