@@ -91,15 +91,30 @@ def test_the_table_shows_every_workload(report, capsys):
 def test_an_moe_model_is_benched_against_transformers(checkpoint):
     """Qwen2-MoE (routed experts, a shared expert, dense layers between) through the same bench: each
     workload's runtime and transformers figures, their ratio, the KV pool of its attention layers."""
-    result = run_cli("bench", checkpoint("qwen2_moe"), *TINY, "--repeat", "1", "--baselines", "hf",
+    result = run_cli("bench", checkpoint("qwen2_moe"), *TINY, "--repeat", "1", "--baselines", "hf,runtime-compiled",
                      "--workloads", "single,batch16")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
+    assert report["skipped"] == {"runtime-compiled": "compile_decode serves dense models; this one has "
+                                                     "mixture-of-experts layers: drop --compile-decode"}
     assert set(report["workloads"]) == {"single", "batch16"} and report["systems"]["runtime"]["kv_pool_gb"] > 0
     for name, entry in report["workloads"].items():
         assert set(entry["systems"]) == {"runtime", "hf"} and set(entry["ratios"]) == {"hf"}, name
         assert entry["tokens_equal"], name
         assert {m["generated_tokens"] for m in entry["systems"].values()} == {entry["requests"] * entry["new_tokens"]}
+
+
+def test_the_compiled_runtime_is_benched_when_named(checkpoint):
+    """`--baselines runtime-compiled`: the runtime with --compile-decode beside the runtime, its ratio
+    and its share of the floor reported like any system's."""
+    result = run_cli("bench", checkpoint("llama"), *TINY, "--repeat", "1", "--baselines", "runtime-compiled",
+                     "--workloads", "single")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    entry = report["workloads"]["single"]
+    assert set(entry["systems"]) == {"runtime", "runtime-compiled"} and set(entry["ratios"]) == {"runtime-compiled"}
+    assert entry["tokens_equal"] and report["systems"]["runtime-compiled"]["label"] == "runtime, compiled decode"
+    assert set(report["floor"]["decode_share"]) == {"runtime", "runtime-compiled"}
 
 
 def test_sweep_recommends_a_batch_size_under_the_ceiling(checkpoint):

@@ -284,9 +284,11 @@ def unavailable_reason(name: str, cfg: BenchConfig) -> str | None:
             return f"runs on the CPU only, not {cfg.device}"
     if name == "runtime-compiled":
         from runtime.engine.compiled_decode import refusal
+        from runtime.model.loader import open_model
         from runtime.platform import resolve
 
-        return refusal(resolve(cfg.device).name, False)
+        ckpt = open_model(cfg.model)
+        return refusal(resolve(cfg.device).name, ckpt.packed, ckpt.config)
     if name == "hf-batch":
         from transformers import GenerationMixin
 
