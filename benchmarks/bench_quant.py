@@ -14,7 +14,8 @@ Quality, each variant served by the runtime on the CPU:
     token and the rest of the continuation with it).
   * perplexity of `runtime/data/perplexity.txt` (1,199 tokens, windows of 512), through prompt logprobs.
 Speed: batch-1 decode (128-token prompt, 64 new tokens), the variants interleaved --reps times,
-median time per output token; bf16 and W8A16 also with `--compile-decode` (`runtime.engine.compiled_decode`); llama-cpp-python on the Q4_1 GGUF beside them when it is installed.
+median time per output token; bf16 and W8A16 also with `--compile-decode` (`runtime.engine.compiled_decode`);
+llama-cpp-python on the Q4_1 GGUF beside them when it is installed.
 Beside each variant, its floor (`runtime.evaluation.bench.floor`: one pass of single-row matmuls over
 the weights a decode step reads, in the format served: int8 kernels for the quantized layers, bf16 for
 what stays float, the tied head included), measured in the same repetitions, and its decode as a share

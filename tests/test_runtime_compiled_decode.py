@@ -50,8 +50,8 @@ def _decode(runner: ModelRunner, seqs: list[Sequence], tokens: list[int]) -> tor
 @pytest.mark.parametrize("count", [1, 3])
 def test_compiled_decode_is_as_accurate_as_eager_against_fp64(checkpoint, count):
     """Llama fixture in bf16, teacher-forced with fp64's greedy tokens: the compiled decode's logits
-    are as far from fp64's as eager's (measured: 0.91x eager's mean error at batch 1, 0.95x at batch 3), and every decode step ran compiled while
-    the prefill did not."""
+    are as far from fp64's as eager's (measured: 0.91x eager's mean error at batch 1, 0.95x at
+    batch 3), and every decode step ran compiled while the prefill did not."""
     ckpt = open_model(checkpoint("llama"))
     runners = {}
     for name, dtype, compiled in (("fp64", torch.float64, False), ("eager", torch.bfloat16, False),

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.fx.experimental import _config as shape_config  # torch's own, private: pinned torch
 
 from runtime.layers.attention import AttentionMetadata, is_decode
 from runtime.model.config import ModelConfig
@@ -60,8 +61,6 @@ class CompiledDecode:
 
     def __call__(self, ids: torch.Tensor, meta: AttentionMetadata,
                  kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        from torch.fx.experimental import _config as shape_config
-
         self.steps += 1
         with shape_config.patch(**SHAPE_OPTIONS):
             return self.forward(ids, meta, kv_caches)
