@@ -51,6 +51,10 @@ def convert_options(func):
                      help="--quantize: linear roles left in float, comma-separated (q,k,v,o,gate,up,down, "
                           "expert_gate,expert_up,expert_down, shared_gate,shared_up,shared_down; 'none' for none; "
                           "parts vllm-ascend fuses go together) [default: down for w8a8, none otherwise]."),
+        click.option("--quantize-lm-head", is_flag=True,
+                     help="--quantize w8a16 or w8a8-dynamic: quantize the LM head too (msModelSlim's "
+                          "disable_last_linear=False); a tied head is written as its own int8 lm_head, untied from "
+                          "the float embedding, since vllm-ascend quantizes no embedding lookup."),
         click.option("--smooth-alpha", type=float, default=None,
                      help="--quantize w8a8: SmoothQuant migration strength, 0 to turn it off [default: 0.5]."),
         click.option("--layout", type=click.Choice(LAYOUTS), default=LAYOUTS[0], show_default=True,
@@ -84,14 +88,14 @@ def run_convert(src: Path, out: Path, soc: str, dtype: str, max_shard_size: str,
                 as_json: bool, quantize: str | None = None, group_size: int = 0, asymmetric: bool = False,
                 calib: Path | None = None, trust_remote_code: bool = False, keep_float: str | None = None,
                 smooth_alpha: float | None = None, layout: str = "default", tp: int = 1, nz: bool = False,
-                engine: str = "vllm-ascend", mtp: str = "keep") -> int:
+                engine: str = "vllm-ascend", mtp: str = "keep", quantize_lm_head: bool = False) -> int:
     from .convert_options import ConvertOptions
 
     options = ConvertOptions(soc=soc, dtype=dtype, max_shard_size=max_shard_size, on_overflow=on_overflow,
                              arch_specs=list(arch_specs), force=force, resume=resume, dry_run=dry_run,
                              quantize=quantize, group_size=group_size, symmetric=not asymmetric, calib=calib,
                              trust_remote_code=trust_remote_code, smooth_alpha=smooth_alpha, layout=layout, tp=tp, nz=nz,
-                             engine=engine, mtp=mtp,
+                             engine=engine, mtp=mtp, quantize_lm_head=quantize_lm_head,
                              keep_float=None if keep_float is None else tuple(
                                  r.strip() for r in keep_float.split(",") if r.strip() and r.strip() != "none"))
     options.validate()  # before torch is imported: a wrong option costs a fraction of a second

@@ -54,6 +54,7 @@ class ConvertOptions:
     calib: Path | None = None  # w8a8: calibration texts, one per line (None: built-in)
     trust_remote_code: bool = False  # w8a8 calibration runs the model, remote code included only if allowed
     keep_float: tuple[str, ...] | None = None  # linear roles left float (None: DEFAULT_KEEP_FLOAT)
+    quantize_lm_head: bool = False  # msModelSlim's disable_last_linear=False (quant_layout.py)
     smooth_alpha: float | None = None  # w8a8: SmoothQuant alpha (None: DEFAULT_ALPHA; 0: off)
     layout: str = "default"  # "default" (HF names, shards) or "packed" (tp{N}/rank{r}.safetensors)
     tp: int = 1  # packed: the tensor-parallel size
@@ -67,6 +68,8 @@ class ConvertOptions:
         if self.quantize is None:
             if self.calib is not None:
                 raise UserError("--calib is for --quantize w8a8")
+            if self.quantize_lm_head:
+                raise UserError("--quantize-lm-head is for --quantize w8a16 or w8a8-dynamic")
             return None
         if self.quantize not in QUANT_TYPES:
             raise UserError(f"--quantize {self.quantize}: choose one of {', '.join(QUANT_TYPES)}")
@@ -84,6 +87,10 @@ class ConvertOptions:
             raise UserError("--smooth-alpha is for --quantize w8a8 (w8a16 keeps activations in float)")
         if self.quantize == "w8a8-dynamic" and self.smooth_alpha:
             raise UserError("--smooth-alpha is for --quantize w8a8 (w8a8-dynamic's per-token scales need no smoothing)")
+        if self.quantize == "w8a8" and self.quantize_lm_head:
+            raise UserError("--quantize-lm-head with --quantize w8a8: a static W8A8 head needs a calibrated input "
+                            "scale for the final norm's output, which this converter does not collect (use w8a16 "
+                            "or w8a8-dynamic, or drop --quantize-lm-head)")
         alpha = DEFAULT_ALPHA if self.smooth_alpha is None else self.smooth_alpha
         if not 0 <= alpha < 1:
             raise UserError(f"--smooth-alpha {alpha}: must be in [0, 1) (0 turns smoothing off)")
@@ -99,7 +106,8 @@ class ConvertOptions:
                                 f"(name all of {','.join(group)})")
         return QuantOptions(self.quantize, self.group_size, self.symmetric,
                             str(Path(self.calib).resolve()) if self.calib is not None else None,
-                            tuple(sorted(set(keep))), alpha if self.quantize == "w8a8" else 0.0)
+                            tuple(sorted(set(keep))), alpha if self.quantize == "w8a8" else 0.0,
+                            self.quantize_lm_head)
 
     def check_layout(self) -> None:
         if self.layout not in LAYOUTS:

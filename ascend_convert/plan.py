@@ -155,6 +155,11 @@ def make_plan(src: Path, out: Path, options: ConvertOptions, reader: CheckpointR
     if options.layout == "packed" and spec.is_mla:
         raise UserError(f"{src}: --layout packed does not split multi-head latent attention ({spec.family}): "
                         f"convert with --layout default (vllm-ascend splits it at load)")
+    if quant is not None and quant.lm_head:
+        if spec.lm_head_norm:
+            raise UserError(f"{src}: --quantize-lm-head: {spec.family}'s head is a NormHead, whose rows vLLM "
+                            f"normalises when it loads them; an int8 head cannot be (drop --quantize-lm-head)")
+        jobs += _tied_head(src, spec, cfg, jobs, quant, dtype)
     check_mtp_layers(src, spec, cfg, jobs)
     if spec.is_moe:
         check_experts(src, spec, cfg, jobs)
@@ -249,9 +254,27 @@ def _split(jobs: list[TensorJob], max_shard: int) -> list[list[TensorJob]]:
     return groups
 
 
-def _quantized_parts(src: Path, info: TensorInfo, role: str, quant: QuantOptions, dtype: str) -> list[PlannedTensor]:
+def _tied_head(src: Path, spec: ArchSpec, cfg: dict, jobs: list[TensorJob], quant: QuantOptions, dtype: str
+               ) -> list[TensorJob]:
+    """`--quantize-lm-head` on a model whose head is tied to its embedding: the head's int8 parts,
+    quantized from the embedding's values under the head's own name (vllm-ascend ties a head to the
+    float embedding and skips `lm_head.*` at load, so the config is untied: `side_files`). A model
+    with its own head quantizes it as a linear; [] then."""
+    if any(job.role == "lm_head" for job in jobs):
+        return []
+    embed = next((job for job in jobs if job.role == "embed"), None)
+    if embed is None or not cfg["tie_word_embeddings"]:
+        raise UserError(f"{src}: --quantize-lm-head found no LM head: no {spec.name_of('lm_head')} tensor, and no "
+                        f"embedding tied to one")
+    parts = _quantized_parts(src, embed.info, "lm_head", quant, dtype, name=spec.name_of("lm_head"))
+    return [TensorJob(embed.info, parts[0], "lm_head", None, parts=parts)]
+
+
+def _quantized_parts(src: Path, info: TensorInfo, role: str, quant: QuantOptions, dtype: str,
+                     name: str | None = None) -> list[PlannedTensor]:
     """A linear weight's int8 weight, scale and offset (and W8A8's activation parts) in the type
-    `quant.type_of` gives its role; [] for a tensor that stays float."""
+    `quant.type_of` gives its role; [] for a tensor that stays float. `name`: the weight's output name
+    where it is not the source's (a tied head, quantized from the embedding)."""
     quant_type = quant.type_of(role)
     if quant_type is None or info.dtype not in FLOAT_NAMES:
         return []
@@ -263,4 +286,4 @@ def _quantized_parts(src: Path, info: TensorInfo, role: str, quant: QuantOptions
     if len(info.shape) != 2 or (quant.group_size and width % quant.group_size):
         raise UserError(f"{src / info.file}: tensor {info.name} of shape {list(info.shape)} cannot be quantized "
                         f"with --group-size {quant.group_size} (it must divide the {width} input columns)")
-    return quantized_parts(info.name, info.shape, quant, quant_type, dtype)
+    return quantized_parts(name or info.name, info.shape, quant, quant_type, dtype)

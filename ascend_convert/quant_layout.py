@@ -13,8 +13,13 @@ Which type each linear gets is decided here, by role (`QuantOptions.type_of`):
 - `w8a8`: msModelSlim's Qwen3-MoE recipe (`mix_cfg: {"*.mlp.*": w8a8_dynamic, "*": w8a8}`): dense
   linears W8A8 (static, calibrated), routed and shared experts W8A8_DYNAMIC — vllm-ascend has no
   static W8A8 method for MoE layers.
-Routers and the shared-expert gate stay FLOAT (msModelSlim's `disable_names`), as do norms,
-embeddings and lm_head.
+Routers and the shared-expert gate stay FLOAT (msModelSlim's `disable_names`), as do norms and
+embeddings. The LM head stays FLOAT too (msModelSlim's `disable_last_linear`, default True) unless
+`--quantize-lm-head`: vllm-ascend builds `lm_head` as a ParallelLMHead whose method is
+`AscendEmbeddingMethod` (the linear scheme's weights and `apply`), so an int8 head loads and runs. The
+embedding lookup cannot be int8 — `AscendEmbeddingMethod` has no `embedding()` — and a tied head is
+replaced by the embedding's float weight (`ParallelLMHead.tie_weights`, and `lm_head.*` is skipped at
+load), so a tied model's head is written as its own int8 `lm_head` and the config untied.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class QuantOptions:
     calib: str | None = None  # w8a8: the calibration text file (None: the built-in texts)
     keep_float: tuple[str, ...] = ()  # linear roles left FLOAT (msModelSlim's disable_names, by role)
     smooth_alpha: float = 0.0  # w8a8: SmoothQuant's migration strength (0: no smoothing)
+    lm_head: bool = False  # --quantize-lm-head: the head in the model's type too (w8a16, w8a8-dynamic)
 
     @property
     def quant_type(self) -> str:
@@ -80,6 +86,8 @@ class QuantOptions:
 
     def type_of(self, role: str) -> str | None:
         """The msModelSlim type a linear weight of `role` is written in; None: it stays FLOAT."""
+        if role == "lm_head":
+            return QUANT_TYPES[self.kind] if self.lm_head else None
         if role not in QUANTIZABLE_ROLES or role in self.keep_float:
             return None
         if role in EXPERT_LINEAR_ROLES and self.kind == "w8a8":
@@ -88,8 +96,9 @@ class QuantOptions:
 
     def recorded(self) -> dict:
         extra = {"calib": self.calib or "builtin", "smooth_alpha": self.smooth_alpha} if self.kind == "w8a8" else {}
+        head = {"quantize_lm_head": True} if self.lm_head else {}  # absent when off: older manifests still match
         return {"quantize": self.kind, "group_size": self.group_size, "symmetric": self.symmetric,
-                "keep_float": list(self.keep_float), **extra}
+                "keep_float": list(self.keep_float), **head, **extra}
 
 
 #: What --keep-float means when it is not given: W8A8 leaves down_proj float, whose input (the

@@ -1,5 +1,6 @@
 """The small files beside the weights: the source's tokenizer and generation config (copied, or
-built from GGUF metadata), config.json with the target dtype, the shard index past one shard, the
+built from GGUF metadata), config.json with the target dtype (untied where the LM head is quantized
+on its own), the shard index past one shard, the
 quantized layout's description (each tensor's type as `QuantOptions.type_of` gives its role), and
 W8A8's smoothing scales. All rewritten on every run, resumed or
 not, so they always match the weights they sit beside."""
@@ -31,6 +32,8 @@ def write_side_files(plan: ConversionPlan, work: WorkDir, weight_files: list[str
     keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
     for key in keys:
         config[key] = plan.dtype
+    if any(j.role == "lm_head" and j.quantized for j in plan.jobs):
+        config["tie_word_embeddings"] = False  # an int8 head of its own: vLLM would tie it to the float embedding
     if (plan.options.mtp == "drop" or plan.packed) and "num_nextn_predict_layers" in config:
         config["num_nextn_predict_layers"] = 0  # no engine may look for the layers left out (packed: never split)
     _write_json(work.path / CONFIG_NAME, config, sort_keys=True)

@@ -132,7 +132,9 @@ def _compiled(r: Report) -> str:
     return "; ".join(
         f"{name}: {speed[f'{name} compiled']['tok_s']:.1f} vs {speed[name]['tok_s']:.1f} tok/s eager, "
         f"**{speed[f'{name} compiled']['floor_share']:.0%}** vs {speed[name]['floor_share']:.0%} of its floor"
-        for name in ("bf16", "w8a16")) + f"; W8A16 compiled {speed['w8a16 compiled']['vs_bf16']:.2f}x bf16 eager"
+        for name in ("bf16", "w8a16", "w8a16-head") if name in speed) + "".join(
+        f"; {label} compiled {speed[f'{name} compiled']['vs_bf16']:.2f}x bf16 eager"
+        for name, label in (("w8a16", "W8A16"), ("w8a16-head", "W8A16 + int8 head")) if f"{name} compiled" in speed)
 
 
 def _tp(r: Report) -> str:
@@ -206,6 +208,7 @@ ROWS: tuple[Row, ...] = (
         "python benchmarks/bench_runtime.py --sweep --sweep-sizes 1,2,4,8,16,32 --repeat 2 --tpot-ms 100 "
         "--plot docs/sweep-smollm2-bf16.png --output-name bench_sweep.json", "bench_sweep.json", _sweep),
     Row("W8A16 vs bf16 decode, batch 1", QUANT, "bench_quant.json", _quant("w8a16")),
+    Row("W8A16 `--quantize-lm-head` (the tied head int8) vs bf16", QUANT, "bench_quant.json", _quant("w8a16-head")),
     Row("W8A8 (SmoothQuant, down_proj float) vs bf16", QUANT, "bench_quant.json", _quant("w8a8")),
     Row("`--compile-decode` vs eager, batch 1", QUANT, "bench_quant.json", _compiled),
     Row("tensor parallel 3 ranks vs 1, SmolLM2, 16 requests", "python benchmarks/bench_tp.py", "bench_tp.json", _tp),

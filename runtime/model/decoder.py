@@ -223,14 +223,17 @@ class CausalLM(nn.Module):
     def _retype_linears(self, kernels: Kernels) -> None:
         """Give each linear of a quantized checkpoint its own type from the description: float where it
         keeps FLOAT (convert --keep-float), or a type other than `model_quant_type` (msModelSlim's MoE
-        recipe: W8A8 attention, W8A8_DYNAMIC shared experts)."""
+        recipe: W8A8 attention, W8A8_DYNAMIC shared experts). The LM head is built float and made int8
+        where the description quantizes it (`convert --quantize-lm-head`)."""
         from runtime.layers.quant_linear import QuantLinear
 
         scheme = self.cfg.quant
         for name, kind in sorted(scheme.module_types.items() if scheme is not None else ()):
             old = self.get_submodule(name)
-            if not isinstance(old, QuantLinear) or old.kind == kind:
+            if isinstance(old, QuantLinear) and old.kind == kind or not isinstance(old, (QuantLinear, nn.Linear)):
                 continue  # routed experts are typed when built (`sparse_mlp`)
+            if not isinstance(old, QuantLinear) and kind == "FLOAT":
+                continue  # built float (the LM head), and float it stays
             bias = old.bias is not None
             new = (nn.Linear(old.in_features, old.out_features, bias=bias) if kind == "FLOAT"
                    else QuantLinear(old.in_features, old.out_features, bias, scheme, kernels, kind))
@@ -247,8 +250,11 @@ class CausalLM(nn.Module):
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
-        return parallel.gather_vocab(F.linear(hidden, weight).float(), self.cfg)
+        if self.cfg.tie_word_embeddings:
+            logits = F.linear(hidden, self.model.embed_tokens.weight)
+        else:
+            logits = self.lm_head(hidden)  # float, or int8 (`convert --quantize-lm-head`)
+        return parallel.gather_vocab(logits.float(), self.cfg)
 
     def fused_slice(self, name: str, part: int) -> tuple[int, int]:
         """(start, length) along dim 0 of part `part` of the fused parameter `name`; for a 3-D

@@ -29,7 +29,7 @@ from ascend_convert.layout_names import (
     RANK_FILE_GLOB,
     parse_rank_file,
 )
-from ascend_convert.quant_layout import QUANTIZABLE_ROLES, check_description
+from ascend_convert.quant_layout import FLOAT, QUANTIZABLE_ROLES, check_description
 from ascend_convert.quantize import loaded_deq_scale
 from ascend_convert.readers import CheckpointReader, open_checkpoint, read_config
 from ascend_convert.tp_layout import canonical_of, from_nz, parameter_for, rank_tensors
@@ -122,7 +122,11 @@ def _module_types(path: Path, spec: ArchSpec, cfg: dict, scheme: QuantScheme) ->
     parts: dict[str, dict[str, set[int | None]]] = {}
     for name, qtype in scheme.description.items():
         found = spec.role_of(name) if name.endswith(".weight") and isinstance(qtype, str) else None
-        if found is None or found.role not in QUANTIZABLE_ROLES or is_mtp_layer(found, cfg):
+        if found is not None and found.role == "embed" and qtype != FLOAT:
+            raise UserError(f"{path}: {QUANT_DESCRIPTION_NAME} gives the embedding {name} {qtype}; an embedding is "
+                            f"looked up in float (vllm-ascend's AscendEmbeddingMethod has no embedding()): make it "
+                            f"FLOAT")
+        if found is None or found.role not in QUANTIZABLE_ROLES | {"lm_head"} or is_mtp_layer(found, cfg):
             continue
         for canonical in canonical_names(found):
             target, part = parameter_for(canonical)
