@@ -321,6 +321,18 @@ def rules() -> dict:
     rule("quant.norm_bias", "Norm biases (anti-outlier quantization) are announced by the description.",
          "garbage (the biases are dropped: the norm gets a bias parameter only when a description key names "
          "norm.bias)", "vllm_ascend/ops/layernorm.py:42-47")
+    rule("quant.embedding_quantized", "The embedding is FLOAT (an int8 LM head only where the loader quantizes one).",
+         "fail at the first forward (AttributeError: AscendEmbeddingMethod has no embedding()); on 310P, garbage "
+         "(every VocabParallelEmbedding, the LM head included, gets the unquantized method: int8 values copied into "
+         "a float weight)",
+         "vllm_ascend/quantization/method_adapters.py:281-293 (AscendEmbeddingMethod: the linear scheme's weights "
+         f"and apply, no embedding()), vllm_ascend/ops/vocab_parallel_embedding.py:94-111, 221, 243; {M}:766-772; "
+         f"{M310}:135-141")
+    rule("quant.tied_head", "A quantized LM head is not tied to the embedding (config.json tie_word_embeddings false).",
+         "garbage (the head is made the embedding's float weight and lm_head.* is skipped at load: the int8 head "
+         "and its scales are never read)",
+         f"{V}: ParallelLMHead.tie_weights (the unquantized method's: layer.weight = embed_tokens.weight), "
+         "LlamaForCausalLM.load_weights skip_prefixes ['lm_head.'] when tie_word_embeddings")
     rule("quant.absent", "Every tensor the description lists is in the files.",
          "garbage (the quantized parameter is never loaded)",
          "vLLM: parameters the checkpoint does not fill keep torch.empty's contents (no check with a quant config)")

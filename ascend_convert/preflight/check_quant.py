@@ -38,6 +38,7 @@ def check_quant(ckpt: Checkpoint, target: Deployment, facts: dict, out: Collecto
     packed = facts["packed_modules"].get(ckpt.model_type)
     if packed is None:
         packed = facts["vllm_packed_modules"].get(ckpt.model_type, {})
+    _embeddings(ckpt, types, loader, float_type, out)
     _fused(ckpt, types, packed, float_type, out)
     _experts(ckpt, types, packed, float_type, out)
     _parts(ckpt, types, target, loader, facts, out)
@@ -157,7 +158,7 @@ def _both_ways(ckpt: Checkpoint, types: dict[str, str], loader: dict, facts: dic
                                                    f"with no FLOAT entry in {where}, KeyError: '.weight' at load")
         else:
             undescribed.setdefault(group_of(name), []).append(name)
-    tied = ckpt.text_config().get("tie_word_embeddings", ckpt.config.get("tie_word_embeddings", True))
+    tied = _tied(ckpt)
     if (tied and loader["embedding_lookup"] and "lm_head.weight" not in ckpt.tensors
             and "lm_head.weight" not in types):
         undescribed.setdefault("lm_head", []).append("lm_head.weight")
@@ -192,6 +193,33 @@ def _both_ways(ckpt: Checkpoint, types: dict[str, str], loader: dict, facts: dic
         out.add("quant.absent", names[0], f"{len(names)} tensor(s) {where} lists are in no weight file "
                                           f"({listing(names)})" + (": their quantized parameters stay unset" if quantized
                                                                    else ""), ERROR if quantized else WARNING)
+
+
+def _tied(ckpt: Checkpoint) -> bool:
+    return ckpt.text_config().get("tie_word_embeddings", ckpt.config.get("tie_word_embeddings", True))
+
+
+def _embeddings(ckpt: Checkpoint, types: dict[str, str], loader: dict, float_type: str, out: Collector) -> None:
+    """An embedding's lookup is never int8 (the quantized method has no `embedding()`; 310P builds every
+    embedding unquantized, the LM head included); an int8 LM head must be a head of its own: a tied one
+    becomes the embedding's float weight and its int8 tensors are skipped at load."""
+    for name, qtype in sorted(types.items()):
+        if qtype == float_type or not _is_embedding(name):
+            continue
+        head = name == "lm_head.weight" or name.endswith(".lm_head.weight")
+        if not loader["embedding_lookup"]:
+            out.add("quant.embedding_quantized", name, f"{qtype}, but this SoC's loader builds every embedding and the "
+                                                       "LM head unquantized: the int8 values are copied into a float "
+                                                       "weight; make it FLOAT")
+        elif not head:
+            out.add("quant.embedding_quantized", name, f"{qtype}: the engine's quantized embedding method has no "
+                                                       "embedding() (AttributeError at the first forward); make it "
+                                                       "FLOAT")
+        elif _tied(ckpt):
+            out.add("quant.tied_head", name, f"{qtype}, but config.json ties the head to the embedding "
+                                             "(tie_word_embeddings): the engine makes the head the embedding's float "
+                                             "weight and skips lm_head.* at load, so the int8 head is never read; set "
+                                             "tie_word_embeddings to false")
 
 
 def _mixed(prefix: str, parts: list[str], got: dict[str, str], float_type: str) -> str | None:

@@ -126,7 +126,12 @@ def _module_types(path: Path, spec: ArchSpec, cfg: dict, scheme: QuantScheme) ->
             raise UserError(f"{path}: {QUANT_DESCRIPTION_NAME} gives the embedding {name} {qtype}; an embedding is "
                             f"looked up in float (vllm-ascend's AscendEmbeddingMethod has no embedding()): make it "
                             f"FLOAT")
-        if found is None or found.role not in QUANTIZABLE_ROLES | {"lm_head"} or is_mtp_layer(found, cfg):
+        if found is not None and found.role == "lm_head" and qtype != FLOAT and cfg["tie_word_embeddings"]:
+            raise UserError(f"{path}: {QUANT_DESCRIPTION_NAME} gives {name} {qtype}, but config.json ties the head to "
+                            f"the embedding: an int8 head is a head of its own (convert --quantize-lm-head writes "
+                            f"tie_word_embeddings false)")
+        head = found is not None and found.role == "lm_head" and qtype != FLOAT  # a float head is built float
+        if found is None or not (found.role in QUANTIZABLE_ROLES or head) or is_mtp_layer(found, cfg):
             continue
         for canonical in canonical_names(found):
             target, part = parameter_for(canonical)
