@@ -4,11 +4,14 @@ with the reference cached per session."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from runtime.evaluation.greedy_check import compare_greedy
@@ -23,6 +26,29 @@ class Reference:
     @property
     def logprobs(self) -> list[torch.Tensor]:
         return [torch.log_softmax(step, -1) for step in self.logits]
+
+
+def dequantized_checkpoint(quantized: Path, out: Path) -> Path:
+    """A float32 checkpoint transformers loads, made from a `convert --quantize` output alone: every int8
+    weight dequantized (`(q + offset) * scale`, per channel or group), every float tensor as converted
+    (norms with SmoothQuant's scales folded in, for W8A8), the converted config (an int8 head untied)."""
+    shutil.copytree(quantized, out, ignore=shutil.ignore_patterns("quant_model_*"))
+    q = load_file(quantized / "quant_model_weights.safetensors")
+    weights = {}
+    for name, tensor in q.items():
+        stem = name.removesuffix(".weight")
+        if not name.endswith((".weight", ".bias")):
+            continue  # a quantized layer's scales, offsets and W8A8's activation parts
+        if tensor.dtype == torch.int8:
+            scale, offset = q[f"{stem}.weight_scale"], q[f"{stem}.weight_offset"]
+            groups = scale.shape[1]
+            tensor = (tensor.float().view(tensor.shape[0], groups, -1) + offset.unsqueeze(-1)) * scale.unsqueeze(-1)
+        weights[name] = tensor.float().reshape(q[name].shape)
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    config["dtype"] = "float32"
+    (out / "config.json").write_text(json.dumps(config))
+    return out
 
 
 @lru_cache(maxsize=4)

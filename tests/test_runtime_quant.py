@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from greedy_reference import assert_greedy_equal, hf_greedy, hf_model
+from greedy_reference import assert_greedy_equal, dequantized_checkpoint, hf_greedy, hf_model
 from safetensors.torch import load_file, save_file
 
 from ascend_common.errors import UserError
@@ -62,33 +62,13 @@ def test_w8a8_linear_is_the_npu_integer_matmul():
     assert torch.allclose(layer(x), ref.matmul(x), rtol=1e-6, atol=1e-6)
 
 
-def _dequantized_reference(src, quantized, out):
-    """The source checkpoint with every linear weight replaced by its dequantized value (fp32)."""
-    shutil.copytree(src, out)
-    weights = load_file(src / "model.safetensors")
-    q = load_file(quantized / "quant_model_weights.safetensors")
-    for name in list(weights):
-        if name in q and q[name].dtype == torch.int8:
-            stem = name.removesuffix(".weight")
-            scale, offset = q[f"{stem}.weight_scale"], q[f"{stem}.weight_offset"]
-            groups = scale.shape[1]
-            deq = (q[name].float().view(q[name].shape[0], groups, -1) + offset.unsqueeze(-1)) * scale.unsqueeze(-1)
-            weights[name] = deq.view(q[name].shape)
-        else:  # float as converted (norms with SmoothQuant's scales folded in, for W8A8)
-            weights[name] = q[name].float()
-    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((out / "config.json").read_text())
-    config["dtype"] = "float32"
-    (out / "config.json").write_text(json.dumps(config))
-
-
 @pytest.mark.parametrize("options", [{}, {"group_size": 16, "symmetric": False}])
 def test_w8a16_greedy_tokens_equal_transformers_on_the_dequantized_weights(checkpoint, tmp_path, options):
     src = checkpoint("llama")
     quantized = tmp_path / "w8a16"
     convert(src, quantized, ConvertOptions(quantize="w8a16", dtype="float32", engine="none", **options))  # per group too
     reference = tmp_path / "dequantized"
-    _dequantized_reference(src, quantized, reference)
+    dequantized_checkpoint(quantized, reference)
     llm = LLM(quantized, device="cpu", kv_cache_memory="16MiB")
     outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=12))
     for prompt, out in zip(PROMPTS, outs):
@@ -104,7 +84,7 @@ def test_w8a8_greedy_tokens_equal_transformers_with_the_npu_arithmetic(checkpoin
     src = checkpoint("qwen2")  # q/k/v biases: quant_bias carries them
     quantized, reference = tmp_path / "w8a8", tmp_path / "dequantized"
     convert(src, quantized, ConvertOptions(quantize="w8a8", dtype="float32"))
-    _dequantized_reference(src, quantized, reference)
+    dequantized_checkpoint(quantized, reference)
     q = load_file(quantized / "quant_model_weights.safetensors")
     model = hf_model(str(reference), torch.float32)
     hooked = 0
