@@ -15,6 +15,7 @@ from conftest import assert_one_line_error, run_cli
 from greedy_reference import assert_greedy_equal, dequantized_checkpoint, hf_greedy
 from safetensors.torch import load_file, save_file
 from test_preflight import DESC, lines, quantized_dir
+from test_runtime_bench import TINY
 
 from ascend_common.errors import UserError
 from ascend_convert.converter import ConvertOptions, convert
@@ -157,3 +158,19 @@ def test_preflight_refuses_a_tied_int8_head_and_an_int8_embedding(tmp_path):
     assert lines(embedding) == [
         ("error quant.embedding_quantized: model.embed_tokens.weight: W8A8_DYNAMIC: the engine's quantized embedding "
          "method has no embedding() (AttributeError at the first forward); make it FLOAT")]
+
+
+def test_the_bench_floor_reads_the_int8_head_and_skips_transformers(checkpoint, tmp_path):
+    """`ascendkit bench` on an int8-head conversion: the floor streams the head as int8 with the other
+    linears (nothing bf16 is left in a decode step's matmuls), and transformers, which cannot load
+    msModelSlim's layout, is skipped with the reason instead of failing the run."""
+    out = tmp_path / "out"
+    convert(checkpoint("llama"), out, ConvertOptions(quantize="w8a16", quantize_lm_head=True))
+    result = run_cli("bench", out, *TINY, "--repeat", "1", "--baselines", "hf", "--workloads", "single")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["skipped"] == {"hf": "transformers cannot load msModelSlim's int8 layout "
+                                       "(quant_model_weights*.safetensors): bench the float conversion for its ratio "
+                                       "to transformers"}
+    linears = 2 * (64 * 64 * 2 + 32 * 64 * 2 + 128 * 64 * 3)  # q, o; k, v; gate, up, down: 2 layers
+    assert report["floor"]["formats"] == {"W8A16": linears + 320 * 64}  # + the head, int8

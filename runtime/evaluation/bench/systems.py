@@ -282,6 +282,11 @@ def unavailable_reason(name: str, cfg: BenchConfig) -> str | None:
             return "needs a GGUF: MODEL is a directory (pass --gguf FILE)"
         if cfg.device not in ("cpu", "auto"):
             return f"runs on the CPU only, not {cfg.device}"
+    from ascend_convert.quant_layout import read_description
+
+    if name in ("hf", "hf-batch") and read_description(cfg.model) is not None:
+        return ("transformers cannot load msModelSlim's int8 layout (quant_model_weights*.safetensors): bench the "
+                "float conversion for its ratio to transformers")
     if name == "runtime-compiled":
         from runtime.engine.compiled_decode import refusal
         from runtime.model.loader import open_model
