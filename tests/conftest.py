@@ -15,6 +15,9 @@ import pytest
 
 import fixtures as fx
 
+#: `ascendkit bench` options for a run that takes seconds on a tiny fixture
+BENCH_TINY = ("--prompt-len", "4", "--new-tokens", "3", "--no-progress", "--json")
+
 
 @dataclass
 class CliResult:

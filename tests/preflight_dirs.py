@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ascend_convert.preflight.run import run_preflight
 from fixtures.tokenizer import save_tokenizer
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, INTERMEDIATE, VOCAB, HEAD_DIM = 64, 2, 4, 2, 128, 320, 16
@@ -231,3 +232,19 @@ def mla_tensors(type_of: TypeOf = all_float, mtp: bool = True, dtype: torch.dtyp
             add_linear(tensors, types, f"{stem}.shared_head.head", VOCAB, HIDDEN, type_of, dtype)
     types.update({name: FLOAT for name in tensors if name not in types})
     return tensors, types
+
+
+DESC = "quant_model_description.json"
+
+
+def lines(model: Path, **target) -> list[str]:
+    """Every finding's line, in report order (what the table prints and CI greps)."""
+    return [f.line for f in run_preflight(model, **target).findings]
+
+
+def quantized_dir(root: Path, breaks=None, cfg: dict | None = None, qtype: str = "W8A8_DYNAMIC", **write) -> Path:
+    """A W8A8_DYNAMIC (or `qtype`) Llama with msModelSlim's description, broken by `breaks(tensors, types)`."""
+    tensors, types = quantized(qtype)
+    if breaks is not None:
+        breaks(tensors, types)
+    return write_dir(root, cfg or config(), tensors, description(types, qtype), **write)

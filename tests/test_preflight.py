@@ -17,28 +17,15 @@ import preflight_dirs as pd
 import pytest
 import torch
 from conftest import assert_one_line_error, conversion_cache, run_cli
+from preflight_dirs import DESC, lines, quantized_dir
 
 from ascend_convert.preflight.run import run_preflight
 
 SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sarif" / "sarif-schema-2.1.0.json"
-DESC = "quant_model_description.json"
 SOC_910A = ("error model.soc: ascend910a: Atlas 800 / 910A is not supported by the engine (docs/source/faqs.md:17-29 "
             "'Ascend 910, Ascend 910 Pro B ... unplanned yet'; vllm_ascend/device/hardware.py:64-75 raises "
             "'Cannot support runtime soc_version')")
 LLAMA_910A = "warning model.support: model_type llama: Llama2/3/3.1/3.2 is listed for ascend910b, not for ascend910a"
-
-
-def lines(model: Path, **target) -> list[str]:
-    """Every finding's line, in report order (what the table prints and CI greps)."""
-    return [f.line for f in run_preflight(model, **target).findings]
-
-
-def quantized_dir(root: Path, breaks=None, cfg: dict | None = None, qtype: str = "W8A8_DYNAMIC", **write) -> Path:
-    """A W8A8_DYNAMIC (or `qtype`) Llama with msModelSlim's description, broken by `breaks(tensors, types)`."""
-    tensors, types = pd.quantized(qtype)
-    if breaks is not None:
-        breaks(tensors, types)
-    return pd.write_dir(root, cfg or pd.config(), tensors, pd.description(types, qtype), **write)
 
 
 def undescribed(name: str, what: str) -> str:

@@ -11,11 +11,10 @@ from pathlib import Path
 import preflight_dirs as pd
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import BENCH_TINY, assert_one_line_error, run_cli
 from greedy_reference import assert_greedy_equal, dequantized_checkpoint, hf_greedy
 from safetensors.torch import load_file, save_file
-from test_preflight import DESC, lines, quantized_dir
-from test_runtime_bench import TINY
+from preflight_dirs import DESC, lines, quantized_dir
 
 from ascend_common.errors import UserError
 from ascend_convert.converter import ConvertOptions, convert
@@ -166,7 +165,7 @@ def test_the_bench_floor_reads_the_int8_head_and_skips_transformers(checkpoint, 
     msModelSlim's layout, is skipped with the reason instead of failing the run."""
     out = tmp_path / "out"
     convert(checkpoint("llama"), out, ConvertOptions(quantize="w8a16", quantize_lm_head=True))
-    result = run_cli("bench", out, *TINY, "--repeat", "1", "--baselines", "hf", "--workloads", "single")
+    result = run_cli("bench", out, *BENCH_TINY, "--repeat", "1", "--baselines", "hf", "--workloads", "single")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["skipped"] == {"hf": "transformers cannot load msModelSlim's int8 layout "

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import BENCH_TINY, assert_one_line_error, run_cli
 
 from runtime.evaluation.bench.figures import Run, recommend, summarize
 from runtime.evaluation.bench.report import print_report
 from runtime.evaluation.bench.workloads import WORKLOADS
 
-TINY = ("--prompt-len", "4", "--new-tokens", "3", "--no-progress", "--json")
 METRICS = ("throughput_tok_s", "latency_ms_per_token", "memory_gb", "generated_tokens", "tokens_per_request",
            "wall_s", "runs")
 
@@ -22,7 +21,7 @@ METRICS = ("throughput_tok_s", "latency_ms_per_token", "memory_gb", "generated_t
 def report(checkpoint):
     """One run of every workload against both transformers baselines (llama-cpp: skipped, MODEL is a
     directory), one repeat."""
-    result = run_cli("bench", checkpoint("llama"), *TINY, "--repeat", "1", "--baselines", "hf,hf-batch,llama-cpp")
+    result = run_cli("bench", checkpoint("llama"), *BENCH_TINY, "--repeat", "1", "--baselines", "hf,hf-batch,llama-cpp")
     assert result.code == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -91,7 +90,7 @@ def test_the_table_shows_every_workload(report, capsys):
 def test_an_moe_model_is_benched_against_transformers(checkpoint):
     """Qwen2-MoE (routed experts, a shared expert, dense layers between) through the same bench: each
     workload's runtime and transformers figures, their ratio, the KV pool of its attention layers."""
-    result = run_cli("bench", checkpoint("qwen2_moe"), *TINY, "--repeat", "1", "--baselines", "hf,runtime-compiled",
+    result = run_cli("bench", checkpoint("qwen2_moe"), *BENCH_TINY, "--repeat", "1", "--baselines", "hf,runtime-compiled",
                      "--workloads", "single,batch16")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -107,7 +106,7 @@ def test_an_moe_model_is_benched_against_transformers(checkpoint):
 def test_the_compiled_runtime_is_benched_when_named(checkpoint):
     """`--baselines runtime-compiled`: the runtime with --compile-decode beside the runtime, its ratio
     and its share of the floor reported like any system's."""
-    result = run_cli("bench", checkpoint("llama"), *TINY, "--repeat", "1", "--baselines", "runtime-compiled",
+    result = run_cli("bench", checkpoint("llama"), *BENCH_TINY, "--repeat", "1", "--baselines", "runtime-compiled",
                      "--workloads", "single")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -118,7 +117,7 @@ def test_the_compiled_runtime_is_benched_when_named(checkpoint):
 
 
 def test_sweep_recommends_a_batch_size_under_the_ceiling(checkpoint):
-    result = run_cli("bench", checkpoint("llama"), *TINY, "--sweep", "--sweep-sizes", "1,2,4", "--repeat", "2",
+    result = run_cli("bench", checkpoint("llama"), *BENCH_TINY, "--sweep", "--sweep-sizes", "1,2,4", "--repeat", "2",
                      "--baselines", "hf", "--tpot-ms", "100000")
     assert result.code == 0, result.stderr
     sweep = json.loads(result.stdout)["sweep"]

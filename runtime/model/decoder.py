@@ -230,10 +230,10 @@ class CausalLM(nn.Module):
         scheme = self.cfg.quant
         for name, kind in sorted(scheme.module_types.items() if scheme is not None else ()):
             old = self.get_submodule(name)
-            if isinstance(old, QuantLinear) and old.kind == kind or not isinstance(old, (QuantLinear, nn.Linear)):
-                continue  # routed experts are typed when built (`sparse_mlp`)
-            if not isinstance(old, QuantLinear) and kind == "FLOAT":
-                continue  # built float (the LM head), and float it stays
+            retype = (old.kind != kind if isinstance(old, QuantLinear)
+                      else isinstance(old, nn.Linear) and kind != "FLOAT")
+            if not retype:
+                continue  # already its type; routed experts are typed when built (`sparse_mlp`)
             bias = old.bias is not None
             new = (nn.Linear(old.in_features, old.out_features, bias=bias) if kind == "FLOAT"
                    else QuantLinear(old.in_features, old.out_features, bias, scheme, kernels, kind))
