@@ -127,14 +127,18 @@ def _quant(name: str) -> Callable[[Report], str]:
     return figure
 
 
+#: bench_quant's variants, by the label the table prints
+QUANT_LABELS = {"bf16": "bf16", "w8a16": "W8A16", "w8a16-head": "W8A16 + int8 head"}
+
+
 def _compiled(r: Report) -> str:
     speed = r["speed"]
     return "; ".join(
-        f"{name}: {speed[f'{name} compiled']['tok_s']:.1f} vs {speed[name]['tok_s']:.1f} tok/s eager, "
+        f"{label}: {speed[f'{name} compiled']['tok_s']:.1f} vs {speed[name]['tok_s']:.1f} tok/s eager, "
         f"**{speed[f'{name} compiled']['floor_share']:.0%}** vs {speed[name]['floor_share']:.0%} of its floor"
-        for name in ("bf16", "w8a16", "w8a16-head") if name in speed) + "".join(
+        for name, label in QUANT_LABELS.items() if name in speed) + "".join(
         f"; {label} compiled {speed[f'{name} compiled']['vs_bf16']:.2f}x bf16 eager"
-        for name, label in (("w8a16", "W8A16"), ("w8a16-head", "W8A16 + int8 head")) if f"{name} compiled" in speed)
+        for name, label in QUANT_LABELS.items() if name != "bf16" and f"{name} compiled" in speed)
 
 
 def _tp(r: Report) -> str:
