@@ -105,7 +105,7 @@ def main() -> None:
     options = []
     for bound in (ONE_GROUP, *(int(b) for b in args.bounds.split(","))):
         _, meta, rows, _ = prepare_step(step, bs, torch.device("cpu"), max_gather_slots=bound)
-        masks = [causal_mask(g, None) for g in meta.groups]
+        masks = [causal_mask(g, None, dtype, args.heads // args.kv_heads) for g in meta.groups]
         order = torch.empty(len(rows), dtype=torch.long)
         order[torch.tensor(rows)] = torch.arange(len(rows))  # token row -> the sequence it belongs to
         q, k, v = query[order], key[order], value[order]

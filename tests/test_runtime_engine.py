@@ -384,3 +384,36 @@ def test_decode_rows_are_not_padded_to_a_prefill_chunk(checkpoint):
     mixed = runner.run(batch).sample
     alone = [runner.run(ScheduledBatch([s], [n])).sample for s, n in ((prefill, 10), (decode, 1))]
     torch.testing.assert_close(mixed, torch.cat(alone), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_the_step_mask_is_the_stacked_heads_additive_form_of_the_causal_one(window):
+    """`causal_mask(..., dtype, query_rows)` is built once per step in the layout `_attend` stacks the
+    query heads sharing a KV head in (row h * max_q + q): SDPA given it answers exactly as given the
+    bool mask expanded per layer, which is what each layer used to build."""
+    import torch.nn.functional as F
+
+    from runtime.engine.model_runner import prepare_step, uniform_batch
+    from runtime.layers.attention import causal_mask, gather_context, paged_attention
+
+    batch = uniform_batch(3, 6, 9, 4)  # chunks of 6 queries after 9 cached tokens: causal and windowed
+    ids, meta, _, _ = prepare_step(batch, 4, torch.device("cpu"))
+    g = torch.Generator().manual_seed(3)
+    heads, kv_heads, dim, blocks = 6, 2, 8, 3 * 4
+    k_cache, v_cache = (torch.randn(blocks, 4, kv_heads, dim, generator=g, dtype=torch.float64).bfloat16() for _ in "kv")
+    query = torch.randn(len(ids), heads, dim, generator=g).bfloat16()
+    key, value = (torch.randn(len(ids), kv_heads, dim, generator=g).bfloat16() for _ in "kv")
+    (group,) = meta.groups
+    bool_mask = causal_mask(group, window)
+    step_mask = causal_mask(group, window, torch.bfloat16, heads // kv_heads)
+    assert step_mask.shape == (3, 1, 3 * 6, 15)
+    expected = torch.zeros(3, 1, 6, 15, dtype=torch.bfloat16).masked_fill(~bool_mask, float("-inf"))
+    assert torch.equal(step_mask, expected.repeat(1, 1, 3, 1))
+
+    out = paged_attention(query, key, value, k_cache, v_cache, meta, [step_mask], 0.3)
+    keys, values = gather_context(k_cache, group), gather_context(v_cache, group)  # written by the call above
+    q = query[group.query_index].view(3, 6, kv_heads, 3, dim).permute(0, 2, 3, 1, 4).reshape(3, kv_heads, 18, dim)
+    per_layer = bool_mask.unsqueeze(1).expand(3, 3, 1, 6, 15).reshape(3, 1, 18, 15)
+    ref = F.scaled_dot_product_attention(q, keys, values, attn_mask=per_layer, scale=0.3)
+    ref = ref.view(3, kv_heads, 3, 6, dim).permute(0, 3, 1, 2, 4).reshape(18, heads * dim)
+    assert torch.equal(out, ref.index_select(0, group.output_rows))

@@ -244,7 +244,9 @@ class CausalLM(nn.Module):
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         x = parallel.embed(self.model.embed_tokens, input_ids, self.cfg)
         cos, sin = self.rotary(meta.positions, x.dtype)
-        masks = [causal_mask(group, self.cfg.sliding_window) for group in meta.groups]
+        cfg = self.cfg
+        query_rows = 1 if cfg.mla else cfg.num_heads // cfg.num_kv_heads  # MLA's queries are not stacked
+        masks = [causal_mask(group, cfg.sliding_window, x.dtype, query_rows) for group in meta.groups]
         for layer, cache in zip(self.model.layers, kv_caches):
             x = layer(x, cos, sin, meta, masks, cache)
         return self.model.norm(x)
