@@ -11,9 +11,11 @@ over the pool) goes through `prepare_step` and `paged_attention` — the runtime
 every sequence in one attention group (each sequence's blocks gathered into one dense tensor padded
 to the longest context, then SDPA: what the runtime did before), and once per bound on the slots a
 group may gather (`max_gather_slots`: sequences sorted by context length and gathered in runs padded
-to their own longest). Every option's output is checked against the first before it is timed.
+to their own longest), and through the CPU kernel that reads the cache in place (`cpu_attention`, the
+runtime's default on a CPU). Every option's output is checked against the first before it is timed.
 Reported: the median time of one layer's decode attention, the ratio to the single group, and the
-largest per-layer temporary copy of K and V (what the KV budget must leave room for); the same in
+largest per-layer temporary copy of K and V (what the KV budget must leave room for). The caches are
+refilled with other data before each timed call (`--warm`: not), as a real step finds them; the same in
 `<workdir>/bench_decode_attention.json`.
 """
 
@@ -31,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from runtime.engine.model_runner import MAX_GATHER_SLOTS, prepare_step  # noqa: E402
+from runtime.engine.model_runner import MAX_GATHER_SLOTS, ONE_GROUP, prepare_step  # noqa: E402
 from runtime.engine.scheduler import ScheduledBatch  # noqa: E402
 from runtime.engine.sequence import Sequence  # noqa: E402
+from runtime.layers import cpu_attention  # noqa: E402
 from runtime.layers.attention import causal_mask, paged_attention  # noqa: E402
 from runtime.sampling_params import SamplingParams  # noqa: E402
 
-ONE_GROUP = 10**12
 
 
 def _decode_step(contexts: list[int], tables: list[list[int]]) -> ScheduledBatch:
@@ -50,11 +52,15 @@ def _decode_step(contexts: list[int], tables: list[list[int]]) -> ScheduledBatch
     return ScheduledBatch(seqs, [1] * len(seqs))
 
 
-def _time(fn, repeat: int) -> float:
+def _time(fn, repeat: int, evict: torch.Tensor | None) -> float:
+    """Median ms of `fn`; with `evict`, the caches are refilled with other data before each call (a
+    layer's K/V is cold in a real step: the weights' pass has gone through the cache since)."""
     for _ in range(3):
         fn()
     times = []
     for _ in range(repeat):
+        if evict is not None:
+            evict.add_(1)
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000)
@@ -74,6 +80,7 @@ def main() -> None:
     ap.add_argument("--bounds", default="2048,4096,8192,16384")
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--warm", action="store_true", help="time with K/V left in the cache between calls (flatters)")
     ap.add_argument("--workdir", type=Path, default=Path("bench-out"), help="where bench_decode_attention.json goes")
     args = ap.parse_args()
     if args.threads:
@@ -103,8 +110,15 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; KV held: {sum(contexts) * token_bytes / 1e6:.2f} MB per layer")
     reference = base = None
     options = []
-    for bound in (ONE_GROUP, *(int(b) for b in args.bounds.split(","))):
-        _, meta, rows, _ = prepare_step(step, bs, torch.device("cpu"), max_gather_slots=bound)
+    evict = None if args.warm else torch.zeros(32 * 2**20 // 4)  # 128 MiB, past any L3 here
+    runs = [("sdpa", bound) for bound in (ONE_GROUP, *(int(b) for b in args.bounds.split(",")))]
+    for choice, bound in runs + [("kernel", ONE_GROUP)]:
+        cpu_attention.use(choice)
+        if choice == "kernel" and cpu_attention.kernel() is None:
+            print("  the CPU kernel could not be built here: no row for it")
+            continue
+        _, meta, rows, _ = prepare_step(step, bs, torch.device("cpu"), max_gather_slots=bound,
+                                        decode_gather_slots=ONE_GROUP if choice == "kernel" else None)
         masks = [causal_mask(g, None, dtype, args.heads // args.kv_heads) for g in meta.groups]
         order = torch.empty(len(rows), dtype=torch.long)
         order[torch.tensor(rows)] = torch.arange(len(rows))  # token row -> the sequence it belongs to
@@ -117,16 +131,20 @@ def main() -> None:
         if reference is None:
             reference = out
         torch.testing.assert_close(out, reference, rtol=2e-2, atol=2e-2)
-        ms = _time(run, args.repeat)
+        ms = _time(run, args.repeat, evict)
         base = base or ms
-        temp = max(len(g.output_rows) * g.block_tables.shape[1] * bs for g in meta.groups) * token_bytes
-        name = "one group (padded)" if bound == ONE_GROUP else f"runs of <= {bound} slots"
-        options.append({"bound": bound, "groups": len(meta.groups), "ms": ms, "largest_copy_bytes": temp})
+        temp = 0 if choice == "kernel" else max(
+            len(g.output_rows) * g.block_tables.shape[1] * bs for g in meta.groups) * token_bytes
+        name = ("CPU kernel, in place" if choice == "kernel" else
+                "one group (padded)" if bound == ONE_GROUP else f"runs of <= {bound} slots")
+        options.append({"attention": choice, "bound": bound, "groups": len(meta.groups), "ms": ms,
+                        "largest_copy_bytes": temp})
         print(f"  {name:24s} {len(meta.groups):3d} groups {ms:8.3f} ms  {base / ms:5.2f}x  "
               f"largest K/V copy {temp / 1e6:.2f} MB")
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "bench_decode_attention.json").write_text(json.dumps(
         {"batch": args.batch, "contexts": contexts, "dtype": args.dtype, "threads": torch.get_num_threads(),
+         "cold_cache": not args.warm,
          "repeat": args.repeat, "default": MAX_GATHER_SLOTS, "options": options}, indent=1))
 
 

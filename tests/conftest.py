@@ -36,6 +36,15 @@ def run_cli(*args: str | Path, script: str = "ascendkit", env: dict | None = Non
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_decode_attention_built() -> None:
+    """Build the CPU decode-attention kernel once, before any test's subprocess wants it: processes
+    that find it half-built wait on torch's lock file, which a process killed mid-build would leave."""
+    from runtime.layers import cpu_attention
+
+    cpu_attention.kernel()
+
+
 @pytest.fixture(scope="session")
 def fixture_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("checkpoints")

@@ -17,6 +17,7 @@ import torch
 from runtime.engine.compiled_decode import CompiledDecode
 from runtime.engine.scheduler import ScheduledBatch
 from runtime.engine.sequence import Sequence
+from runtime.layers import cpu_attention
 from runtime.layers.attention import AttentionGroup, AttentionMetadata
 from runtime.layers.fused_ops import PLAIN, Kernels
 from runtime.model.config import ModelConfig
@@ -98,6 +99,7 @@ def uniform_batch(num_seqs: int, new_tokens: int, cached: int, block_size: int) 
 #: 2.4 ms at 2,048, 2.6 ms at 8,192, 3.9 ms at 16,384; 32 decodes of ~2,075 tokens 14.0 ms in one
 #: group, 13.8 ms at 4,096. Runs of similar length pad less; many more groups cost their own calls.
 MAX_GATHER_SLOTS = 4096
+ONE_GROUP = 2**62  # a bound no step reaches
 
 
 def gather_slots(max_model_len: int, block_size: int, bound: int = MAX_GATHER_SLOTS) -> int:
@@ -121,16 +123,18 @@ def _chunks(members: list[int], contexts: dict[int, int], bs: int, limit: int) -
 
 
 def prepare_step(batch: ScheduledBatch, block_size: int, device: torch.device,
-                 max_gather_slots: int = MAX_GATHER_SLOTS) -> PreparedStep:
+                 max_gather_slots: int = MAX_GATHER_SLOTS, decode_gather_slots: int | None = None) -> PreparedStep:
     """(input ids [T], attention metadata, row of each sampling sequence's last token in batch
     order, the prompt rows to score), the tensors on `device`. Decode tokens are laid out first and
     prefill chunks after them, each kind in attention groups of sequences of similar context length
     that gather at most `max_gather_slots` slots: no decode row is padded to a prefill chunk's length,
-    and no group's copy of K/V grows with the batch."""
+    and no group's copy of K/V grows with the batch. `decode_gather_slots` bounds the decode groups
+    instead, where they gather nothing (the CPU kernel reads the cache in place: one group, one call)."""
     bs = block_size
     lengths = batch.num_new_tokens
     contexts = {i: seq.num_computed_tokens + n for i, (seq, n) in enumerate(zip(batch.seqs, lengths))}
-    decodes = _chunks([i for i, n in enumerate(lengths) if n == 1], contexts, bs, max_gather_slots)
+    decodes = _chunks([i for i, n in enumerate(lengths) if n == 1], contexts, bs,
+                      max_gather_slots if decode_gather_slots is None else decode_gather_slots)
     prefills = _chunks([i for i, n in enumerate(lengths) if n > 1], contexts, bs, max_gather_slots)
     ids: list[int] = []
     positions: list[int] = []
@@ -192,6 +196,8 @@ class ModelRunner:
         load_weights(model, ckpt)
         self.model = model.eval()
         self.compiled: CompiledDecode | None = CompiledDecode(self.model) if compile_decode else None
+        if device.type == "cpu":
+            cpu_attention.kernel()  # built (or loaded from torch's cache) now, not in the first request
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.num_blocks = 0
         self.max_gather_slots = MAX_GATHER_SLOTS
@@ -211,7 +217,11 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch) -> PreparedStep:
         """`prepare_step` on this runner's block size and device."""
-        return prepare_step(batch, self.block_size, self.device, self.max_gather_slots)
+        # The CPU kernel reads decodes in place: they need no gather bound, and one call serves them
+        # all. The compiled decode traces the plain path, so it keeps the bound.
+        in_place = self.device.type == "cpu" and self.compiled is None and cpu_attention.kernel() is not None
+        return prepare_step(batch, self.block_size, self.device, self.max_gather_slots,
+                            ONE_GROUP if in_place else None)
 
     def run(self, batch: ScheduledBatch) -> StepLogits:
         return self.execute(self.prepare(batch))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from runtime.layers import cpu_attention
+
 
 @dataclass
 class AttentionGroup:
@@ -88,11 +90,28 @@ def causal_mask(group: AttentionGroup, sliding_window: int | None, dtype: torch.
 
 def paged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                     v_cache: torch.Tensor, meta: AttentionMetadata, masks: list[torch.Tensor],
-                    scale: float) -> torch.Tensor:
-    """query [T, heads, head_dim], key/value [T, kv_heads, head_dim] → [T, heads * head_dim]."""
+                    scale: float, sliding_window: int | None = None) -> torch.Tensor:
+    """query [T, heads, head_dim], key/value [T, kv_heads, head_dim] → [T, heads * head_dim]. A decode
+    group on the CPU is read in place by `cpu_attention`'s kernel; the rest gathers for SDPA."""
     write_kv(k_cache, v_cache, key, value, meta.slot_mapping)
-    outs = [_attend(query, k_cache, v_cache, group, mask, scale) for group, mask in zip(meta.groups, masks)]
+    in_place = cpu_attention.applies(query)
+    outs = [_attend_in_place(query, k_cache, v_cache, group, scale, sliding_window)
+            if in_place and is_decode(group) else _attend(query, k_cache, v_cache, group, mask, scale)
+            for group, mask in zip(meta.groups, masks)]
     return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _attend_in_place(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: AttentionGroup,
+                     scale: float, sliding_window: int | None) -> torch.Tensor:
+    """A decode group through the CPU kernel: each query attends to the `position + 1` keys its block
+    table holds (its own just written), within the window → [B, heads * head_dim], in the group's
+    token order (a decode group's `output_rows` are 0..B-1)."""
+    decode_kernel = cpu_attention.kernel()
+    assert decode_kernel is not None  # `applies` built it
+    queries = query.index_select(0, group.query_index[:, 0])
+    lengths = group.query_positions[:, 0] + 1
+    out = decode_kernel(queries, k_cache, v_cache, group.block_tables, lengths, scale, sliding_window or 0)
+    return out.flatten(1)
 
 
 def _attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: AttentionGroup,

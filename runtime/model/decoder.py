@@ -104,7 +104,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         rotate = rotation(cfg.rope_style, self.kernels)
         q, k = partial(rotate, q, cos, sin), partial(rotate, k, cos, sin)
-        return parallel.all_reduce(self.o(paged_attention(q, k, v, cache[0], cache[1], meta, masks, cfg.scale)), cfg)
+        out = paged_attention(q, k, v, cache[0], cache[1], meta, masks, cfg.scale, cfg.sliding_window)
+        return parallel.all_reduce(self.o(out), cfg)
 
 
 class LatentAttention(nn.Module):
