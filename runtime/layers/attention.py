@@ -4,7 +4,9 @@ uses has an NPU kernel in torch_npu 2.14.0 — `check_ops --target runtime` prov
 One engine step is a flat batch of T new tokens from B sequences: prefill chunks and single decode
 tokens mixed. Each layer writes the new tokens' K/V into its cache `[num_blocks, block_size,
 kv_heads, head_dim]` at their slots, gathers each sequence's keys and values through its block
-table, and attends causally (and within the sliding window, where the model has one).
+table, and attends causally (and within the sliding window, where the model has one). On a CPU the
+decode groups skip the gather: `cpu_attention`'s kernel reads the cache in place (the plain path
+stays the reference, and what CUDA, an NPU, check_ops' trace and a compiled decode run).
 """
 
 from __future__ import annotations
