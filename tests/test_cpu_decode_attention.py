@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -24,11 +25,16 @@ from runtime.layers.attention import causal_mask, paged_attention
 BLOCK = 4
 
 
-@pytest.fixture
-def plain_then_kernel():
-    """Run a block with `use("sdpa")`, then give the process back its kernel."""
-    yield lambda: cpu_attention.use("sdpa")
-    cpu_attention.use("kernel")
+@contextmanager
+def attention(choice: str):
+    """Run a block with `choice` ("kernel" asserts this machine built it), then restore the previous one."""
+    previous = cpu_attention.chosen()
+    cpu_attention.use(choice)
+    try:
+        assert (cpu_attention.kernel() is not None) == (choice == "kernel")
+        yield
+    finally:
+        cpu_attention.use(previous)
 
 
 def _decode_step(contexts: list[int], heads: int, kv_heads: int, dim: int, dtype: torch.dtype, seed: int = 0):
@@ -56,12 +62,8 @@ def _attention(meta, rows, master, dtype, window, heads, kv_heads, choice) -> to
     order = torch.empty(len(rows), dtype=torch.long)
     order[torch.tensor(rows)] = torch.arange(len(rows))  # token row -> its sequence
     masks = [causal_mask(g, window, dtype, heads // kv_heads) for g in meta.groups]
-    cpu_attention.use(choice)
-    assert (cpu_attention.kernel() is not None) == (choice == "kernel")  # this machine builds it
-    try:
+    with attention(choice):
         out = paged_attention(q[order], k[order], v[order], k_cache, v_cache, meta, masks, 0.17, window)
-    finally:
-        cpu_attention.use("kernel")
     return out[torch.tensor(rows)]
 
 
@@ -93,14 +95,15 @@ def test_the_kernel_is_as_accurate_as_sdpa_against_fp64(layout, dtype):
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral"])  # mistral: a 32-token sliding window
-def test_greedy_tokens_are_the_plain_paths_in_fp32(checkpoint, family, plain_then_kernel):
+def test_greedy_tokens_are_the_plain_paths_in_fp32(checkpoint, family):
     prompts = [list(range(3, 73)), [5, 9, 13], list(range(40, 2, -1))]
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     llm = LLM(checkpoint(family), device="cpu", dtype="float32", block_size=4, kv_cache_memory="1MiB")
-    ours = [o.token_ids for o in llm.generate(prompts, params, progress=False)]
-    plain_then_kernel()
-    plain = [o.token_ids for o in llm.generate(prompts, params, progress=False)]
-    assert ours == plain
+    tokens = {}
+    for choice in ("kernel", "sdpa"):
+        with attention(choice):
+            tokens[choice] = [o.token_ids for o in llm.generate(prompts, params, progress=False)]
+    assert tokens["kernel"] == tokens["sdpa"]
 
 
 def test_a_bad_choice_is_one_line(checkpoint):
@@ -127,9 +130,6 @@ print(json.dumps([cpu_attention.kernel() is None, llm.generate([[5, 9, 13]], par
     assert fallback
     assert "the CPU decode-attention kernel could not be built" in proc.stderr
     llm = LLM(checkpoint("llama"), device="cpu", dtype="float32", block_size=4, kv_cache_memory="1MiB")
-    cpu_attention.use("sdpa")
-    try:
+    with attention("sdpa"):
         assert llm.generate([[5, 9, 13]], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
                             progress=False)[0].token_ids == tokens
-    finally:
-        cpu_attention.use("kernel")

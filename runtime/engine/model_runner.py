@@ -219,7 +219,7 @@ class ModelRunner:
         """`prepare_step` on this runner's block size and device."""
         # The CPU kernel reads decodes in place: they need no gather bound, and one call serves them
         # all. The compiled decode traces the plain path, so it keeps the bound.
-        in_place = self.device.type == "cpu" and self.compiled is None and cpu_attention.kernel() is not None
+        in_place = self.compiled is None and cpu_attention.serves(self.device)
         return prepare_step(batch, self.block_size, self.device, self.max_gather_slots,
                             ONE_GROUP if in_place else None)
 

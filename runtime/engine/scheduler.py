@@ -23,8 +23,9 @@ from runtime.engine.block_manager import BlockManager
 from runtime.engine.sequence import Sequence, SequenceStatus
 
 #: A step's prefill tokens while any running request decodes: on 64 mixed requests the whole
-#: 2,048-token budget made TPOT p99 ~16x its p50, 512 ~5x, 256 2.9-3.0x once decode steps got faster
-#: (the CPU decode-attention kernel), 192 2.4-2.5x at 1-2 % less throughput, 128 1.6-1.8x at ~4 % less
+#: 2,048-token budget made TPOT p99 ~15-17x its p50, 512 ~4-5x, 256 2.6-3.0x once decode steps got
+#: faster (the CPU decode-attention kernel), 192 2.2-2.5x within noise of 256's throughput, 128
+#: 1.4-1.8x at a few % less
 #: (benchmarks/bench_prefill_cap.py; benchmarks/README.md, "Prefill beside decodes").
 DEFAULT_PREFILL_WITH_DECODES = 192
 

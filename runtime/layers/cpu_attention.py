@@ -53,25 +53,32 @@ def chosen() -> str:
 def kernel() -> Callable[..., torch.Tensor] | None:
     """The built kernel, or None (the plain path) where it is not chosen or could not be built."""
     global _kernel, _failed
-    if _kernel is not None or _failed or chosen() != "kernel":
-        return _kernel if chosen() == "kernel" else None
-    from torch.utils import cpp_extension
-
-    try:
-        # The source's hash names the build: an edit rebuilds it, and every later process loads the
-        # cached library. -march=native: it is built on the machine that runs it.
-        module = cpp_extension.load(name="ascendkit_paged_decode_attention", sources=[str(SOURCE)],
-                                    extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                                    extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as exc:  # no compiler, no headers: the plain path serves
-        _failed = True
-        log.warning("the CPU decode-attention kernel could not be built (%s: %s); decode attention "
-                    "gathers each context for SDPA instead", type(exc).__name__, str(exc).splitlines()[0][:200])
+    if chosen() != "kernel" or _failed:
         return None
-    _kernel = module.paged_decode_attention
+    if _kernel is None:
+        from torch.utils import cpp_extension
+
+        try:
+            # The source's hash names the build: an edit rebuilds it, and every later process loads
+            # the cached library. -march=native: it is built on the machine that runs it.
+            module = cpp_extension.load(name="ascendkit_paged_decode_attention", sources=[str(SOURCE)],
+                                        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                                        extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as exc:  # no compiler, no headers: the plain path serves
+            _failed = True
+            log.warning("the CPU decode-attention kernel could not be built (%s: %s); decode attention "
+                        "gathers each context for SDPA instead", type(exc).__name__, str(exc).splitlines()[0][:200])
+            return None
+        _kernel = module.paged_decode_attention
     return _kernel
 
 
+def serves(device: torch.device) -> bool:
+    """The kernel reads this device's decodes: a CPU, and a kernel at hand (chosen and built)."""
+    return device.type == "cpu" and kernel() is not None
+
+
 def applies(query: torch.Tensor) -> bool:
-    """The kernel serves this call: CPU tensors outside a torch.compile trace, and a kernel at hand."""
-    return query.device.type == "cpu" and not torch.compiler.is_compiling() and kernel() is not None
+    """The kernel serves this call: `serves` its device, outside a torch.compile trace (which runs
+    the plain path)."""
+    return serves(query.device) and not torch.compiler.is_compiling()

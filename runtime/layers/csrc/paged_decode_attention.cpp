@@ -42,8 +42,8 @@ inline __m512 load16(const c10::BFloat16* p) {  // bf16 -> fp32 is the bits shif
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 #endif
 
-// out[r] = q[r] . key for the `rows` query heads sharing this key. The AVX-512 path converts each
-// 16 values of the key once for every row (dim a multiple of 16, checked by the caller).
+// out[r] = q[r] . key for the `rows` query heads sharing this key. The AVX-512 path (dim a multiple
+// of 16, at most 16 rows) converts each 16 values of the key once for every row.
 template <typename T>
 inline void dots(const float* __restrict__ q, const T* __restrict__ key, int64_t dim, int64_t rows,
                  float* __restrict__ out) {
