@@ -20,7 +20,7 @@ from runtime.engine.model_runner import prepare_step
 from runtime.engine.scheduler import ScheduledBatch
 from runtime.engine.sequence import Sequence
 from runtime.layers import cpu_attention
-from runtime.layers.attention import causal_mask, paged_attention
+from runtime.layers.attention import causal_mask, paged_attention, write_kv
 
 BLOCK = 4
 
@@ -92,6 +92,28 @@ def test_the_kernel_is_as_accurate_as_sdpa_against_fp64(layout, dtype):
     errors = {c: (_attention(meta, rows, master, dtype, None, heads, kv_heads, c).double() - exact).abs().mean().item()
               for c in ("kernel", "sdpa")}
     assert errors["kernel"] <= 1.05 * errors["sdpa"], errors
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_decode_step_is_one_call_that_writes_its_keys_and_values(dtype):
+    """A step of decodes only writes its new keys and values in the kernel's own call: the caches hold
+    the bytes `write_kv` stores, and the output is the kernel's over caches `write_kv` wrote. The keys
+    and values come as views of one fused projection, as the model splits them."""
+    heads, kv_heads, dim = LAYOUTS[0]
+    meta, _, master = _decode_step([1, 5, 9, 30, 17, 64, 3], heads, kv_heads, dim, dtype, seed=3)
+    k_cache, v_cache, q, k, v = (t.to(dtype) for t in master)
+    fused = torch.cat([q.flatten(1), k.flatten(1), v.flatten(1)], dim=1)
+    q, k, v = (part.view(len(part), -1, dim) for part in fused.split((heads * dim, kv_heads * dim, kv_heads * dim), 1))
+    one_call = [k_cache.clone(), v_cache.clone()]
+    with attention("kernel"):
+        ours = paged_attention(q, k, v, *one_call, meta, [], 0.17, None)
+        two_calls = [k_cache.clone(), v_cache.clone()]
+        write_kv(*two_calls, k, v, meta.slot_mapping)
+        group = meta.groups[0]
+        theirs = cpu_attention.kernel()(q, *two_calls, group.block_tables, group.query_positions[:, 0] + 1, 0.17, 0)
+    assert not torch.equal(one_call[0], k_cache) and not torch.equal(one_call[1], v_cache)  # the step wrote
+    assert torch.equal(one_call[0], two_calls[0]) and torch.equal(one_call[1], two_calls[1])
+    assert torch.equal(ours, theirs.flatten(1))
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral"])  # mistral: a 32-token sliding window

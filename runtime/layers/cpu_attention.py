@@ -7,7 +7,9 @@ hands it to SDPA, whose CPU flash kernel then reads the copy again; at 64 decode
 the attention's time. Measured on one SmolLM2 layer (`benchmarks/bench_decode_attention.py`, 64
 decodes of 40-382 tokens, bf16, 2 threads): see `benchmarks/README.md`. It is used where it
 applies — a decode group on the CPU, outside `torch.compile` — and everything else (prefill chunks,
-CUDA, an NPU, check_ops' meta trace) stays on the plain path, which remains the reference.
+CUDA, an NPU, check_ops' meta trace) stays on the plain path, which remains the reference. In a step
+of decodes only, the kernel's call also writes the step's keys and values into the cache: one call
+per layer where the write, the query gather and the lengths were five more.
 
 `ASCENDKIT_DECODE_ATTENTION=sdpa` (or `use("sdpa")`, as the benchmarks do to run both in one
 process) keeps the plain path; a machine with no C++ compiler falls back to it with one warning.

@@ -169,13 +169,30 @@ void decode(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor
   });
 }
 
+// Rows [T, kv_heads, dim] (each row's kv_heads * dim values contiguous) copied to their cache slots:
+// what the plain path's write_kv does with index_copy_, here inside the same call.
+template <typename T>
+void write_rows(const at::Tensor& rows, const at::Tensor& cache, const int64_t* slots) {
+  const int64_t count = rows.size(0), width = cache.size(2) * cache.size(3), stride = rows.stride(0);
+  const T* src = rows.data_ptr<T>();
+  T* dst = cache.data_ptr<T>();
+  for (int64_t t = 0; t < count; ++t) std::memcpy(dst + slots[t] * width, src + t * stride, width * sizeof(T));
+}
+
+at::Tensor rows_of(const at::Tensor& x) {  // a split's view keeps its rows; anything else is copied
+  return x.stride(2) == 1 && x.stride(1) == x.size(2) ? x : x.contiguous();
+}
+
 }  // namespace
 
 // query [B, heads, dim]; k_cache, v_cache [blocks, block_size, kv_heads, dim]; block_tables [B, width]
 // int64; context_lens [B] int64 (each >= 1, the query's own key included); window 0 for none.
+// key, value [T, kv_heads, dim] and slot_mapping [T], when given, are written into the caches first:
+// a step of decodes only is then one call per layer instead of the write's and the attention's.
 at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
-                                  int64_t window) {
+                                  int64_t window, const c10::optional<at::Tensor>& key,
+                                  const c10::optional<at::Tensor>& value, const c10::optional<at::Tensor>& slot_mapping) {
   TORCH_CHECK(query.dim() == 3 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
               "paged_decode_attention: query [B, heads, dim] and caches [blocks, block_size, kv_heads, dim]");
   TORCH_CHECK(query.size(2) == k_cache.size(3) && query.size(1) % k_cache.size(2) == 0,
@@ -183,11 +200,32 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
   TORCH_CHECK(query.scalar_type() == k_cache.scalar_type() && k_cache.scalar_type() == v_cache.scalar_type(),
               "paged_decode_attention: query and caches must share a dtype");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_decode_attention: caches must be contiguous");
+  TORCH_CHECK(key.has_value() == value.has_value() && key.has_value() == slot_mapping.has_value(),
+              "paged_decode_attention: key, value and slot_mapping are given together");
   const at::Tensor q = query.contiguous();
   const at::Tensor tables = block_tables.to(at::kLong).contiguous();
   const at::Tensor lens = context_lens.to(at::kLong).contiguous();
+  at::Tensor keys, values, slots;
+  if (key.has_value()) {
+    keys = rows_of(*key);
+    values = rows_of(*value);
+    slots = slot_mapping->to(at::kLong).contiguous();
+    const auto row = k_cache.sizes().slice(2);
+    TORCH_CHECK(keys.dim() == 3 && keys.sizes().slice(1) == row && values.sizes() == keys.sizes() &&
+                    slots.numel() == keys.size(0) && keys.scalar_type() == k_cache.scalar_type() &&
+                    values.scalar_type() == k_cache.scalar_type(),
+                "paged_decode_attention: key and value [T, kv_heads, dim] in the caches' dtype, slot_mapping [T]");
+    const int64_t capacity = k_cache.size(0) * k_cache.size(1);
+    const int64_t* sp = slots.data_ptr<int64_t>();
+    for (int64_t t = 0; t < slots.numel(); ++t)
+      TORCH_CHECK(sp[t] >= 0 && sp[t] < capacity, "paged_decode_attention: slot ", sp[t], " outside the cache");
+  }
   auto out = at::empty_like(q);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode_attention", [&] {
+    if (key.has_value()) {
+      write_rows<scalar_t>(keys, k_cache, slots.data_ptr<int64_t>());
+      write_rows<scalar_t>(values, v_cache, slots.data_ptr<int64_t>());
+    }
     decode<scalar_t>(q, k_cache, v_cache, tables, lens, out, static_cast<float>(scale), window);
   });
   return out;
@@ -195,5 +233,10 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& k_c
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
-        "decode attention over a paged KV cache: query [B, heads, dim] -> [B, heads, dim]");
+        "decode attention over a paged KV cache: query [B, heads, dim] -> [B, heads, dim]; key, value and "
+        "slot_mapping, when given, written into the caches first",
+        pybind11::arg("query"), pybind11::arg("k_cache"), pybind11::arg("v_cache"), pybind11::arg("block_tables"),
+        pybind11::arg("context_lens"), pybind11::arg("scale"), pybind11::arg("window"),
+        pybind11::arg("key") = pybind11::none(), pybind11::arg("value") = pybind11::none(),
+        pybind11::arg("slot_mapping") = pybind11::none());
 }
