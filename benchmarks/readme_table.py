@@ -80,6 +80,14 @@ def _runtime_batch64(r: Report) -> str:
             f"TTFT p50 {ours['ttft_ms']['p50']:,.0f} vs {hf['ttft_ms']['p50']:,.0f} ms")
 
 
+def _floor_share(r: Report) -> str:
+    return "; ".join(f"{model}: " + ", ".join(
+        f"{fmt} **{f['share']:.0%}**" + (f" (transformers {f['hf_share']:.0%})" if f["hf_share"] is not None else "")
+        for fmt, f in by_format.items()) + " of the floor, " + " and ".join(
+        f"{f['outside_floor_per_layer_ms']:.2f}" for f in by_format.values()) + " ms per layer outside its matmuls"
+        for model, by_format in r["results"].items())
+
+
 def _prefix(r: Report) -> str:
     cache = r["workloads"]["prefix"]["prefix_cache"]
     cold, warm = cache["ttft_p50_ms_uncached"], cache["ttft_p50_ms_cached"]
@@ -205,6 +213,8 @@ QUANT = "python benchmarks/bench_quant.py"
 ROWS: tuple[Row, ...] = (
     Row("runtime vs transformers `generate`, batch 1, bf16; the weights' floor", RUNTIME, "bench_runtime.json",
         _runtime_single),
+    Row("batch 1 as a share of its floor, SmolLM2 and a 2048-wide Llama (8 layers), bf16 and W8A16",
+        "python benchmarks/bench_floor_share.py", "bench_floor_share.json", _floor_share),
     Row("runtime vs transformers, 64 requests of mixed lengths", RUNTIME, "bench_runtime.json", _runtime_batch64),
     Row("prompt tokens per step beside decodes: 2,048 vs the default cap", "python benchmarks/bench_prefill_cap.py",
         "bench_prefill_cap.json", _prefill_cap),
