@@ -250,6 +250,11 @@ ROWS: tuple[Row, ...] = (
 )
 
 
+#: What a run of this command itself rewrites (pathspecs left out of "local changes"): otherwise every
+#: report after a run's first says "+ local changes", made at a clean commit or not.
+OWN_OUTPUTS = (":(exclude)benchmarks/results", ":(exclude)README.md", ":(exclude)docs/sweep-smollm2-bf16.png")
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False).stdout.strip()
 
@@ -270,7 +275,7 @@ def run(command: str, row: Row, workdir: Path) -> None:
     if code:  # a benchmark that misses its own target still measured: its figure says so
         print(f"   (exit {code}: a target of its own missed; the report is kept)", flush=True)
     kept = {"command": command, "exit_code": code, "commit": _git("rev-parse", "--short", "HEAD"),
-            "local_changes": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "local_changes": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *OWN_OUTPUTS)),
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)), "seconds": round(time.time() - started),
             "torch": torch.__version__, "transformers": transformers.__version__, "cores": os.cpu_count(),
             "report": json.loads(report.read_text())}
