@@ -69,11 +69,13 @@ def setup(workdir: Path, layers: int) -> dict[str, tuple[int, dict[str, Path]]]:
     """{model: (its layers, {format: its converted directory})}; W8A16 is converted from the bf16 one."""
     from ascend_common.smollm2 import smollm2_gguf
 
-    sources = {"SmolLM2-135M": (30, smollm2_gguf(), "smollm2"),
-               f"Llama 2048-wide, {layers} layers": (layers, _llama(workdir, layers), f"llama-2048x{layers}")}
+    # (layers, source, directory stem, convert options of both formats): the seeded Llama has no
+    # tokenizer for a loader's check, so it is published with --engine none
+    sources = {"SmolLM2-135M": (30, smollm2_gguf(), "smollm2", []),
+               f"Llama 2048-wide, {layers} layers": (layers, _llama(workdir, layers), f"llama-2048x{layers}",
+                                                     ["--engine", "none"])}
     out = {}
-    for model, (count, source, stem) in sources.items():
-        extra = [] if stem == "smollm2" else ["--engine", "none"]  # the seeded Llama has no tokenizer to publish
+    for model, (count, source, stem, extra) in sources.items():
         bf16 = _convert(source, workdir / f"{stem}-bf16", FORMATS["bf16"] + extra)
         out[model] = (count, {"bf16": bf16, "W8A16": _convert(bf16, workdir / f"{stem}-w8a16", FORMATS["W8A16"] + extra)})
     return out

@@ -107,7 +107,8 @@ def paged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if in_place and len(meta.groups) == 1 and is_decode(meta.groups[0]):
         # a step of decodes only: its tokens are the group's queries in order, and one kernel call
         # writes their keys and values and attends. The separate write, query gather and lengths
-        # cost a SmolLM2 bf16 forward 1.1 ms at batch 16 and 3.7-5.4 ms at 64 (1.02-1.04x), ~0.5 ms at 1
+        # cost a SmolLM2 bf16 forward 1.1 ms at batch 16 and 2.1-5.4 ms at 64 (1.02-1.04x); at batch 1
+        # the difference was within noise
         return _attend_in_place(query, k_cache, v_cache, meta.groups[0], scale, sliding_window,
                                 (key, value, meta.slot_mapping))
     write_kv(k_cache, v_cache, key, value, meta.slot_mapping)

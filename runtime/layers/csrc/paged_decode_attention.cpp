@@ -180,7 +180,7 @@ void write_rows(const at::Tensor& rows, const at::Tensor& cache, const int64_t* 
 }
 
 at::Tensor rows_of(const at::Tensor& x) {  // a split's view keeps its rows; anything else is copied
-  return x.stride(2) == 1 && x.stride(1) == x.size(2) ? x : x.contiguous();
+  return x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2) ? x : x.contiguous();
 }
 
 }  // namespace
